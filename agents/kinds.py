@@ -1,0 +1,33 @@
+"""Agent kinds a pool file can name, and how to build each from its settings.
+
+Entries are "module:factory" strings so that starting an echo agent does not
+import LLM clients. A factory takes the settings mapping from the pool file and
+returns an ``Agent``; it raises ``ConfigError`` naming the bad setting.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from itas.agents.base import Agent
+from itas.errors import ConfigError
+
+KINDS: dict[str, str] = {
+    "echo": "itas.agents.utility:EchoAgent.from_settings",
+    "sleep": "itas.agents.utility:SleepAgent.from_settings",
+}
+
+
+def build_agent(kind: str, settings: Mapping[str, Any]) -> Agent:
+    """Build the agent a pool entry describes; ConfigError names what is wrong."""
+    target = KINDS.get(kind)
+    if target is None:
+        raise ConfigError(f"unknown agent kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}")
+    module_name, _, attr = target.partition(":")
+    factory: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        factory = getattr(factory, part)
+    agent_factory: Callable[[Mapping[str, Any]], Agent] = factory
+    return agent_factory(settings)

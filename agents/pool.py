@@ -1,0 +1,145 @@
+"""The pool supervisor: starts the agent processes a pool file lists and keeps them up.
+
+A pool file (YAML)::
+
+    agents:
+      - kind: echo            # a kind from itas.agents.kinds
+        replicas: 2
+        settings: {credit: 50}
+
+Each replica is its own OS process (``python -m itas agent ...``), so a crash
+takes down one replica, which is restarted with exponential backoff. SIGTERM or
+SIGINT stops every child (SIGTERM, then SIGKILL after a grace period). Scaling
+out is running this on more machines pointed at the same broker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import yaml
+
+from itas.agents.kinds import KINDS
+from itas.errors import ConfigError
+
+log = logging.getLogger("itas.pool")
+
+RESTART_MIN_S = 0.5
+RESTART_MAX_S = 30.0
+HEALTHY_AFTER_S = 10.0  # a replica that ran this long resets its backoff
+STOP_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class PoolEntry:
+    kind: str
+    replicas: int = 1
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+def parse_pool(data: Any, source: str = "pool") -> list[PoolEntry]:
+    """Validate a pool mapping; errors name the file, entry and field."""
+    if not isinstance(data, dict) or not isinstance(data.get("agents"), list):
+        raise ConfigError(f"{source}: expected a mapping with an 'agents' list")
+    entries = []
+    for i, item in enumerate(data["agents"], 1):
+        where = f"{source}: agents[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        unknown = set(item) - {"kind", "replicas", "settings"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; "
+                              "allowed: kind, replicas, settings")
+        kind = item.get("kind")
+        if kind not in KINDS:
+            raise ConfigError(f"{where}.kind: unknown agent kind {kind!r}; "
+                              f"known kinds: {', '.join(sorted(KINDS))}")
+        replicas = item.get("replicas", 1)
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise ConfigError(f"{where}.replicas: must be a non-negative integer")
+        settings = item.get("settings") or {}
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{where}.settings: expected a mapping")
+        entries.append(PoolEntry(kind, replicas, settings))
+    return entries
+
+
+def load_pool(path: str | Path) -> list[PoolEntry]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read pool file ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    return parse_pool(data, str(path))
+
+
+def agent_command(entry: PoolEntry, broker: str, extra_args: Sequence[str] = ()) -> list[str]:
+    return [sys.executable, "-m", "itas", "agent", "--kind", entry.kind, "--broker", broker,
+            "--settings", json.dumps(dict(entry.settings)), *extra_args]
+
+
+class Supervisor:
+    """Runs and restarts replicas; ``run()`` returns once every child has stopped."""
+
+    def __init__(self, entries: Sequence[PoolEntry], broker: str,
+                 extra_args: Sequence[str] = ()) -> None:
+        self.entries = list(entries)
+        self.broker = broker
+        self.extra_args = list(extra_args)
+        self.processes: dict[tuple[int, int], anyio.abc.Process] = {}
+        self.restarts = 0
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                for i, entry in enumerate(self.entries):
+                    for replica in range(entry.replicas):
+                        tg.start_soon(self._keep_running, i, replica, entry)
+                task_status.started()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._stop_all()
+
+    async def _keep_running(self, index: int, replica: int, entry: PoolEntry) -> None:
+        backoff = RESTART_MIN_S
+        command = agent_command(entry, self.broker, self.extra_args)
+        while True:
+            started = anyio.current_time()
+            process = await anyio.open_process(command, stdin=subprocess.DEVNULL,
+                                               stdout=None, stderr=None)
+            self.processes[(index, replica)] = process
+            code = await process.wait()
+            del self.processes[(index, replica)]
+            if anyio.current_time() - started > HEALTHY_AFTER_S:
+                backoff = RESTART_MIN_S
+            log.warning("agent %s #%d exited with %s; restarting in %.1f s",
+                        entry.kind, replica, code, backoff)
+            self.restarts += 1
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, RESTART_MAX_S)
+
+    async def _stop_all(self) -> None:
+        processes = list(self.processes.values())
+        for process in processes:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        with anyio.move_on_after(STOP_GRACE_S):
+            for process in processes:
+                await process.wait()
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()

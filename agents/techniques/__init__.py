@@ -1,0 +1,1 @@
+"""techniques (see the module docstrings)."""

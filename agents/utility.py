@@ -1,0 +1,56 @@
+"""Agents with no model behind them: ``echo`` and ``sleep``, for tests and benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+
+from itas.agents.base import Agent
+from itas.errors import AgentError, ConfigError
+
+
+def _int_setting(settings: Mapping[str, Any], key: str, default: int) -> int:
+    value = settings.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"setting {key!r} must be a positive integer, got {value!r}")
+    return value
+
+
+class EchoAgent(Agent):
+    """Replies with the request body unchanged; ``{"fail": "msg"}`` gets an error reply."""
+
+    def __init__(self, service: str = "echo", credit: int = 100) -> None:
+        self.service, self.credit = service, credit
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> EchoAgent:
+        return cls(str(settings.get("service", "echo")), _int_setting(settings, "credit", 100))
+
+    async def handle(self, body: Any) -> Any:
+        if isinstance(body, dict) and "fail" in body:
+            raise AgentError("requested_failure", str(body["fail"]))
+        return body
+
+
+class SleepAgent(Agent):
+    """Replies ``{"slept": s, "worker": name}`` after ``s`` seconds (body "seconds" or setting)."""
+
+    def __init__(self, service: str = "sleep", credit: int = 1, seconds: float = 0.1) -> None:
+        self.service, self.credit, self.seconds = service, credit, seconds
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> SleepAgent:
+        seconds = settings.get("seconds", 0.1)
+        if not isinstance(seconds, (int, float)) or seconds < 0:
+            raise ConfigError(f"setting 'seconds' must be a non-negative number, got {seconds!r}")
+        return cls(str(settings.get("service", "sleep")), _int_setting(settings, "credit", 1),
+                   float(seconds))
+
+    async def handle(self, body: Any) -> Any:
+        seconds = self.seconds
+        if isinstance(body, dict) and isinstance(body.get("seconds"), (int, float)):
+            seconds = float(body["seconds"])
+        await anyio.sleep(seconds)
+        return {"slept": seconds, "tag": body.get("tag") if isinstance(body, dict) else None}

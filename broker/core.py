@@ -1,0 +1,287 @@
+"""Broker state and routing: plain classes, no sockets, so they are unit-tested directly.
+
+The shape follows the ZeroMQ guide's Majordomo broker: services (name -> waiting
+requests and workers), workers (identity -> service, credit, expiry, in-flight
+tickets) and one ``handle`` entry that routes by command. ``send`` is the only
+way out; the socket layer (``itas.broker.server``) supplies it. ``send`` returns
+False when the peer is gone (ROUTER_MANDATORY), which for a worker means its
+requests go elsewhere at once instead of after the heartbeat expiry.
+
+What the broker promises: a request is answered exactly once from the client's
+point of view (a reply, or an error naming why), unless the client itself goes
+away. Replies whose ticket the broker no longer knows are dropped and counted;
+the client resends after a broker restart.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from itas import protocol as P
+from itas.errors import ProtocolError
+
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_LIVENESS = 3
+MAX_ATTEMPTS = 3
+
+Send = Callable[[list[bytes]], bool]
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    client: bytes
+    rid: bytes  # the client's packed request id, echoed in the reply
+    service: str
+    body: bytes
+    deadline: float
+    timeout_s: float
+    attempts: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Worker:
+    identity: bytes
+    service: Service
+    credit: int
+    name: str
+    expiry: float
+    inflight: dict[bytes, Request] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
+class Service:
+    name: str
+    waiting: collections.deque[Request] = field(default_factory=collections.deque)
+    workers: list[Worker] = field(default_factory=list)
+
+
+class Broker:
+    """Routes requests to workers by service; see the module docstring for the promises."""
+
+    def __init__(
+        self,
+        send: Send,
+        *,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
+        liveness: int = HEARTBEAT_LIVENESS,
+        max_attempts: int = MAX_ATTEMPTS,
+        max_message_bytes: int = P.MAX_MESSAGE_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._send = send
+        self._clock = clock
+        self.heartbeat_interval = heartbeat_interval
+        self.worker_ttl = heartbeat_interval * liveness
+        self.max_attempts = max_attempts
+        self.max_message_bytes = max_message_bytes
+        self.epoch = os.urandom(8)
+        self.services: dict[str, Service] = {}
+        self.workers: dict[bytes, Worker] = {}
+        self._tickets = 0
+        self._next_heartbeat = clock() + heartbeat_interval
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._handlers = {
+            P.Command.REQUEST: self._on_request,
+            P.Command.REPLY: self._on_reply,
+            P.Command.ERROR: self._on_reply,
+            P.Command.READY: self._on_ready,
+            P.Command.HEARTBEAT: self._on_heartbeat,
+            P.Command.DISCONNECT: self._on_disconnect,
+        }
+
+    # -- input ---------------------------------------------------------------
+
+    def handle(self, frames: list[bytes]) -> None:
+        """Route one message; frames[0] is the sender's identity. Never raises on bad input."""
+        if len(frames) < 2:
+            self.counters["dropped_malformed"] += 1
+            return
+        if sum(map(len, frames)) > self.max_message_bytes:
+            self.counters["dropped_oversize"] += 1
+            return
+        try:
+            self._handlers[P.command_of(frames[1])](frames)
+        except ProtocolError:
+            self.counters["dropped_malformed"] += 1
+
+    def _on_request(self, frames: list[bytes]) -> None:
+        if len(frames) != 4:
+            raise ProtocolError("REQUEST: expected 3 frames")
+        identity, _, meta, body = frames
+        request_id, service_name, timeout_ms = P.parse_request_meta(meta)
+        self.counters["requests"] += 1
+        rid = P.pack(request_id)
+        if service_name == P.STATUS_SERVICE:
+            self._send([identity, P.REPLY, rid, P.pack(self.status())])
+            return
+        timeout_s = timeout_ms / 1000.0
+        request = Request(identity, rid, service_name, body, self._clock() + timeout_s, timeout_s)
+        service = self._service(service_name)
+        service.waiting.append(request)
+        self._dispatch(service)
+
+    def _on_reply(self, frames: list[bytes]) -> None:
+        if len(frames) != 4:
+            raise ProtocolError("REPLY/ERROR: expected 3 frames")
+        identity, hdr, ticket, body = frames
+        worker = self.workers.get(identity)
+        if worker is None:
+            self.counters["dropped_stale"] += 1
+            self._send([identity, P.DISCONNECT])
+            return
+        if hdr == P.ERROR:
+            P.parse_error(body)  # a malformed error body is the worker's bug: drop it here
+        worker.expiry = self._clock() + self.worker_ttl
+        request = worker.inflight.pop(ticket, None)
+        if request is None:
+            self.counters["dropped_stale"] += 1
+        else:
+            self.counters["replied"] += 1
+            if not self._send([request.client, hdr, request.rid, body]):
+                self.counters["undeliverable"] += 1
+        self._dispatch(worker.service)
+
+    def _on_ready(self, frames: list[bytes]) -> None:
+        if len(frames) != 3:
+            raise ProtocolError("READY: expected 2 frames")
+        identity = frames[0]
+        service_name, credit, name = P.parse_ready(frames[2])
+        old = self.workers.get(identity)
+        if old is not None:  # announced again (reconnect): its old work goes elsewhere
+            self._remove_worker(old, lost=False)
+        service = self._service(service_name)
+        worker = Worker(identity, service, credit, name, self._clock() + self.worker_ttl)
+        self.workers[identity] = worker
+        service.workers.append(worker)
+        self.counters["workers_joined"] += 1
+        self._send([identity, P.HEARTBEAT, self.epoch])
+        self._dispatch(service)
+
+    def _on_heartbeat(self, frames: list[bytes]) -> None:
+        identity = frames[0]
+        worker = self.workers.get(identity)
+        if worker is not None:
+            worker.expiry = self._clock() + self.worker_ttl
+        else:  # a client, or a worker the broker forgot: the epoch tells it what to do
+            self._send([identity, P.HEARTBEAT, self.epoch])
+
+    def _on_disconnect(self, frames: list[bytes]) -> None:
+        worker = self.workers.get(frames[0])
+        if worker is not None:
+            self._remove_worker(worker, lost=False)
+
+    # -- dispatch ------------------------------------------------------------
+
+    def _service(self, name: str) -> Service:
+        service = self.services.get(name)
+        if service is None:
+            service = self.services[name] = Service(name)
+        return service
+
+    def _dispatch(self, service: Service) -> None:
+        """Hand waiting requests to the least-loaded workers that have credit left."""
+        waiting, workers = service.waiting, service.workers
+        while waiting and workers:
+            best, best_load = None, 1.0
+            for worker in workers:
+                load = len(worker.inflight) / worker.credit
+                if load < best_load:
+                    best, best_load = worker, load
+            if best is None:
+                return
+            request = waiting.popleft()
+            self._tickets += 1
+            ticket = self._tickets.to_bytes(8, "big")
+            request.attempts += 1
+            best.inflight[ticket] = request
+            self.counters["dispatched"] += 1
+            if not self._send([best.identity, P.REQUEST, ticket, request.body]):
+                self._remove_worker(best, lost=True)
+
+    def _remove_worker(self, worker: Worker, *, lost: bool) -> None:
+        """Forget a worker; its in-flight requests go back to the front of the queue."""
+        self.workers.pop(worker.identity, None)
+        service = worker.service
+        if worker in service.workers:
+            service.workers.remove(worker)
+        self.counters["workers_lost" if lost else "workers_left"] += 1
+        for request in reversed(list(worker.inflight.values())):
+            if not lost:
+                request.attempts -= 1  # a clean goodbye is not a failed attempt
+            if request.attempts >= self.max_attempts:
+                self._fail(request, P.ErrorCode.WORKER_LOST,
+                           f"service {request.service!r}: {request.attempts} workers were lost "
+                           "while running this request; giving up")
+            else:
+                self.counters["retried"] += 1
+                service.waiting.appendleft(request)
+        worker.inflight.clear()
+        self._dispatch(service)
+
+    def _fail(self, request: Request, code: str, message: str) -> None:
+        self._send([request.client, P.ERROR, request.rid, P.error_body(code, message)])
+
+    # -- time ----------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Expire silent workers and overdue requests; send heartbeats when due."""
+        now = self._clock()
+        for worker in [w for w in self.workers.values() if w.expiry < now]:
+            self._remove_worker(worker, lost=True)
+        for name, service in list(self.services.items()):
+            if any(r.deadline <= now for r in service.waiting):
+                self._expire(service, now)
+            if not service.waiting and not service.workers:
+                del self.services[name]  # names from bad clients must not pile up
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.heartbeat_interval
+            for identity in list(self.workers):
+                self._send([identity, P.HEARTBEAT, self.epoch])
+
+    def _expire(self, service: Service, now: float) -> None:
+        keep: collections.deque[Request] = collections.deque()
+        for request in service.waiting:
+            if request.deadline > now:
+                keep.append(request)
+                continue
+            self.counters["expired"] += 1
+            if service.workers:
+                self._fail(request, P.ErrorCode.EXPIRED,
+                           f"service {service.name!r} had no free worker within "
+                           f"{request.timeout_s:g} s")
+            else:
+                self._fail(request, P.ErrorCode.SERVICE_UNAVAILABLE,
+                           f"no worker serves {service.name!r} (waited {request.timeout_s:g} s)")
+        service.waiting = keep
+
+    def disconnect_all(self) -> None:
+        """Tell every worker the broker is going away, so they reconnect at once."""
+        for identity in list(self.workers):
+            self._send([identity, P.DISCONNECT])
+
+    # -- introspection -------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch.hex(),
+            "services": {
+                name: {
+                    "waiting": len(s.waiting),
+                    "workers": len(s.workers),
+                    "inflight": sum(len(w.inflight) for w in s.workers),
+                    "credit": sum(w.credit for w in s.workers),
+                }
+                for name, s in sorted(self.services.items())
+            },
+            "workers": [
+                {"name": w.name, "service": w.service.name, "credit": w.credit,
+                 "inflight": len(w.inflight)}
+                for w in self.workers.values()
+            ],
+            "counters": dict(self.counters),
+        }

@@ -1,0 +1,122 @@
+"""The broker's socket layer: one ROUTER, one poll loop, the state in ``Broker``.
+
+The loop is synchronous on purpose: one socket, no awaits, so every message
+costs only its recv, its routing and its send. Messages are drained in batches
+after each poll; time-driven work (heartbeats, expiry) runs at most every
+``TICK_S``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import zmq
+import zmq.auth.thread
+
+from itas import protocol as P
+from itas.broker.core import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, MAX_ATTEMPTS, Broker
+from itas.security import CurveKeys, check_bind
+
+log = logging.getLogger("itas.broker")
+
+TICK_S = 0.05
+DRAIN_BATCH = 256
+
+
+class BrokerServer:
+    """Binds the ROUTER and runs the loop until ``stop()`` (thread-safe) or a signal."""
+
+    def __init__(
+        self,
+        bind: str,
+        *,
+        curve: CurveKeys | None = None,
+        curve_allow: str | Path | None = None,
+        insecure: bool = False,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
+        liveness: int = HEARTBEAT_LIVENESS,
+        max_attempts: int = MAX_ATTEMPTS,
+        max_message_bytes: int = P.MAX_MESSAGE_BYTES,
+    ) -> None:
+        check_bind(bind, curve=curve is not None, insecure=insecure)
+        self._context = zmq.Context()
+        self._auth: zmq.auth.thread.ThreadAuthenticator | None = None
+        self.socket = self._context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.setsockopt(zmq.LINGER, 500)
+        self.socket.setsockopt(zmq.SNDHWM, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        # A hard guard far above the counted limit: larger messages never reach Python.
+        self.socket.setsockopt(zmq.MAXMSGSIZE, 4 * max_message_bytes)
+        if curve is not None:
+            self._auth = zmq.auth.thread.ThreadAuthenticator(self._context, log=log)
+            self._auth.start()
+            self._auth.configure_curve(domain="*", location=str(curve_allow or "."))
+            curve.apply_server(self.socket)
+        self.socket.bind(bind)
+        self.endpoint: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.broker = Broker(
+            self._send,
+            heartbeat_interval=heartbeat_interval,
+            liveness=liveness,
+            max_attempts=max_attempts,
+            max_message_bytes=max_message_bytes,
+        )
+        self._stopping = threading.Event()
+
+    def _send(self, frames: list[bytes]) -> bool:
+        try:
+            self.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone
+            if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                log.warning("send to %r failed: %s", frames[0][:16], exc)
+            return False
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def serve_forever(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        recv = self.socket.recv_multipart
+        handle = self.broker.handle
+        next_tick = time.monotonic() + TICK_S
+        try:
+            while not self._stopping.is_set():
+                timeout_ms = max(0.0, next_tick - time.monotonic()) * 1000
+                if poller.poll(timeout_ms):
+                    for _ in range(DRAIN_BATCH):
+                        try:
+                            frames = recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        handle(frames)
+                now = time.monotonic()
+                if now >= next_tick:
+                    self.broker.tick()
+                    next_tick = now + TICK_S
+            self.broker.disconnect_all()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.socket.close()
+        if self._auth is not None:
+            self._auth.stop()
+        self._context.term()
+
+
+def run_broker(server: BrokerServer, announce: Callable[[str], None] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; announce the bound endpoint (tests bind port 0)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: server.stop())
+    message = f"itas broker listening on {server.endpoint}"
+    (announce or (lambda m: print(m, file=sys.stdout, flush=True)))(message)
+    server.serve_forever()

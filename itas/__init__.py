@@ -1,0 +1,1 @@
+"""itas: inference-time architectures as a mesh of ZeroMQ agents."""

@@ -1,0 +1,196 @@
+"""The ``itas`` command line: thin wrappers that parse options and call the library."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from itas.errors import ConfigError, ItasError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Inference-time architectures over LLMs as a mesh of ZeroMQ agents.")
+keys_app = typer.Typer(no_args_is_help=True, help="CURVE key management.")
+app.add_typer(keys_app, name="keys")
+
+BrokerOpt = Annotated[str, typer.Option("--broker", "-b", envvar="ITAS_BROKER",
+                                        help="Broker endpoint to connect to.")]
+CurveSecretOpt = Annotated[Optional[Path], typer.Option(
+    "--curve-secret", envvar="ITAS_CURVE_SECRET", help="This side's CURVE .key_secret file.")]
+CurveServerOpt = Annotated[Optional[Path], typer.Option(
+    "--curve-server", envvar="ITAS_CURVE_SERVER", help="The broker's public .key file.")]
+DEFAULT_BROKER = "tcp://127.0.0.1:5555"
+
+
+def _client_keys(secret: Path | None, server: Path | None) -> Any:
+    from itas.security import CurveKeys
+
+    if secret is None and server is None:
+        return None
+    if secret is None or server is None:
+        raise ConfigError("CURVE needs both --curve-secret and --curve-server")
+    return CurveKeys.load(secret, server)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+@app.command()
+def broker(
+    bind: Annotated[str, typer.Option(help="Endpoint to bind; port 0 picks a free port.")] =
+    "tcp://127.0.0.1:5555",
+    heartbeat: Annotated[float, typer.Option(help="Heartbeat interval, seconds.")] = 1.0,
+    liveness: Annotated[int, typer.Option(help="Heartbeats missed before a worker is dropped.")
+                        ] = 3,
+    max_attempts: Annotated[int, typer.Option(help="Workers tried per request before failing.")
+                            ] = 3,
+    curve_secret: Annotated[Optional[Path], typer.Option(help="Broker's .key_secret file.")
+                            ] = None,
+    curve_allow: Annotated[Optional[Path], typer.Option(
+        help="Directory of allowed client/agent public .key files.")] = None,
+    insecure: Annotated[bool, typer.Option(help="Allow binding beyond loopback without CURVE.")
+                        ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the ZeroMQ broker until SIGINT/SIGTERM."""
+    from itas.broker.server import BrokerServer, run_broker
+    from itas.security import CurveKeys
+
+    _setup_logging(verbose)
+    if (curve_secret is None) != (curve_allow is None):
+        raise ConfigError("CURVE needs both --curve-secret and --curve-allow")
+    keys = CurveKeys.load(curve_secret) if curve_secret else None
+    server = BrokerServer(bind, curve=keys, curve_allow=curve_allow, insecure=insecure,
+                          heartbeat_interval=heartbeat, liveness=liveness,
+                          max_attempts=max_attempts)
+    run_broker(server)
+
+
+@app.command()
+def agent(
+    kind: Annotated[str, typer.Option(help="Agent kind, e.g. echo, sleep, generator.")],
+    broker: BrokerOpt = DEFAULT_BROKER,
+    settings: Annotated[str, typer.Option(help="Agent settings as a JSON object.")] = "{}",
+    name: Annotated[Optional[str], typer.Option(help="Worker name shown in status.")] = None,
+    heartbeat: Annotated[float, typer.Option(help="Heartbeat interval, seconds.")] = 1.0,
+    curve_secret: CurveSecretOpt = None,
+    curve_server: CurveServerOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run one agent process until SIGINT/SIGTERM."""
+    import anyio
+
+    from itas.agents.kinds import build_agent
+    from itas.agents.runtime import Worker
+
+    _setup_logging(verbose)
+    try:
+        parsed = json.loads(settings)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--settings: not valid JSON ({exc})") from exc
+    if not isinstance(parsed, dict):
+        raise ConfigError("--settings: expected a JSON object")
+    worker = Worker(build_agent(kind, parsed), broker, name=name, heartbeat_interval=heartbeat,
+                    curve=_client_keys(curve_secret, curve_server))
+    anyio.run(worker.run)
+
+
+@app.command()
+def agents(
+    pool: Annotated[Path, typer.Option(help="Pool file (YAML) listing agent kinds and replicas.")],
+    broker: BrokerOpt = DEFAULT_BROKER,
+    curve_secret: CurveSecretOpt = None,
+    curve_server: CurveServerOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Start and supervise a pool of agent processes until SIGINT/SIGTERM."""
+    import anyio
+
+    from itas.agents.pool import Supervisor, load_pool
+
+    _setup_logging(verbose)
+    extra = []
+    if curve_secret or curve_server:
+        _client_keys(curve_secret, curve_server)  # validate before starting anything
+        extra = ["--curve-secret", str(curve_secret), "--curve-server", str(curve_server)]
+    supervisor = Supervisor(load_pool(pool), broker, extra)
+
+    async def main() -> None:
+        import signal
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(supervisor.run)
+            print(f"itas pool: {sum(e.replicas for e in supervisor.entries)} agent processes "
+                  f"started against {broker}", flush=True)
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    break
+
+    anyio.run(main)
+
+
+@app.command()
+def status(
+    broker: BrokerOpt = DEFAULT_BROKER,
+    as_json: Annotated[bool, typer.Option("--json", help="Print raw JSON.")] = False,
+    curve_secret: CurveSecretOpt = None,
+    curve_server: CurveServerOpt = None,
+) -> None:
+    """Print the broker's services, workers, queues and counters."""
+    from itas.client import Client
+    from itas.status import render_status
+
+    with Client(broker, curve=_client_keys(curve_secret, curve_server)) as client:
+        info = client.status()
+    if as_json:
+        print(json.dumps(info, indent=2))
+    else:
+        render_status(info)
+
+
+@app.command()
+def request(
+    service: Annotated[str, typer.Argument(help="Service name, e.g. echo.")],
+    body: Annotated[str, typer.Argument(help="Request body as JSON.")] = "null",
+    broker: BrokerOpt = DEFAULT_BROKER,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 30.0,
+    curve_secret: CurveSecretOpt = None,
+    curve_server: CurveServerOpt = None,
+) -> None:
+    """Send one request to a service and print the reply as JSON."""
+    from itas.client import Client
+
+    try:
+        payload = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"request body: not valid JSON ({exc})") from exc
+    with Client(broker, curve=_client_keys(curve_secret, curve_server)) as client:
+        print(json.dumps(client.request(service, payload, timeout=timeout), indent=2,
+                         default=repr))
+
+
+@keys_app.command("generate")
+def keys_generate(
+    directory: Annotated[Path, typer.Argument(help="Where to write the key pair.")],
+    name: Annotated[str, typer.Option(help="Base name of the key files.")] = "itas",
+) -> None:
+    """Write NAME.key (public: give it to the broker's allow-list) and NAME.key_secret (0600)."""
+    from itas.security import generate_keys
+
+    public, secret = generate_keys(directory, name)
+    print(f"public key: {public}\nsecret key: {secret} (keep it on this machine)")
+
+
+def main() -> None:
+    try:
+        app()
+    except ItasError as exc:
+        print(f"itas: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,259 @@
+"""Client library: ``AsyncClient`` (anyio) and ``Client``, its blocking twin.
+
+Many requests share one DEALER connection; each waits on its own event. The
+client heartbeats the broker while requests are pending and learns the broker's
+epoch from its answers: a new epoch (the broker restarted) or a long silence
+(the broker is gone; a new socket is made) means every pending request is sent
+again. Requests are idempotent, so a duplicate reply is simply ignored.
+"""
+
+from __future__ import annotations
+
+import itertools
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+import zmq
+import zmq.asyncio
+
+from itas import protocol as P
+from itas.errors import (
+    BrokerUnreachable,
+    ProtocolError,
+    RemoteError,
+    RequestTimeout,
+    ServiceUnavailable,
+)
+from itas.security import CurveKeys
+
+DEFAULT_BROKER = "tcp://127.0.0.1:5555"
+DEFAULT_TIMEOUT_S = 60.0
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_LIVENESS = 3
+_DRAIN_BATCH = 256
+
+
+@dataclass(eq=False)
+class _Pending:
+    service: str
+    body: bytes
+    deadline: float
+    done: anyio.Event = field(default_factory=anyio.Event)
+    reply: tuple[bytes, bytes] | None = None  # (header, body)
+
+
+class AsyncClient:
+    """Async request/reply to broker services.
+
+    Use as ``async with AsyncClient(broker) as client: await client.request(...)``.
+    """
+
+    def __init__(
+        self,
+        broker: str = DEFAULT_BROKER,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        curve: CurveKeys | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
+        liveness: int = HEARTBEAT_LIVENESS,
+    ) -> None:
+        self.broker = broker
+        self.timeout = timeout
+        self.curve = curve
+        self.heartbeat_interval = heartbeat_interval
+        self.silence_limit = heartbeat_interval * liveness
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._context: zmq.asyncio.Context | None = None
+        self._socket: zmq.asyncio.Socket | None = None
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._epoch: bytes | None = None
+        self._last_heard = 0.0
+        self.resends = 0
+
+    async def __aenter__(self) -> AsyncClient:
+        self._context = zmq.asyncio.Context()
+        self._socket = self._connect()
+        self._last_heard = anyio.current_time()
+        self._tasks = anyio.create_task_group()
+        await self._tasks.__aenter__()
+        self._tasks.start_soon(self._io_loop)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._tasks is not None and self._context is not None
+        self._tasks.cancel_scope.cancel()
+        await self._tasks.__aexit__(None, None, None)
+        self._tasks = None
+        if self._socket is not None:
+            self._socket.close(linger=0)
+        self._context.term()
+
+    def _connect(self) -> zmq.asyncio.Socket:
+        assert self._context is not None
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        if self.curve is not None:
+            self.curve.apply_client(sock)
+        sock.connect(self.broker)
+        return sock
+
+    # -- requests ----------------------------------------------------------------
+
+    async def request(self, service: str, body: Any, *, timeout: float | None = None) -> Any:
+        """Send ``body`` to ``service`` and return the decoded reply.
+
+        Raises ``ServiceUnavailable`` (no worker within the deadline),
+        ``RequestTimeout``, ``RemoteError`` (the agent's error reply, with its
+        code) or ``BrokerUnreachable`` (client not open).
+        """
+        if self._tasks is None or self._socket is None:
+            raise BrokerUnreachable("client is not open: use 'async with AsyncClient(...)'")
+        timeout = self.timeout if timeout is None else timeout
+        request_id = next(self._ids)
+        pending = _Pending(service, P.pack(body), anyio.current_time() + timeout)
+        self._pending[request_id] = pending
+        try:
+            with anyio.move_on_after(timeout):
+                await self._send(request_id, pending)
+                await pending.done.wait()
+        finally:
+            del self._pending[request_id]
+        if pending.reply is None:
+            raise RequestTimeout(f"no reply from {service!r} within {timeout:g} s")
+        header, data = pending.reply
+        if header == P.REPLY:
+            return P.unpack(data, f"reply from {service!r}")
+        code, message = P.parse_error(data)
+        if code == P.ErrorCode.SERVICE_UNAVAILABLE:
+            raise ServiceUnavailable(service, message)
+        raise RemoteError(code, message, service)
+
+    async def status(self, *, timeout: float = 5.0) -> dict[str, Any]:
+        """The broker's services, workers, queue depths and counters."""
+        result: dict[str, Any] = await self.request(P.STATUS_SERVICE, None, timeout=timeout)
+        return result
+
+    async def _send(self, request_id: int, pending: _Pending) -> None:
+        assert self._socket is not None
+        # The broker's deadline falls a little before ours, so an unserved request
+        # gets the broker's clear error rather than a bare timeout.
+        remaining = pending.deadline - anyio.current_time()
+        remaining_ms = max(1, int((remaining - min(0.25, remaining / 10)) * 1000))
+        meta = P.request_meta(request_id, pending.service, remaining_ms)
+        try:
+            await self._socket.send_multipart([P.REQUEST, meta, pending.body])
+        except zmq.ZMQError:  # the socket is being replaced; the resend that follows covers it
+            pass
+
+    async def _resend_all(self) -> None:
+        for request_id, pending in list(self._pending.items()):
+            if pending.reply is None:
+                self.resends += 1
+                await self._send(request_id, pending)
+
+    # -- background ----------------------------------------------------------------
+
+    async def _io_loop(self) -> None:
+        """Receive replies, heartbeat while requests are pending, replace a silent socket.
+
+        One task owns the socket's receive side, so replacing the socket never
+        races a pending receive.
+        """
+        next_beat = anyio.current_time() + self.heartbeat_interval
+        while True:
+            sock = self._socket
+            assert sock is not None
+            wait_ms = max(0.0, next_beat - anyio.current_time()) * 1000
+            if await sock.poll(wait_ms, zmq.POLLIN):
+                for _ in range(_DRAIN_BATCH):
+                    try:
+                        frames = await sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._last_heard = anyio.current_time()
+                    await self._on_message(frames)
+            now = anyio.current_time()
+            if now >= next_beat:
+                next_beat = now + self.heartbeat_interval
+                await self._heartbeat(now)
+
+    async def _on_message(self, frames: list[bytes]) -> None:
+        header = frames[0]
+        if header in (P.REPLY, P.ERROR) and len(frames) == 3:
+            try:
+                request_id = P.unpack(frames[1], "reply id")
+            except ProtocolError:
+                return
+            pending = self._pending.get(request_id) if isinstance(request_id, int) else None
+            if pending is not None and pending.reply is None:
+                pending.reply = (header, frames[2])
+                pending.done.set()
+        elif header == P.HEARTBEAT and len(frames) == 2:
+            restarted = self._epoch is not None and frames[1] != self._epoch
+            self._epoch = frames[1]
+            if restarted:
+                await self._resend_all()
+
+    async def _heartbeat(self, now: float) -> None:
+        if not self._pending:
+            self._last_heard = now
+            return
+        if now - self._last_heard > self.silence_limit:
+            # Silence: a fresh socket (the old one may be half-open), then resend.
+            assert self._socket is not None
+            self._socket.close(linger=0)
+            self._socket = self._connect()
+            self._epoch = None
+            self._last_heard = now
+            await self._resend_all()
+        assert self._socket is not None
+        await self._socket.send_multipart([P.HEARTBEAT])
+
+
+class Client:
+    """Blocking twin of ``AsyncClient``: the same code, run on a private event loop thread."""
+
+    def __init__(self, broker: str = DEFAULT_BROKER, **options: Any) -> None:
+        self._portal_cm = anyio.from_thread.start_blocking_portal("asyncio")
+        self._portal = self._portal_cm.__enter__()
+        try:
+            self._client_cm = self._portal.wrap_async_context_manager(
+                AsyncClient(broker, **options)
+            )
+            self._async = self._client_cm.__enter__()
+        except BaseException:
+            self._portal_cm.__exit__(None, None, None)
+            raise
+
+    def _call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._portal.call(lambda: func(*args, **kwargs))
+
+    def request(self, service: str, body: Any, *, timeout: float | None = None) -> Any:
+        return self._call(self._async.request, service, body, timeout=timeout)
+
+    def status(self, *, timeout: float = 5.0) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(self._async.status, timeout=timeout)
+        return result
+
+    def close(self) -> None:
+        self._client_cm.__exit__(None, None, None)
+        self._portal_cm.__exit__(None, None, None)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        self.close()

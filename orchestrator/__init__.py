@@ -1,0 +1,1 @@
+"""orchestrator (see the module docstrings)."""
