@@ -75,10 +75,7 @@ class Worker:
                         session.start_soon(self._watch_signals, session.cancel_scope)
                     session.start_soon(self._connection_loop, handlers)
                 # Signalled: stop taking work, let in-flight handlers finish.
-                self._draining = True
-                with anyio.move_on_after(self.shutdown_grace):
-                    while self._inflight:
-                        await anyio.sleep(0.02)
+                await self._drain()
                 handlers.cancel_scope.cancel()
             await self._goodbye()
         finally:
@@ -86,6 +83,17 @@ class Worker:
             if self._socket is not None:
                 self._socket.close(linger=0)
             self._context.term()
+
+    async def _drain(self) -> None:
+        """Wait for in-flight handlers, heartbeating so the broker keeps us meanwhile."""
+        self._draining = True
+        next_beat = 0.0
+        with anyio.move_on_after(self.shutdown_grace):
+            while self._inflight:
+                if self._socket is not None and anyio.current_time() >= next_beat:
+                    next_beat = anyio.current_time() + self.heartbeat_interval
+                    await self._socket.send_multipart([P.HEARTBEAT])
+                await anyio.sleep(0.02)
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

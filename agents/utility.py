@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +36,11 @@ class EchoAgent(Agent):
 
 
 class SleepAgent(Agent):
-    """Replies ``{"slept": s, "worker": name}`` after ``s`` seconds (body "seconds" or setting)."""
+    """Replies ``{"slept": s, "tag": ..., "pid": ...}`` after ``s`` seconds.
+
+    The body may set "seconds" and a "tag" to echo; the pid tells tests which
+    replica served the request.
+    """
 
     def __init__(self, service: str = "sleep", credit: int = 1, seconds: float = 0.1) -> None:
         self.service, self.credit, self.seconds = service, credit, seconds
@@ -53,4 +58,5 @@ class SleepAgent(Agent):
         if isinstance(body, dict) and isinstance(body.get("seconds"), (int, float)):
             seconds = float(body["seconds"])
         await anyio.sleep(seconds)
-        return {"slept": seconds, "tag": body.get("tag") if isinstance(body, dict) else None}
+        tag = body.get("tag") if isinstance(body, dict) else None
+        return {"slept": seconds, "tag": tag, "pid": os.getpid()}

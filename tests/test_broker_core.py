@@ -1,0 +1,185 @@
+"""The broker's routing state, driven directly: no sockets, a hand-moved clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from itas import protocol as P
+from itas.broker.core import Broker
+
+
+class Wire:
+    def __init__(self) -> None:
+        self.sent: list[list[bytes]] = []
+        self.gone: set[bytes] = set()
+        self.now = 100.0
+
+    def send(self, frames: list[bytes]) -> bool:
+        if frames[0] in self.gone:
+            return False
+        self.sent.append(frames)
+        return True
+
+    def to(self, identity: bytes, header: bytes | None = None) -> list[list[bytes]]:
+        return [f for f in self.sent if f[0] == identity and (header is None or f[1] == header)]
+
+
+@pytest.fixture
+def wire() -> Wire:
+    return Wire()
+
+
+@pytest.fixture
+def broker(wire: Wire) -> Broker:
+    return Broker(wire.send, heartbeat_interval=1.0, liveness=3, clock=lambda: wire.now)
+
+
+def ready(broker: Broker, identity: bytes, service: str = "svc", credit: int = 1) -> None:
+    broker.handle([identity, P.READY, P.ready_body(service, credit, identity.decode())])
+
+
+def request(broker: Broker, client: bytes, rid: int, service: str = "svc",
+            timeout_ms: int = 5000) -> None:
+    broker.handle([client, P.REQUEST, P.request_meta(rid, service, timeout_ms), P.pack(rid)])
+
+
+def reply(broker: Broker, worker: bytes, ticket: bytes, body: bytes = b"\xc0") -> None:
+    broker.handle([worker, P.REPLY, ticket, body])
+
+
+def test_request_reaches_worker_and_reply_reaches_client(broker: Broker, wire: Wire) -> None:
+    ready(broker, b"w1")
+    request(broker, b"c1", 7)
+    [(_, hdr, ticket, body)] = wire.to(b"w1", P.REQUEST)
+    assert P.unpack(body) == 7
+    reply(broker, b"w1", ticket, P.pack("done"))
+    [(_, hdr, rid, body)] = wire.to(b"c1")
+    assert (hdr, P.unpack(rid), P.unpack(body)) == (P.REPLY, 7, "done")
+
+
+def test_least_loaded_worker_within_credit(broker: Broker, wire: Wire) -> None:
+    ready(broker, b"w1", credit=2)
+    ready(broker, b"w2", credit=2)
+    for rid in range(5):
+        request(broker, b"c", rid)
+    assert len(wire.to(b"w1", P.REQUEST)) == 2
+    assert len(wire.to(b"w2", P.REQUEST)) == 2
+    assert broker.status()["services"]["svc"]["waiting"] == 1
+    ticket = wire.to(b"w2", P.REQUEST)[0][2]
+    reply(broker, b"w2", ticket)
+    assert len(wire.to(b"w2", P.REQUEST)) == 3  # the freed credit takes the waiting request
+
+
+def test_silent_worker_requests_go_to_another(broker: Broker, wire: Wire) -> None:
+    ready(broker, b"w1")
+    request(broker, b"c", 1)
+    ready(broker, b"w2")
+    wire.now += 2.0
+    broker.handle([b"w2", P.HEARTBEAT])
+    wire.now += 1.5  # w1 silent for 3.5 s > 3 s; w2 heard 1.5 s ago
+    broker.tick()
+    [(_, _, ticket, _)] = wire.to(b"w2", P.REQUEST)
+    assert broker.counters["retried"] == 1 and broker.counters["workers_lost"] == 1
+    reply(broker, b"w2", ticket, P.pack("ok"))
+    assert P.unpack(wire.to(b"c")[-1][3]) == "ok"
+
+
+def test_gives_up_after_max_attempts(broker: Broker, wire: Wire) -> None:
+    request(broker, b"c", 1, timeout_ms=60_000)
+    for n in range(3):
+        ready(broker, b"w%d" % n)
+        wire.now += 4.0
+        broker.tick()
+    [(_, hdr, _, body)] = wire.to(b"c")
+    assert hdr == P.ERROR
+    code, message = P.parse_error(body)
+    assert code == P.ErrorCode.WORKER_LOST and "'svc'" in message
+
+
+def test_unknown_service_expires_with_named_error(broker: Broker, wire: Wire) -> None:
+    request(broker, b"c", 1, service="nobody", timeout_ms=500)
+    broker.tick()
+    assert wire.to(b"c") == []
+    wire.now += 0.6
+    broker.tick()
+    code, message = P.parse_error(wire.to(b"c")[0][3])
+    assert code == P.ErrorCode.SERVICE_UNAVAILABLE and "'nobody'" in message
+    assert "nobody" not in broker.services  # no leftovers from unknown names
+
+
+def test_busy_service_expires_as_expired(broker: Broker, wire: Wire) -> None:
+    ready(broker, b"w1")
+    request(broker, b"c", 1)
+    request(broker, b"c", 2, timeout_ms=100)
+    wire.now += 0.2
+    broker.handle([b"w1", P.HEARTBEAT])
+    broker.tick()
+    code, _ = P.parse_error(wire.to(b"c")[0][3])
+    assert code == P.ErrorCode.EXPIRED
+
+
+@pytest.mark.parametrize("frames", [
+    [b"x"],
+    [b"x", b"garbage"],
+    [b"x", b"ITAS\x09\x02", b"", b""],  # unsupported version
+    [b"x", P.REQUEST, b"\xc1", b""],  # bad msgpack
+    [b"x", P.REQUEST, P.pack([1, "svc"]), b""],  # wrong meta shape
+    [b"x", P.REQUEST, P.request_meta(1, "svc", 10)],  # missing body frame
+    [b"x", P.READY, P.pack({"service": "s", "credit": 0})],
+    [b"x", P.READY, P.pack({"service": "", "credit": 1})],
+])
+def test_malformed_messages_are_dropped_and_counted(broker: Broker, wire: Wire,
+                                                    frames: list[bytes]) -> None:
+    broker.handle(frames)
+    assert broker.counters["dropped_malformed"] == 1
+    assert not broker.workers and not broker.services
+
+
+def test_oversize_is_dropped(wire: Wire) -> None:
+    broker = Broker(wire.send, max_message_bytes=1000, clock=lambda: wire.now)
+    broker.handle([b"c", P.REQUEST, P.request_meta(1, "s", 100), b"x" * 1000])
+    assert broker.counters["dropped_oversize"] == 1 and not broker.services
+
+
+def test_stale_reply_is_dropped_and_worker_told_to_announce(broker: Broker, wire: Wire) -> None:
+    reply(broker, b"ghost", b"\x00" * 8)
+    assert broker.counters["dropped_stale"] == 1
+    assert wire.to(b"ghost") == [[b"ghost", P.DISCONNECT]]
+
+
+def test_unreachable_worker_is_dropped_at_once(broker: Broker, wire: Wire) -> None:
+    ready(broker, b"w1")
+    ready(broker, b"w2")
+    wire.gone.add(b"w1")
+    request(broker, b"c", 1)
+    assert len(wire.to(b"w2", P.REQUEST)) == 1
+    assert b"w1" not in broker.workers
+
+
+def test_clean_disconnect_requeues_without_counting_an_attempt(broker: Broker,
+                                                               wire: Wire) -> None:
+    request(broker, b"c", 1, timeout_ms=60_000)
+    for n in range(5):  # five clean goodbyes never exhaust the attempts
+        ready(broker, b"w%d" % n)
+        broker.handle([b"w%d" % n, P.DISCONNECT])
+    ready(broker, b"last")
+    [(_, _, ticket, _)] = wire.to(b"last", P.REQUEST)
+    reply(broker, b"last", ticket)
+    assert wire.to(b"c")[0][1] == P.REPLY
+
+
+def test_status_service_answers_from_the_broker(broker: Broker, wire: Wire) -> None:
+    ready(broker, b"w1", service="echo", credit=4)
+    request(broker, b"c", 3, service=P.STATUS_SERVICE)
+    status = P.unpack(wire.to(b"c")[0][3])
+    assert status["services"]["echo"] == {"waiting": 0, "workers": 1, "inflight": 0, "credit": 4}
+    assert status["workers"][0]["name"] == "w1"
+
+
+def test_heartbeats_carry_the_epoch(broker: Broker, wire: Wire) -> None:
+    ready(broker, b"w1")
+    broker.handle([b"client", P.HEARTBEAT])
+    assert wire.to(b"client") == [[b"client", P.HEARTBEAT, broker.epoch]]
+    wire.now += 1.1
+    broker.tick()
+    assert wire.to(b"w1", P.HEARTBEAT)[-1] == [b"w1", P.HEARTBEAT, broker.epoch]
