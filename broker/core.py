@@ -35,7 +35,7 @@ Send = Callable[[list[bytes]], bool]
 @dataclass(slots=True, eq=False)
 class Request:
     client: bytes
-    rid: bytes  # the client's packed request id, echoed in the reply
+    request_id: int  # the client's id, echoed in the reply
     service: str
     body: bytes
     deadline: float
@@ -115,12 +115,11 @@ class Broker:
         identity, _, meta, body = frames
         request_id, service_name, timeout_ms = P.parse_request_meta(meta)
         self.counters["requests"] += 1
-        rid = P.pack(request_id)
         if service_name == P.STATUS_SERVICE:
-            self._send([identity, P.REPLY, rid, P.pack(self.status())])
+            self._send([identity, P.REPLY, P.reply_meta(request_id, 0), P.pack(self.status())])
             return
         timeout_s = timeout_ms / 1000.0
-        request = Request(identity, rid, service_name, body, self._clock() + timeout_s, timeout_s)
+        request = Request(identity, request_id, service_name, body, self._clock() + timeout_s, timeout_s)
         service = self._service(service_name)
         service.waiting.append(request)
         self._dispatch(service)
@@ -142,7 +141,8 @@ class Broker:
             self.counters["dropped_stale"] += 1
         else:
             self.counters["replied"] += 1
-            if not self._send([request.client, hdr, request.rid, body]):
+            meta = P.reply_meta(request.request_id, request.attempts)
+            if not self._send([request.client, hdr, meta, body]):
                 self.counters["undeliverable"] += 1
         self._dispatch(worker.service)
 
@@ -224,7 +224,8 @@ class Broker:
         self._dispatch(service)
 
     def _fail(self, request: Request, code: str, message: str) -> None:
-        self._send([request.client, P.ERROR, request.rid, P.error_body(code, message)])
+        meta = P.reply_meta(request.request_id, request.attempts)
+        self._send([request.client, P.ERROR, meta, P.error_body(code, message)])
 
     # -- time ----------------------------------------------------------------
 

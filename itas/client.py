@@ -44,7 +44,16 @@ class _Pending:
     body: bytes
     deadline: float
     done: anyio.Event = field(default_factory=anyio.Event)
-    reply: tuple[bytes, bytes] | None = None  # (header, body)
+    reply: tuple[bytes, int, bytes] | None = None  # (header, attempts, body)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A decoded reply and how it came about."""
+
+    body: Any
+    attempts: int  # workers the broker gave the request to; > 1 means one was lost
+    latency_s: float
 
 
 class AsyncClient:
@@ -108,17 +117,22 @@ class AsyncClient:
     # -- requests ----------------------------------------------------------------
 
     async def request(self, service: str, body: Any, *, timeout: float | None = None) -> Any:
-        """Send ``body`` to ``service`` and return the decoded reply.
+        """Send ``body`` to ``service`` and return the decoded reply body.
 
         Raises ``ServiceUnavailable`` (no worker within the deadline),
         ``RequestTimeout``, ``RemoteError`` (the agent's error reply, with its
         code) or ``BrokerUnreachable`` (client not open).
         """
+        return (await self.call(service, body, timeout=timeout)).body
+
+    async def call(self, service: str, body: Any, *, timeout: float | None = None) -> Reply:
+        """Like ``request``, but also says how many attempts it took and how long."""
         if self._tasks is None or self._socket is None:
             raise BrokerUnreachable("client is not open: use 'async with AsyncClient(...)'")
         timeout = self.timeout if timeout is None else timeout
         request_id = next(self._ids)
-        pending = _Pending(service, P.pack(body), anyio.current_time() + timeout)
+        started = anyio.current_time()
+        pending = _Pending(service, P.pack(body), started + timeout)
         self._pending[request_id] = pending
         try:
             with anyio.move_on_after(timeout):
@@ -128,9 +142,10 @@ class AsyncClient:
             del self._pending[request_id]
         if pending.reply is None:
             raise RequestTimeout(f"no reply from {service!r} within {timeout:g} s")
-        header, data = pending.reply
+        header, attempts, data = pending.reply
         if header == P.REPLY:
-            return P.unpack(data, f"reply from {service!r}")
+            return Reply(P.unpack(data, f"reply from {service!r}"), attempts,
+                         anyio.current_time() - started)
         code, message = P.parse_error(data)
         if code == P.ErrorCode.SERVICE_UNAVAILABLE:
             raise ServiceUnavailable(service, message)
@@ -189,12 +204,12 @@ class AsyncClient:
         header = frames[0]
         if header in (P.REPLY, P.ERROR) and len(frames) == 3:
             try:
-                request_id = P.unpack(frames[1], "reply id")
+                request_id, attempts = P.parse_reply_meta(frames[1])
             except ProtocolError:
                 return
-            pending = self._pending.get(request_id) if isinstance(request_id, int) else None
+            pending = self._pending.get(request_id)
             if pending is not None and pending.reply is None:
-                pending.reply = (header, frames[2])
+                pending.reply = (header, attempts, frames[2])
                 pending.done.set()
         elif header == P.HEARTBEAT and len(frames) == 2:
             restarted = self._epoch is not None and frames[1] != self._epoch

@@ -10,14 +10,15 @@ are msgpack written and read by the two ends.
     broker -> worker  REQUEST    [hdr, ticket, body]
     worker -> broker  REPLY      [hdr, ticket, body]
     worker -> broker  ERROR      [hdr, ticket, msgpack [code, message]]
-    broker -> client  REPLY      [hdr, msgpack request_id, body]
-    broker -> client  ERROR      [hdr, msgpack request_id, msgpack [code, message]]
+    broker -> client  REPLY      [hdr, msgpack [request_id, attempts], body]
+    broker -> client  ERROR      [hdr, msgpack [request_id, attempts], msgpack [code, message]]
     broker -> peer    HEARTBEAT  [hdr, broker_epoch]   peer -> broker  HEARTBEAT [hdr]
     worker -> broker  DISCONNECT [hdr]                 broker -> worker DISCONNECT [hdr]
 
 A ticket is the broker's name for one attempt of one request; a reply whose
 ticket the broker no longer knows (the worker was given up on, or the broker
-restarted) is dropped, and the client's resend covers it. The broker's epoch
+restarted) is dropped, and the client's resend covers it. ``attempts`` tells the
+client how many workers the request was given to (more than one: a worker was lost). The broker's epoch
 changes at every start, so peers notice a restart even when TCP reconnects
 silently: workers announce again, clients resend what is in flight.
 A broker answers DISCONNECT to a worker it does not know; the worker announces again.
@@ -123,6 +124,18 @@ def parse_request_meta(frame: bytes) -> tuple[int, str, int]:
     if not 0 < len(meta[1]) <= MAX_SERVICE_NAME or meta[2] <= 0:
         raise ProtocolError("REQUEST meta: empty service name or non-positive timeout")
     return meta[0], meta[1], meta[2]
+
+
+def reply_meta(request_id: int, attempts: int) -> bytes:
+    return pack([request_id, attempts])
+
+
+def parse_reply_meta(frame: bytes) -> tuple[int, int]:
+    meta = unpack(frame, "REPLY meta")
+    if not (isinstance(meta, list) and len(meta) == 2
+            and isinstance(meta[0], int) and isinstance(meta[1], int)):
+        raise ProtocolError("REPLY meta: expected [request_id:int, attempts:int]")
+    return meta[0], meta[1]
 
 
 def error_body(code: str, message: str) -> bytes:

@@ -54,7 +54,7 @@ def test_request_reaches_worker_and_reply_reaches_client(broker: Broker, wire: W
     assert P.unpack(body) == 7
     reply(broker, b"w1", ticket, P.pack("done"))
     [(_, hdr, rid, body)] = wire.to(b"c1")
-    assert (hdr, P.unpack(rid), P.unpack(body)) == (P.REPLY, 7, "done")
+    assert (hdr, P.parse_reply_meta(rid), P.unpack(body)) == (P.REPLY, (7, 1), "done")
 
 
 def test_least_loaded_worker_within_credit(broker: Broker, wire: Wire) -> None:

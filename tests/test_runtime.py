@@ -68,7 +68,8 @@ async def test_kill_9_agent_with_requests_in_flight_loses_nothing(procs: Process
     results = []
     async with fast_client(broker.endpoint, timeout=30) as client:
         async def one(tag: int) -> None:
-            results.append((await client.request("sleep", {"tag": tag}))["tag"])
+            reply = await client.call("sleep", {"tag": tag})
+            results.append((reply.body["tag"], reply.attempts, reply.body["pid"]))
 
         async with anyio.create_task_group() as tg:
             for tag in range(8):
@@ -76,8 +77,10 @@ async def test_kill_9_agent_with_requests_in_flight_loses_nothing(procs: Process
             await anyio.sleep(0.3)  # all 8 are in flight, 4 per agent
             victims[0].kill()
         status = await client.status()
-    assert sorted(results) == list(range(8))
+    assert sorted(tag for tag, _, _ in results) == list(range(8))
     assert status["counters"]["retried"] >= 4
+    retried = [(attempts, pid) for _, attempts, pid in results if attempts > 1]
+    assert len(retried) >= 4 and all(pid == victims[1].pid for _, pid in retried)
 
 
 async def test_broker_killed_and_restarted_under_load_loses_nothing(procs: Processes) -> None:
