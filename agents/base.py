@@ -9,7 +9,10 @@ reconnects and shutdown; an ``Agent`` only maps a request body to a reply body.
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from itas.security import CurveKeys
 
 
 class Agent(abc.ABC):
@@ -24,6 +27,10 @@ class Agent(abc.ABC):
     service: str
     #: How many requests this process takes at once.
     credit: int = 1
+
+    def attach(self, broker: str, curve: CurveKeys | None) -> None:  # noqa: B027
+        """Told before ``start`` where the agent's own requests go: the orchestrator
+        calls other agents through the broker it serves."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open provider clients and the like, once, before the first request."""

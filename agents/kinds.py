@@ -17,6 +17,7 @@ from itas.errors import ConfigError
 KINDS: dict[str, str] = {
     "echo": "itas.agents.utility:EchoAgent.from_settings",
     "sleep": "itas.agents.utility:SleepAgent.from_settings",
+    "orchestrator": "itas.orchestrator.service:OrchestratorAgent.from_settings",
 }
 
 

@@ -67,6 +67,7 @@ class Worker:
     # -- lifecycle -------------------------------------------------------------
 
     async def run(self, *, handle_signals: bool = True) -> None:
+        self.agent.attach(self.broker, self.curve)
         await self.agent.start()
         try:
             async with anyio.create_task_group() as handlers:

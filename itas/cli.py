@@ -16,6 +16,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Inference-time architectures over LLMs as a mesh of ZeroMQ agents.")
 keys_app = typer.Typer(no_args_is_help=True, help="CURVE key management.")
 app.add_typer(keys_app, name="keys")
+model_app = typer.Typer(no_args_is_help=True, help="The embedded local model.")
+app.add_typer(model_app, name="model")
 
 BrokerOpt = Annotated[str, typer.Option("--broker", "-b", envvar="ITAS_BROKER",
                                         help="Broker endpoint to connect to.")]
@@ -174,6 +176,134 @@ def request(
     with Client(broker, curve=_client_keys(curve_secret, curve_server)) as client:
         print(json.dumps(client.request(service, payload, timeout=timeout), indent=2,
                          default=repr))
+
+
+@app.command()
+def orchestrator(
+    broker: BrokerOpt = DEFAULT_BROKER,
+    credit: Annotated[int, typer.Option(help="Queries this process runs at once.")] = 32,
+    curve_secret: CurveSecretOpt = None,
+    curve_server: CurveServerOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run an orchestrator (the service that runs architectures) until SIGINT/SIGTERM."""
+    import anyio
+
+    from itas.agents.runtime import Worker
+    from itas.orchestrator.service import OrchestratorAgent
+
+    _setup_logging(verbose)
+    worker = Worker(OrchestratorAgent(credit), broker,
+                    curve=_client_keys(curve_secret, curve_server))
+    anyio.run(worker.run)
+
+
+@app.command()
+def ask(
+    prompt: Annotated[str, typer.Argument(help="The question.")],
+    arch: Annotated[str, typer.Option(help="Architecture file, or the name of a packaged one.")
+                    ] = "local_gcrf",
+    trace: Annotated[bool, typer.Option(help="Show the flow: layers, calls, candidates.")
+                     ] = False,
+    broker: BrokerOpt = DEFAULT_BROKER,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 600.0,
+    calls: Annotated[Optional[int], typer.Option(help="Budget: most LLM calls.")] = None,
+    tokens: Annotated[Optional[int], typer.Option(help="Budget: most tokens.")] = None,
+    curve_secret: CurveSecretOpt = None,
+    curve_server: CurveServerOpt = None,
+) -> None:
+    """Answer a prompt with an architecture, through the orchestrator."""
+    from itas.client import Client
+    from itas.render import print_answer
+    from itas.stack import resolve_config
+
+    budget = {k: v for k, v in (("calls", calls), ("tokens", tokens)) if v is not None}
+    with Client(broker, curve=_client_keys(curve_secret, curve_server)) as client:
+        answer = client.ask(prompt, architecture=resolve_config("architectures", arch),
+                            trace=trace, budget=budget or None, timeout=timeout)
+    print_answer(answer, trace=trace)
+
+
+@app.command()
+def up(
+    pool: Annotated[str, typer.Option(help="Pool file, or the name of a packaged pool.")
+                    ] = "local",
+    bind: Annotated[str, typer.Option(help="Broker endpoint.")] = DEFAULT_BROKER,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Start broker, embedded model server, agent pool and orchestrator; Ctrl-C stops all."""
+    import signal
+
+    import anyio
+
+    from itas.stack import run_stack
+
+    _setup_logging(verbose)
+
+    async def main() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with run_stack(pool, bind=bind) as stack:
+                print(f"itas up: broker {stack.broker}; services: {', '.join(stack.services)}"
+                      + (f"; model server {stack.model_url}" if stack.model_url else ""),
+                      flush=True)
+                async for _ in signals:
+                    break
+        print("itas up: stopped", flush=True)
+
+    anyio.run(main)
+
+
+@app.command()
+def demo(
+    prompt: Annotated[str, typer.Argument(help="The question.")] =
+    "In two sentences: why does the sky look blue?",
+    arch: Annotated[str, typer.Option(help="Architecture file or packaged name.")] =
+    "local_gcrf",
+    pool: Annotated[str, typer.Option(help="Pool file or packaged name.")] = "local",
+    bind: Annotated[str, typer.Option(help="Broker endpoint.")] = "tcp://127.0.0.1:0",
+) -> None:
+    """The main job in one command: start the local stack, answer one prompt with a trace, stop."""
+    import anyio
+
+    from itas.client import AsyncClient
+    from itas.render import print_answer
+    from itas.stack import resolve_config, run_stack
+
+    async def main() -> None:
+        async with run_stack(pool, bind=bind) as stack:
+            print(f"itas demo: stack up (broker {stack.broker}, "
+                  f"{len(stack.services)} services); asking {arch}...", flush=True)
+            async with AsyncClient(stack.broker) as client:
+                answer = await client.ask(prompt, architecture=resolve_config("architectures",
+                                                                              arch), trace=True)
+        print_answer(answer, trace=True)
+
+    anyio.run(main)
+
+
+@app.command()
+def check(
+    arch: Annotated[str, typer.Argument(help="Architecture file or packaged name.")],
+) -> None:
+    """Validate an architecture and print its plan and static cost bound."""
+    from itas.plan import describe
+    from itas.spec import load_architecture
+    from itas.stack import resolve_config
+
+    print(describe(load_architecture(resolve_config("architectures", arch))))
+
+
+@model_app.command("serve")
+def model_serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    threads: Annotated[int, typer.Option(help="CPU threads for generation.")] = 2,
+) -> None:
+    """Serve the embedded SmolLM2-135M-Instruct over an OpenAI-compatible HTTP API."""
+    from itas.agents.providers.local import serve_model
+
+    serve_model(host, port, threads,
+                on_ready=lambda s: print(f"itas model server ready at {s.base_url}", flush=True))
 
 
 @keys_app.command("generate")

@@ -29,6 +29,7 @@ from itas.errors import (
     RequestTimeout,
     ServiceUnavailable,
 )
+from itas.query import ORCHESTRATOR_SERVICE, Answer, ArchitectureLike, PromptLike, query_body
 from itas.security import CurveKeys
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
@@ -151,6 +152,19 @@ class AsyncClient:
             raise ServiceUnavailable(service, message)
         raise RemoteError(code, message, service)
 
+    async def ask(self, prompt: PromptLike, *, architecture: ArchitectureLike,
+                  trace: bool = False, budget: dict[str, int] | None = None,
+                  sim: dict[str, Any] | None = None, tests: list[str] | None = None,
+                  timeout: float | None = None) -> Answer:
+        """Answer a prompt (or a conversation) with an architecture, through the orchestrator.
+
+        ``architecture`` is a spec file path, a mapping or an ``Architecture``;
+        it is validated before anything is sent. ``sim`` is an answer key for
+        simulated models only (see ``itas.agents.providers.sim``).
+        """
+        body = query_body(prompt, architecture, trace=trace, budget=budget, sim=sim, tests=tests)
+        return Answer.from_reply(await self.request(ORCHESTRATOR_SERVICE, body, timeout=timeout))
+
     async def status(self, *, timeout: float = 5.0) -> dict[str, Any]:
         """The broker's services, workers, queue depths and counters."""
         result: dict[str, Any] = await self.request(P.STATUS_SERVICE, None, timeout=timeout)
@@ -253,6 +267,12 @@ class Client:
 
     def request(self, service: str, body: Any, *, timeout: float | None = None) -> Any:
         return self._call(self._async.request, service, body, timeout=timeout)
+
+    def ask(self, prompt: PromptLike, *, architecture: ArchitectureLike, **options: Any
+            ) -> Answer:
+        """Blocking ``AsyncClient.ask``."""
+        answer: Answer = self._call(self._async.ask, prompt, architecture=architecture, **options)
+        return answer
 
     def status(self, *, timeout: float = 5.0) -> dict[str, Any]:
         result: dict[str, Any] = self._call(self._async.status, timeout=timeout)

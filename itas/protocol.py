@@ -60,6 +60,7 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"
     PROVIDER = "provider_error"
     BUDGET = "budget_exceeded"
+    NO_CANDIDATES = "no_candidates"
 
 
 def header(command: Command) -> bytes:

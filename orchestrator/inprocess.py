@@ -1,0 +1,62 @@
+"""Calling agents inside this process, for studies that need no broker.
+
+``perf/search_efficiency.py`` and offline studies score thousands of
+architectures on simulated models; the broker would only add hops. The same
+orchestrator code runs; each service name is built into an agent once, from a
+pool, and ``handle`` is awaited directly. Errors are translated exactly as the
+broker path translates them, so results match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+
+from itas import protocol as P
+from itas.agents.base import Agent
+from itas.agents.kinds import build_agent
+from itas.agents.pool import PoolEntry
+from itas.client import Reply
+from itas.errors import AgentError, RemoteError, ServiceUnavailable
+
+
+class InProcessCaller:
+    """Serves ``call(service, body)`` from agents built from pool entries, in this process."""
+
+    def __init__(self, entries: Sequence[PoolEntry]) -> None:
+        self._entries = list(entries)
+        self._agents: dict[str, Agent] = {}
+
+    async def __aenter__(self) -> InProcessCaller:
+        for entry in self._entries:
+            agent = build_agent(entry.kind, entry.settings)
+            if agent.service not in self._agents:
+                await agent.start()
+                self._agents[agent.service] = agent
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for agent in self._agents.values():
+            await agent.aclose()
+
+    @property
+    def services(self) -> Mapping[str, Agent]:
+        return self._agents
+
+    async def call(self, service: str, body: Any, *, timeout: float | None = None) -> Reply:
+        agent = self._agents.get(service)
+        if agent is None:
+            raise ServiceUnavailable(service, f"no in-process agent serves {service!r}")
+        started = anyio.current_time()
+        # The same msgpack round trip as the wire, so nothing passes that the wire would refuse.
+        request = P.unpack(P.pack(body))
+        try:
+            result = await agent.handle(request)
+        except AgentError as exc:
+            raise RemoteError(exc.code, exc.message, service) from exc
+        except Exception as exc:  # as the agent runtime reports a handler's bug
+            raise RemoteError(P.ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}",
+                              service) from exc
+        return Reply(P.unpack(P.pack(result)), 1, anyio.current_time() - started)
