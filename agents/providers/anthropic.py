@@ -1,0 +1,111 @@
+"""The ``anthropic`` provider: Anthropic's Messages API.
+
+The Messages API takes the system prompt as a separate field and wants the
+conversation to alternate user/assistant. Techniques write OpenAI-style
+message lists, so ``to_messages_api`` moves every system message into
+``system`` (joined by blank lines, in order) and merges consecutive messages of
+the same role. The key comes from ``api_key_env`` (default
+``ANTHROPIC_API_KEY``) and travels only in the SDK's auth header
+(``Authorization: Bearer`` in SDK 2.x, ``x-api-key`` before).
+Temperatures above 1 (valid for OpenAI, up to 2) are clamped to 1, the Messages
+API maximum, so one architecture can run on either vendor.
+
+Anthropic deprecated sampling parameters for its newer models (they reject any
+temperature but the default 1.0), and the SDK (1.x and later) no longer takes
+``temperature`` as an argument. It therefore goes in the request body, only
+when it differs from the default, and ``send_temperature: false`` leaves it out
+for models that refuse it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import anthropic
+from itas.agents.providers.base import Message
+from itas.agents.providers.config import flag
+from itas.agents.providers.remote import RemoteProvider, Reply
+from itas.agents.providers.retry import Failure, sdk_failure
+
+from itas.errors import ProviderError
+
+CONVERSATION_ROLES = ("user", "assistant")
+MAX_TEMPERATURE = 1.0
+API_DEFAULT_TEMPERATURE = 1.0
+
+
+def to_messages_api(messages: Sequence[Message]) -> tuple[str | None, list[dict[str, Any]]]:
+    """Split ``messages`` into (system text or None, alternating user/assistant turns)."""
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content", "")
+        if role == "system":
+            system.append(content)
+        elif role in CONVERSATION_ROLES:
+            if turns and turns[-1]["role"] == role:
+                turns[-1]["content"] += "\n\n" + content
+            else:
+                turns.append({"role": role, "content": content})
+        else:
+            raise ProviderError("anthropic", f"message {index} has unknown role {role!r}")
+    if not turns:
+        raise ProviderError("anthropic", "the Messages API needs at least one user message")
+    return ("\n\n".join(system) if system else None), turns
+
+
+class AnthropicProvider(RemoteProvider):
+    name = "anthropic"
+    default_key_env = "ANTHROPIC_API_KEY"
+    extra_keys = frozenset({"send_temperature"})
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self._send_temperature = flag(self.name, settings, "send_temperature", True)
+        self._client = anthropic.AsyncAnthropic(
+            api_key=self._api_key,
+            base_url=self._configured_base_url,
+            max_retries=0,
+            timeout=self.timeout_s,
+            open_telemetry=False,
+        )
+        self.base_url = str(self._client.base_url)
+
+    _classify_sdk = functools.partial(
+        sdk_failure,
+        status_error=anthropic.APIStatusError,
+        connection_error=anthropic.APIConnectionError,
+        base_error=anthropic.AnthropicError,
+    )
+
+    def _classify(self, exc: BaseException) -> Failure | None:
+        return AnthropicProvider._classify_sdk(exc)
+
+    async def _request(
+        self, messages: Sequence[Message], model: str, temperature: float, max_tokens: int
+    ) -> Reply:
+        system, turns = to_messages_api(messages)
+        extra: dict[str, Any] = {"system": system} if system is not None else {}
+        temperature = min(temperature, MAX_TEMPERATURE)
+        if self._send_temperature and temperature != API_DEFAULT_TEMPERATURE:
+            extra["extra_body"] = {"temperature": temperature}
+        response = await self._client.messages.create(
+            model=model,
+            max_tokens=max_tokens,
+            messages=turns,  # type: ignore[arg-type]
+            **extra,
+        )
+        usage = response.usage
+        prompt = usage.input_tokens + (usage.cache_creation_input_tokens or 0)
+        prompt += usage.cache_read_input_tokens or 0
+        return Reply(
+            text="".join(block.text for block in response.content if block.type == "text"),
+            prompt_tokens=prompt,
+            completion_tokens=usage.output_tokens,
+            finish_reason=response.stop_reason,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()

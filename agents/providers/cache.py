@@ -1,0 +1,259 @@
+"""An on-disk response cache, shared by every agent process on a machine.
+
+Searches and benchmark reruns send the same calls again and again; replaying
+them from disk saves money and time and makes reruns reproducible. The key is a
+hash of everything that shapes a reply (provider, model, base URL, messages,
+temperature, max_tokens, sample index): change any of them and it is a
+different call. ``sample_index`` is in the key so that the n samples of one
+call stay n different replies.
+
+SQLite in WAL mode with a busy timeout lets many processes read and write the
+same file at once; a write is one INSERT OR REPLACE, so a crash never leaves a
+half entry. Calls run in a worker thread (``anyio.to_thread``), one at a time
+per cache, so the event loop never blocks on disk.
+
+On by default at ``~/.cache/itas/responses.sqlite`` (``ITAS_CACHE_DIR`` moves
+it); ``ITAS_CACHE=off`` or the provider setting ``cache: false`` turns it off.
+The cache holds prompts and replies, so its directory is created readable by
+its owner only. Errors are never cached. A cache that cannot be opened is a
+ConfigError at start; one that fails later (disk full, file removed) only logs
+a warning, since a cache must never fail a call that the provider could answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from itas.agents.providers.base import Completion, Message, Provider, SimTask, Usage
+
+from itas.errors import ConfigError
+
+log = logging.getLogger("itas.providers.cache")
+
+#: Bump when the key recipe or the stored fields change; old entries then just miss.
+CACHE_VERSION = 1
+CACHE_FILE = "responses.sqlite"
+DEFAULT_CACHE_DIR = Path("~/.cache/itas")
+CACHE_DIR_ENV = "ITAS_CACHE_DIR"
+CACHE_SWITCH_ENV = "ITAS_CACHE"
+OFF_VALUES = frozenset({"off", "0", "false", "no"})
+BUSY_TIMEOUT_S = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    key TEXT PRIMARY KEY,
+    text TEXT NOT NULL,
+    finish_reason TEXT,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    cost_known INTEGER NOT NULL,
+    created_at REAL NOT NULL
+)
+"""
+
+
+def cache_enabled_by_env() -> bool:
+    return os.environ.get(CACHE_SWITCH_ENV, "on").strip().lower() not in OFF_VALUES
+
+
+def default_cache_path() -> Path:
+    base = os.environ.get(CACHE_DIR_ENV)
+    return (Path(base) if base else DEFAULT_CACHE_DIR).expanduser() / CACHE_FILE
+
+
+def cache_key(
+    *,
+    provider: str,
+    model: str,
+    base_url: str | None,
+    messages: Sequence[Message],
+    temperature: float,
+    max_tokens: int,
+    sample_index: int,
+    extra: Any = None,
+) -> str:
+    """A stable hex digest of the call; ``extra`` holds anything else that shapes the reply."""
+    blob = json.dumps(
+        {
+            "v": CACHE_VERSION,
+            "provider": provider,
+            "model": model,
+            "base_url": base_url,
+            "messages": [dict(m) for m in messages],
+            "temperature": float(temperature),
+            "max_tokens": int(max_tokens),
+            "sample_index": int(sample_index),
+            "extra": extra,
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class ResponseCache:
+    """One SQLite file; one connection per instance (per process)."""
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path is not None else default_cache_path()
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(
+                f"response cache {self.path}: {exc}; point {CACHE_DIR_ENV} at a writable "
+                f"directory or set {CACHE_SWITCH_ENV}=off"
+            ) from exc
+        # One statement at a time on the shared connection, off the event loop.
+        self._limiter = anyio.CapacityLimiter(1)
+
+    def get(self, key: str) -> Completion | None:
+        row = self._db.execute(
+            "SELECT text, finish_reason, prompt_tokens, completion_tokens, cost_usd, cost_known "
+            "FROM responses WHERE key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        text, finish_reason, prompt_tokens, completion_tokens, cost_usd, cost_known = row
+        usage = Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            latency_s=0.0,
+            cost_usd=cost_usd,
+            cached=True,
+            cost_known=bool(cost_known),
+        )
+        return Completion(text=text, usage=usage, finish_reason=finish_reason)
+
+    def put(self, key: str, completion: Completion) -> None:
+        usage = completion.usage
+        self._db.execute(
+            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                completion.text,
+                completion.finish_reason,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cost_usd,
+                int(usage.cost_known),
+                time.time(),
+            ),
+        )
+
+    async def aget(self, key: str) -> Completion | None:
+        return await anyio.to_thread.run_sync(self.get, key, limiter=self._limiter)
+
+    async def aput(self, key: str, completion: Completion) -> None:
+        await anyio.to_thread.run_sync(self.put, key, completion, limiter=self._limiter)
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class CachingProvider(Provider):
+    """Wraps a provider: answer from the cache, else call it and remember the reply."""
+
+    def __init__(self, inner: Provider, cache: ResponseCache) -> None:
+        self.inner = inner
+        self.cache = cache
+        self.name = inner.name
+
+    def key_for(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        temperature: float,
+        max_tokens: int,
+        sample_index: int,
+        sim: SimTask | None,
+    ) -> str:
+        # Only a simulated model's reply depends on the SimTask; real ones ignore it.
+        extra = None
+        if sim is not None and self.inner.name == "sim":
+            extra = {
+                "role": sim.role,
+                "key": sim.key,
+                "candidates": list(sim.candidates),
+                "extra": sim.extra,
+            }
+        return cache_key(
+            provider=self.inner.name,
+            model=model,
+            base_url=getattr(self.inner, "base_url", None),
+            messages=messages,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            sample_index=sample_index,
+            extra=extra,
+        )
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        temperature: float = 0.7,
+        max_tokens: int = 512,
+        sample_index: int = 0,
+        sim: SimTask | None = None,
+    ) -> Completion:
+        key = self.key_for(
+            messages,
+            model=model,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            sample_index=sample_index,
+            sim=sim,
+        )
+        try:
+            hit = await self.cache.aget(key)
+        except sqlite3.Error as exc:  # a broken cache must not break the call
+            log.warning(
+                "response cache %s unreadable (%s); calling the provider", self.cache.path, exc
+            )
+            hit = None
+        if hit is not None:
+            return hit
+        completion = await self.inner.complete(
+            messages,
+            model=model,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            sample_index=sample_index,
+            sim=sim,
+        )
+        try:
+            await self.cache.aput(key, completion)
+        except sqlite3.Error as exc:
+            log.warning("response cache %s not written (%s)", self.cache.path, exc)
+        return completion
+
+    async def aclose(self) -> None:
+        try:
+            await self.inner.aclose()
+        finally:
+            self.cache.close()

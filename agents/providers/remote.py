@@ -1,0 +1,186 @@
+"""What the HTTP providers (openai, anthropic, local) share: settings, key, limit, retries, usage.
+
+A subclass only knows its SDK: how to send one request (``_request``) and how
+to read its exceptions (``_classify``). Everything that must behave the same
+for every vendor lives here: the API key comes from the agent machine's
+environment (named by ``api_key_env``) and never from the pool file, so it
+never travels with a configuration; at most ``max_concurrency`` calls are in
+flight per provider instance; the one retry policy of ``retry.py`` applies;
+usage and cost are filled in the same way.
+
+Latency is measured from the moment a call gets its concurrency slot to its
+reply, retries included: it is what the call cost in time, not how long it
+queued behind its siblings in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import anyio
+from itas.agents.providers.base import Completion, Message, Provider, SimTask, Usage
+from itas.agents.providers.config import check_keys, integer, number, text
+from itas.agents.providers.prices import Price, price_for
+from itas.agents.providers.retry import Failure, RetryPolicy, call_with_retries
+
+from itas.errors import ConfigError
+
+#: Sent to servers that need no key (llama.cpp, vLLM, Ollama on loopback); SDKs insist on one.
+NO_KEY = "no-key-needed"
+DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_MAX_CONCURRENCY = 8
+DEFAULT_POLICY = RetryPolicy()
+REMOTE_KEYS = frozenset(
+    {
+        "base_url",
+        "api_key_env",
+        "timeout_s",
+        "max_attempts",
+        "max_concurrency",
+        "retry_base_delay_s",
+        "retry_max_delay_s",
+        "max_retry_after_s",
+        "price_in_per_mtok",
+        "price_out_per_mtok",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One successful HTTP answer, vendor-neutral."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+
+
+class RemoteProvider(Provider):
+    """Base of the SDK-backed providers; see the module docstring."""
+
+    name: ClassVar[str]
+    #: Environment variable read when the settings name none.
+    default_key_env: ClassVar[str]
+    #: Settings this subclass accepts besides ``REMOTE_KEYS``.
+    extra_keys: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        name = self.name
+        if "api_key" in settings:
+            raise ConfigError(
+                f"provider {name!r}: setting 'api_key' is not allowed (keys must not live in "
+                "pool files); put the key in an environment variable and name it with 'api_key_env'"
+            )
+        check_keys(name, settings, REMOTE_KEYS | self.extra_keys)
+        self.timeout_s = number(name, settings, "timeout_s", DEFAULT_TIMEOUT_S, low=0.1)
+        self.policy = RetryPolicy(
+            max_attempts=integer(
+                name, settings, "max_attempts", DEFAULT_POLICY.max_attempts, low=1, high=50
+            ),
+            base_delay_s=number(
+                name, settings, "retry_base_delay_s", DEFAULT_POLICY.base_delay_s, low=0
+            ),
+            max_delay_s=number(
+                name, settings, "retry_max_delay_s", DEFAULT_POLICY.max_delay_s, low=0
+            ),
+            max_retry_after_s=number(
+                name, settings, "max_retry_after_s", DEFAULT_POLICY.max_retry_after_s, low=0
+            ),
+        )
+        self.max_concurrency = integer(
+            name, settings, "max_concurrency", DEFAULT_MAX_CONCURRENCY, low=1, high=10_000
+        )
+        self._limiter = anyio.CapacityLimiter(self.max_concurrency)
+        self._price = self._price_override(settings)
+        self._configured_base_url = text(name, settings, "base_url", self.default_base_url())
+        self._api_key = self._resolve_key(settings)
+        #: Effective base URL, set by the subclass once its SDK client exists (cache key part).
+        self.base_url: str | None = self._configured_base_url
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def default_base_url(self) -> str | None:
+        """Base URL when the settings give none; None means the SDK's vendor default."""
+        return None
+
+    def keyless_default(self) -> bool:
+        """True when a missing key is fine (the server is a local one that ignores keys)."""
+        return self._configured_base_url is not None
+
+    async def _request(
+        self, messages: Sequence[Message], model: str, temperature: float, max_tokens: int
+    ) -> Reply:
+        raise NotImplementedError
+
+    def _classify(self, exc: BaseException) -> Failure | None:
+        raise NotImplementedError
+
+    # -- the call --------------------------------------------------------------------------
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        temperature: float = 0.7,
+        max_tokens: int = 512,
+        sample_index: int = 0,
+        sim: SimTask | None = None,
+    ) -> Completion:
+        async with self._limiter:
+            start = time.perf_counter()
+            reply = await call_with_retries(
+                lambda: self._request(messages, model, temperature, max_tokens),
+                provider=self.name,
+                policy=self.policy,
+                classify=self._classify,
+                secrets=(self._api_key,),
+            )
+            latency = time.perf_counter() - start
+        price = self._price or price_for(model)
+        usage = Usage(
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            latency_s=latency,
+            cost_usd=price.cost(reply.prompt_tokens, reply.completion_tokens) if price else 0.0,
+            cost_known=price is not None,
+        )
+        return Completion(text=reply.text, usage=usage, finish_reason=reply.finish_reason)
+
+    # -- settings helpers ------------------------------------------------------------------
+
+    def _resolve_key(self, settings: Mapping[str, Any]) -> str:
+        env_name = text(self.name, settings, "api_key_env", None)
+        if env_name is not None:
+            key = os.environ.get(env_name)
+            if not key:
+                raise ConfigError(
+                    f"provider {self.name!r}: environment variable {env_name} "
+                    "(named by setting 'api_key_env') is not set"
+                )
+            return key
+        key = os.environ.get(self.default_key_env)
+        if key:
+            return key
+        if self.keyless_default():
+            return NO_KEY
+        raise ConfigError(
+            f"provider {self.name!r}: no API key: set the environment variable "
+            f"{self.default_key_env}, name another one with 'api_key_env', or give a "
+            "'base_url' for a server that needs no key"
+        )
+
+    def _price_override(self, settings: Mapping[str, Any]) -> Price | None:
+        keys = ("price_in_per_mtok", "price_out_per_mtok")
+        given = [key for key in keys if key in settings]
+        if not given:
+            return None
+        if len(given) != len(keys):
+            missing = next(key for key in keys if key not in settings)
+            raise ConfigError(f"provider {self.name!r}: setting {given[0]!r} needs {missing!r} too")
+        return Price(*(number(self.name, settings, key, 0.0, low=0) for key in keys))

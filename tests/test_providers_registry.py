@@ -1,0 +1,41 @@
+"""make_provider: names, settings validation, and which SDKs get imported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from itas.agents.providers import PROVIDERS, make_provider
+
+from itas.errors import ConfigError
+
+
+def test_unknown_provider_and_bad_settings_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("ITAS_CACHE", "off")
+    with pytest.raises(ConfigError, match="unknown provider 'gemini'; known providers: anthropic"):
+        make_provider("gemini", {})
+    with pytest.raises(ConfigError, match="settings must be a mapping"):
+        make_provider("openai", ["base_url"])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="'api_key' is not allowed"):
+        make_provider("openai", {"api_key": "sk-in-a-pool-file"})
+    with pytest.raises(ConfigError, match="unknown setting\\(s\\) 'temprature'"):
+        make_provider("anthropic", {"temprature": 0.5, "base_url": "http://127.0.0.1:9"})
+    with pytest.raises(ConfigError, match="'cache' must be true or false, got 'no'"):
+        make_provider("sim", {"cache": "no"})
+    with pytest.raises(ConfigError, match="'max_concurrency' must be in"):
+        make_provider("openai", {"max_concurrency": 0})
+    with pytest.raises(ConfigError, match="'timeout_s' must be a number"):
+        make_provider("local", {"timeout_s": "fast"})
+    assert set(PROVIDERS) == {"openai", "anthropic", "local", "sim"}
+
+
+def test_simulated_models_do_not_import_vendor_sdks() -> None:
+    code = (
+        "import sys; from itas.agents.providers import make_provider;"
+        "make_provider('sim', {'skill': 0.7});"
+        "print(sorted(m for m in ('openai', 'anthropic') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
