@@ -124,7 +124,8 @@ class Worker:
         assert self._socket is not None
         self._epoch = None
         await self._socket.send_multipart(
-            [P.READY, P.ready_body(self.agent.service, self.agent.credit, self.name)]
+            [P.READY, P.ready_body(self.agent.service, self.agent.credit, self.name,
+                                   round(self.heartbeat_interval * 1000))]
         )
 
     async def _connection_loop(self, handlers: anyio.abc.TaskGroup) -> None:

@@ -49,7 +49,10 @@ class Worker:
     service: Service
     credit: int
     name: str
+    interval: float  # the worker's own heartbeat interval: both sides beat at its pace
+    ttl: float
     expiry: float
+    next_beat: float
     inflight: dict[bytes, Request] = field(default_factory=dict)
 
 
@@ -76,14 +79,13 @@ class Broker:
         self._send = send
         self._clock = clock
         self.heartbeat_interval = heartbeat_interval
-        self.worker_ttl = heartbeat_interval * liveness
+        self.liveness = liveness
         self.max_attempts = max_attempts
         self.max_message_bytes = max_message_bytes
         self.epoch = os.urandom(8)
         self.services: dict[str, Service] = {}
         self.workers: dict[bytes, Worker] = {}
         self._tickets = 0
-        self._next_heartbeat = clock() + heartbeat_interval
         self.counters: collections.Counter[str] = collections.Counter()
         self._handlers = {
             P.Command.REQUEST: self._on_request,
@@ -135,7 +137,7 @@ class Broker:
             return
         if hdr == P.ERROR:
             P.parse_error(body)  # a malformed error body is the worker's bug: drop it here
-        worker.expiry = self._clock() + self.worker_ttl
+        worker.expiry = self._clock() + worker.ttl
         request = worker.inflight.pop(ticket, None)
         if request is None:
             self.counters["dropped_stale"] += 1
@@ -150,12 +152,15 @@ class Broker:
         if len(frames) != 3:
             raise ProtocolError("READY: expected 2 frames")
         identity = frames[0]
-        service_name, credit, name = P.parse_ready(frames[2])
+        service_name, credit, name, heartbeat_ms = P.parse_ready(frames[2])
         old = self.workers.get(identity)
         if old is not None:  # announced again (reconnect): its old work goes elsewhere
             self._remove_worker(old, lost=False)
         service = self._service(service_name)
-        worker = Worker(identity, service, credit, name, self._clock() + self.worker_ttl)
+        interval = heartbeat_ms / 1000.0 if heartbeat_ms else self.heartbeat_interval
+        now = self._clock()
+        ttl = interval * self.liveness
+        worker = Worker(identity, service, credit, name, interval, ttl, now + ttl, now + interval)
         self.workers[identity] = worker
         service.workers.append(worker)
         self.counters["workers_joined"] += 1
@@ -166,7 +171,7 @@ class Broker:
         identity = frames[0]
         worker = self.workers.get(identity)
         if worker is not None:
-            worker.expiry = self._clock() + self.worker_ttl
+            worker.expiry = self._clock() + worker.ttl
         else:  # a client, or a worker the broker forgot: the epoch tells it what to do
             self._send([identity, P.HEARTBEAT, self.epoch])
 
@@ -239,10 +244,10 @@ class Broker:
                 self._expire(service, now)
             if not service.waiting and not service.workers:
                 del self.services[name]  # names from bad clients must not pile up
-        if now >= self._next_heartbeat:
-            self._next_heartbeat = now + self.heartbeat_interval
-            for identity in list(self.workers):
-                self._send([identity, P.HEARTBEAT, self.epoch])
+        for worker in list(self.workers.values()):
+            if now >= worker.next_beat:
+                worker.next_beat = now + worker.interval
+                self._send([worker.identity, P.HEARTBEAT, self.epoch])
 
     def _expire(self, service: Service, now: float) -> None:
         keep: collections.deque[Request] = collections.deque()

@@ -5,7 +5,7 @@ starts with a 6-byte header, ``b"ITAS" + version + command``; the broker reads
 routing data from small frames and never decodes request or reply bodies, which
 are msgpack written and read by the two ends.
 
-    worker -> broker  READY      [hdr, msgpack {"service", "credit", "name"}]
+    worker -> broker  READY      [hdr, msgpack {"service", "credit", "name", "heartbeat_ms"}]
     client -> broker  REQUEST    [hdr, msgpack [request_id, service, timeout_ms], body]
     broker -> worker  REQUEST    [hdr, ticket, body]
     worker -> broker  REPLY      [hdr, ticket, body]
@@ -22,6 +22,8 @@ client how many workers the request was given to (more than one: a worker was lo
 changes at every start, so peers notice a restart even when TCP reconnects
 silently: workers announce again, clients resend what is in flight.
 A broker answers DISCONNECT to a worker it does not know; the worker announces again.
+Each worker sets the heartbeat pace between it and the broker (``heartbeat_ms``),
+so agents with different settings share one broker.
 """
 
 from __future__ import annotations
@@ -92,11 +94,12 @@ def command_of(frame: bytes) -> Command:
     return command
 
 
-def ready_body(service: str, credit: int, name: str) -> bytes:
-    return pack({"service": service, "credit": credit, "name": name})
+def ready_body(service: str, credit: int, name: str, heartbeat_ms: int) -> bytes:
+    return pack({"service": service, "credit": credit, "name": name,
+                 "heartbeat_ms": heartbeat_ms})
 
 
-def parse_ready(frame: bytes) -> tuple[str, int, str]:
+def parse_ready(frame: bytes) -> tuple[str, int, str, int | None]:
     body = unpack(frame, "READY body")
     if not isinstance(body, dict):
         raise ProtocolError("READY body: expected a map")
@@ -105,7 +108,11 @@ def parse_ready(frame: bytes) -> tuple[str, int, str]:
         raise ProtocolError("READY body: 'service' must be a non-empty string")
     if not isinstance(credit, int) or isinstance(credit, bool) or not 0 < credit <= 100_000:
         raise ProtocolError("READY body: 'credit' must be an integer in 1..100000")
-    return service, credit, str(name)
+    heartbeat_ms = body.get("heartbeat_ms")
+    if heartbeat_ms is not None and (not isinstance(heartbeat_ms, int)
+                                     or not 10 <= heartbeat_ms <= 600_000):
+        raise ProtocolError("READY body: 'heartbeat_ms' must be an integer in 10..600000")
+    return service, credit, str(name), heartbeat_ms
 
 
 def request_meta(request_id: int, service: str, timeout_ms: int) -> bytes:

@@ -82,7 +82,7 @@ async def run_stack(pool: str | os.PathLike[str], *, bind: str = "tcp://127.0.0.
     services = service_names(entries)
     uses_local = any(e.settings.get("provider") == "local" for e in entries)
     async with contextlib.AsyncExitStack() as stack:
-        broker = await stack.enter_async_context(_broker_process(bind))
+        broker = await stack.enter_async_context(broker_process(bind))
         model_url = None
         if uses_local:
             from itas.agents.providers.local import local_model_server
@@ -99,7 +99,7 @@ async def run_stack(pool: str | os.PathLike[str], *, bind: str = "tcp://127.0.0.
 
 
 @contextlib.asynccontextmanager
-async def _broker_process(bind: str) -> AsyncIterator[str]:
+async def broker_process(bind: str) -> AsyncIterator[str]:
     process = await anyio.open_process(
         [sys.executable, "-m", "itas", "broker", "--bind", bind],
         stdin=subprocess.DEVNULL, stderr=None, start_new_session=True)

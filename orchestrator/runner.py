@@ -19,7 +19,7 @@ import anyio
 from itas.client import Reply
 from itas.errors import AgentError, ClientError
 from itas.orchestrator.fanout import Context, combine, merge_layer, requests_for
-from itas.plan import plan_layer
+from itas.plan import layer_flows, plan_layer
 from itas.protocol import ErrorCode
 from itas.query import ORCHESTRATOR_SERVICE, query_body
 from itas.spec import Architecture
@@ -157,12 +157,17 @@ class Orchestrator:
         trace: bool = False,
     ) -> dict[str, Any]:
         """Answer one query. Raises AgentError (``no_candidates``, ``budget_exceeded``)."""
+        if arch.tests == "benchmark" and not tests:
+            raise AgentError(ErrorCode.BAD_REQUEST,
+                             f"{arch.name} says 'tests: benchmark', but the query carries no "
+                             "tests; send the benchmark's unit tests with the query")
         started = anyio.current_time()
         ctx = Context([dict(m) for m in messages], dict(sim) if sim else None,
                       list(tests) if tests else None)
         candidates: list[dict[str, Any]] = []
         usage = Usage()
         layers_trace = []
+        flows = list(layer_flows(arch.layers))  # a layer that only writes tests leaves none
         for index, layer in enumerate(arch.layers, 1):
             self._check_budget(arch, index, layer, len(candidates), usage, budget)
             layer_started = anyio.current_time()
@@ -180,7 +185,7 @@ class Orchestrator:
                 "candidates": [_trace_candidate(c) for c in candidates],
                 "tests": tests_written,
             })
-            if not candidates:
+            if not candidates and flows[index - 1].candidates_out[1] > 0:
                 failures = "; ".join(f for c in components for f in c.as_dict()["failed"][:3])
                 raise AgentError(ErrorCode.NO_CANDIDATES,
                                  f"layer {index} ({', '.join(c.service for c in components)}) "

@@ -34,8 +34,10 @@ def broker(wire: Wire) -> Broker:
     return Broker(wire.send, heartbeat_interval=1.0, liveness=3, clock=lambda: wire.now)
 
 
-def ready(broker: Broker, identity: bytes, service: str = "svc", credit: int = 1) -> None:
-    broker.handle([identity, P.READY, P.ready_body(service, credit, identity.decode())])
+def ready(broker: Broker, identity: bytes, service: str = "svc", credit: int = 1,
+          heartbeat_ms: int = 1000) -> None:
+    broker.handle([identity, P.READY, P.ready_body(service, credit, identity.decode(),
+                                                   heartbeat_ms)])
 
 
 def request(broker: Broker, client: bytes, rid: int, service: str = "svc",
@@ -183,3 +185,14 @@ def test_heartbeats_carry_the_epoch(broker: Broker, wire: Wire) -> None:
     wire.now += 1.1
     broker.tick()
     assert wire.to(b"w1", P.HEARTBEAT)[-1] == [b"w1", P.HEARTBEAT, broker.epoch]
+
+
+def test_each_worker_sets_its_own_heartbeat_pace(broker: Broker, wire: Wire) -> None:
+    ready(broker, b"fast", heartbeat_ms=100)
+    ready(broker, b"slow", heartbeat_ms=5000)
+    wire.now += 2.0  # fast missed 3 x 0.1 s; slow is within 3 x 5 s
+    broker.tick()
+    assert set(broker.workers) == {b"slow"}
+    wire.now += 3.1  # slow is due a heartbeat after 5 s
+    broker.tick()
+    assert len(wire.to(b"slow", P.HEARTBEAT)) == 2  # the READY ack and this one
