@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -26,6 +27,7 @@ CurveSecretOpt = Annotated[Optional[Path], typer.Option(
 CurveServerOpt = Annotated[Optional[Path], typer.Option(
     "--curve-server", envvar="ITAS_CURVE_SERVER", help="The broker's public .key file.")]
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
+DEMO_TIMEOUT_S = 900.0
 
 
 def _client_keys(secret: Path | None, server: Path | None) -> Any:
@@ -209,6 +211,8 @@ def ask(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 600.0,
     calls: Annotated[Optional[int], typer.Option(help="Budget: most LLM calls.")] = None,
     tokens: Annotated[Optional[int], typer.Option(help="Budget: most tokens.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole answer as JSON.")
+                       ] = False,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
 ) -> None:
@@ -273,7 +277,7 @@ def demo(
         async with run_stack(pool, bind=bind) as stack:
             print(f"itas demo: stack up (broker {stack.broker}, "
                   f"{len(stack.services)} services); asking {arch}...", flush=True)
-            async with AsyncClient(stack.broker) as client:
+            async with AsyncClient(stack.broker, timeout=DEMO_TIMEOUT_S) as client:
                 answer = await client.ask(prompt, architecture=resolve_config("architectures",
                                                                               arch), trace=True)
         print_answer(answer, trace=True)
