@@ -225,7 +225,10 @@ def ask(
     with Client(broker, curve=_client_keys(curve_secret, curve_server)) as client:
         answer = client.ask(prompt, architecture=resolve_config("architectures", arch),
                             trace=trace, budget=budget or None, timeout=timeout)
-    print_answer(answer, trace=trace)
+    if as_json:
+        print(json.dumps(dataclasses.asdict(answer), indent=2, default=repr))
+    else:
+        print_answer(answer, trace=trace)
 
 
 @app.command()
@@ -322,9 +325,62 @@ def keys_generate(
     print(f"public key: {public}\nsecret key: {secret} (keep it on this machine)")
 
 
+@app.command("eval")
+def eval_(
+    arch: Annotated[list[str], typer.Option(
+        "--arch", help="Architecture file or packaged name; repeat to compare several.")],
+    benchmark: Annotated[str, typer.Option(help="Benchmark name, e.g. gsm8k, humaneval.")],
+    split: Annotated[Optional[str], typer.Option(help="search or heldout (default: all).")
+                     ] = None,
+    limit: Annotated[Optional[int], typer.Option(help="A seeded sample of at most N questions.")
+                     ] = None,
+    concurrency: Annotated[int, typer.Option(help="Questions in flight at once.")] = 8,
+    broker: BrokerOpt = DEFAULT_BROKER,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Output directory (default runs/eval-<timestamp>); reuse it to resume.")] = None,
+    judge: Annotated[Optional[str], typer.Option(
+        help="Judge for judge-scored benchmarks: PROVIDER:MODEL (service judge@...).")] = None,
+    baseline: Annotated[Optional[str], typer.Option(
+        help="Pairwise benchmarks: architecture whose answers are the baseline.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Benchmark data directory.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split and the sample.")] = 0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for one query.")] = 300.0,
+    retry_errors: Annotated[bool, typer.Option(help="Rerun questions that failed before.")
+                            ] = False,
+    curve_secret: CurveSecretOpt = None,
+    curve_server: CurveServerOpt = None,
+) -> None:
+    """Score architectures on a benchmark through the running mesh (resumable)."""
+    import anyio
+
+    from itas.benchmarks.eval_run import EvalOptions, run_eval
+
+    options = EvalOptions(
+        archs=arch, benchmark=benchmark, split=split, limit=limit, concurrency=concurrency,
+        broker=broker, out=out, judge=judge, baseline=baseline, data_dir=data_dir, seed=seed,
+        timeout_s=timeout, retry_errors=retry_errors,
+        curve=_client_keys(curve_secret, curve_server))
+    anyio.run(run_eval, options)
+
+
+def _itas_errors(exc: BaseException) -> list[ItasError] | None:
+    """The ItasErrors inside an exception (groups from task groups included), or None."""
+    if isinstance(exc, ItasError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_itas_errors(e) for e in exc.exceptions]
+        if all(f is not None for f in found):
+            return [e for f in found if f for e in f]
+    return None
+
+
 def main() -> None:
     try:
         app()
-    except ItasError as exc:
-        print(f"itas: error: {exc}", file=sys.stderr)
+    except (ItasError, BaseExceptionGroup) as exc:
+        errors = _itas_errors(exc)
+        if errors is None:
+            raise
+        for error in errors:
+            print(f"itas: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

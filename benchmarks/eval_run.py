@@ -1,0 +1,181 @@
+"""``itas eval``: architectures scored on a benchmark through a running mesh, with outputs.
+
+The command connects to a broker (where ``itas up --pool ...`` runs the agents
+and an orchestrator), checks that every service it will call has a worker (so
+a missing agent is one clear error, not a timeout per question), then
+evaluates each architecture in turn with ``evaluate`` over ``ViaBroker``. The
+output directory holds ``results.jsonl`` (per question, the resume log shared by
+all architectures), ``baseline.jsonl`` (pairwise benchmarks: the baseline
+architecture's answers), ``summary.json`` (rewritten after each architecture)
+and, with several architectures, ``comparison.png``. Rerunning with the same
+``--out`` resumes: only questions without a record run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from rich.console import Console
+
+from itas.benchmarks.eval_report import (
+    ProgressBoard,
+    comparison_chart,
+    console_for,
+    print_report,
+)
+from itas.benchmarks.evaluate import (
+    DEFAULT_CONCURRENCY,
+    EvalSummary,
+    collect_answers,
+    evaluate,
+    needs_missing_judge,
+)
+from itas.benchmarks.judging import ServiceJudge, is_pairwise, judge_service
+from itas.benchmarks.question import Question
+from itas.benchmarks.registry import load_benchmark
+from itas.benchmarks.scoring import scorer_for
+from itas.client import AsyncClient
+from itas.errors import ConfigError, ItasError
+from itas.orchestrator.runner import DEFAULT_CALL_TIMEOUT_S, ViaBroker
+from itas.query import ORCHESTRATOR_SERVICE
+from itas.spec import Architecture, load_architecture
+from itas.stack import resolve_config
+
+RUNS_DIR = Path("runs")
+RESULTS_FILE = "results.jsonl"
+BASELINE_FILE = "baseline.jsonl"
+SUMMARY_FILE = "summary.json"
+CHART_FILE = "comparison.png"
+STATUS_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    archs: Sequence[str]  # files or packaged names
+    benchmark: str
+    split: str | None = None
+    limit: int | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+    broker: str = "tcp://127.0.0.1:5555"
+    out: Path | None = None
+    judge: str | None = None
+    baseline: str | None = None
+    data_dir: Path | None = None
+    seed: int = 0
+    timeout_s: float = DEFAULT_CALL_TIMEOUT_S
+    retry_errors: bool = False
+    curve: Any = None
+
+
+def default_out_dir() -> Path:
+    return RUNS_DIR / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def load_archs(values: Sequence[str]) -> list[Architecture]:
+    if not values:
+        raise ConfigError("give at least one --arch FILE")
+    archs = [load_architecture(resolve_config("architectures", v)) for v in values]
+    names = [a.name for a in archs]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise ConfigError(f"two --arch files are both named {dup!r}; rename one so the "
+                          "results and the comparison can tell them apart")
+    return archs
+
+
+def _needs_baseline(questions: Sequence[Question]) -> bool:
+    return any(is_pairwise(q.benchmark) and not isinstance(q.reference, str)
+               for q in questions)
+
+
+async def _check_services(client: AsyncClient, broker: str, services: Sequence[str]) -> None:
+    try:
+        status = await client.status(timeout=STATUS_TIMEOUT_S)
+    except ItasError as e:
+        raise ConfigError(f"no broker answered at {broker} ({e}); start the mesh with "
+                          "`itas up --pool ...` or pass --broker") from e
+    live = status.get("services", {})
+    missing = [s for s in dict.fromkeys(services) if live.get(s, {}).get("workers", 0) == 0]
+    if missing:
+        raise ConfigError(f"no worker serves {', '.join(missing)} at {broker}; start agents "
+                          "for them (e.g. `itas agents --pool FILE --broker ...`)")
+
+
+def _write_summary(path: Path, options: EvalOptions, summaries: Sequence[EvalSummary]) -> None:
+    data = {
+        "benchmark": options.benchmark, "split": options.split, "limit": options.limit,
+        "seed": options.seed, "judge": options.judge, "baseline": options.baseline,
+        "architectures": [s.to_dict() for s in summaries],
+    }
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+async def run_eval(options: EvalOptions, console: Console | None = None) -> list[EvalSummary]:
+    """Everything ``itas eval`` does; returns one summary per architecture."""
+    console = console or console_for(sys.stdout)
+    archs = load_archs(options.archs)
+    questions = load_benchmark(options.benchmark, split=options.split, limit=options.limit,
+                               seed=options.seed, data_dir=options.data_dir)
+    if not questions:
+        raise ConfigError(f"benchmark {options.benchmark!r} (split {options.split}) has no "
+                          "questions to evaluate")
+    judge_name = judge_service(options.judge) if options.judge else None
+    baseline = (load_architecture(resolve_config("architectures", options.baseline))
+                if options.baseline else None)
+    if judge_name is None and needs_missing_judge(scorer_for(options.benchmark), questions):
+        raise ConfigError(f"{options.benchmark} is scored by an LLM judge; pass --judge "
+                          "PROVIDER:MODEL (a judge agent for it must run, e.g. the pool "
+                          "configs/pools/sim_judge.yaml serves judge@sim:strong)")
+    if baseline is None and _needs_baseline(questions):
+        raise ConfigError(f"{options.benchmark} is judged against a baseline answer; pass "
+                          "--baseline ARCH (its answers are the baseline)")
+    out = options.out or default_out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    services = [ORCHESTRATOR_SERVICE, *(s for a in archs for s in a.services)]
+    if baseline is not None:
+        services += baseline.services
+    if judge_name:
+        services.append(judge_name)
+    title = f"{options.benchmark}" + (f" ({options.split})" if options.split else "")
+    summaries: list[EvalSummary] = []
+    async with AsyncClient(options.broker, curve=options.curve,
+                           timeout=options.timeout_s) as client:
+        await _check_services(client, options.broker, services)
+        runner = ViaBroker(client, timeout=options.timeout_s)
+        judge = ServiceJudge(client, judge_name, timeout=options.timeout_s) if judge_name \
+            else None
+        console.print(f"itas eval: {len(questions)} question(s) of {title}, "
+                      f"{len(archs)} architecture(s), up to {options.concurrency} in flight; "
+                      f"results in {out}", highlight=False)
+        with ProgressBoard() as board:
+            if baseline is not None and judge is not None:
+                judge.baselines = await collect_answers(
+                    baseline, questions, runner, concurrency=options.concurrency,
+                    results_path=out / BASELINE_FILE, progress=board)
+            for arch in archs:
+                summaries.append(await evaluate(
+                    arch, questions, runner, concurrency=options.concurrency,
+                    results_path=out / RESULTS_FILE, progress=board, judge=judge,
+                    retry_errors=options.retry_errors))
+                _write_summary(out / SUMMARY_FILE, options, summaries)
+    print_report(summaries, f"itas eval: {title}", console)
+    if len(summaries) > 1:
+        if importlib.util.find_spec("matplotlib") is None:
+            console.print("comparison chart skipped: matplotlib is not installed "
+                          "(pip install 'itas[plots]')")
+        else:
+            chart = await anyio.to_thread.run_sync(
+                comparison_chart, summaries, out / CHART_FILE, title)
+            console.print(f"comparison chart: {chart}", highlight=False)
+    console.print(f"results: {out / RESULTS_FILE}; summary: {out / SUMMARY_FILE}",
+                  highlight=False)
+    return summaries
+

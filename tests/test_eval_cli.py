@@ -1,0 +1,251 @@
+"""``itas eval`` end to end: the CLI as a subprocess against a real broker, real agent processes
+from the sim pools and a real orchestrator, on the shared benchmark files.
+
+Simulated models follow a documented probability model (``itas.agents.providers.sim``): a
+model of skill s answers a question of difficulty d correctly with p_solve(s, d). So the
+expected score of an architecture is computable before it runs, and the measured score
+must land within three standard errors of it; a wrong answer key, a scorer that misreads
+answers, lost tests or dropped questions would all move it out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from itas.agents.kinds import build_agent
+from itas.agents.pool import PoolEntry, load_pool
+from itas.agents.providers.sim import p_solve
+from itas.benchmarks import load_benchmark
+from itas.benchmarks.question import Question
+from itas.client import Client
+from tests.helpers import DATA_DIR, REPO, Processes
+
+POOLS = (REPO / "configs" / "pools" / "sim.yaml", REPO / "configs" / "pools" / "sim_judge.yaml")
+ARCHS = REPO / "configs" / "architectures"
+CLI_TIMEOUT_S = 120.0
+#: A generator slow enough that an eval can be killed part-way (the resume test).
+SLOW = {"provider": "sim", "model": "slow", "skill": 0.8, "latency": 0.15}
+SLOW_ARCH = {"name": "sim_slow", "layers": [[{"technique": "generator", "provider": "sim",
+                                               "model": "slow"}]]}
+WEAK_ARCH = {"name": "sim_weak", "layers": [[{"technique": "generator", "provider": "sim",
+                                               "model": "weak"}]]}
+SERVICES = ("generator@sim:strong", "generator@sim:weak", "code_tester", "judge@sim:strong")
+
+
+def pool_entries() -> dict[str, PoolEntry]:
+    entries = [e for pool in POOLS for e in load_pool(pool)]
+    return {build_agent(e.kind, e.settings).service: e for e in entries}
+
+
+def skill(service: str) -> float:
+    return float(pool_entries()[service].settings["skill"])
+
+
+def wait_for(endpoint: str, services: Sequence[str], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    with Client(endpoint) as client:
+        while True:
+            live = client.status()["services"]
+            missing = [s for s in services if live.get(s, {}).get("workers", 0) < 1]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"services without workers: {missing}")
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def mesh() -> Iterator[str]:
+    """Broker, the sim-pool agents these tests call, a slow generator, an orchestrator."""
+    processes = Processes()
+    try:
+        broker = processes.broker()
+        entries = pool_entries()
+        for service in SERVICES:
+            processes.agent(broker.endpoint, entries[service].kind,
+                            dict(entries[service].settings))
+        processes.agent(broker.endpoint, "generator", SLOW)
+        processes.agent(broker.endpoint, "orchestrator", {})
+        wait_for(broker.endpoint, [*SERVICES, "generator@sim:slow", "orchestrator"])
+        yield broker.endpoint
+    finally:
+        processes.stop_all()
+
+
+def eval_args(broker: str, out: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "itas", "eval", "--broker", broker, "--out", str(out),
+            "--data-dir", str(DATA_DIR), *args]
+
+
+def run_eval(broker: str, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(eval_args(broker, out, *args), capture_output=True, text=True,
+                          timeout=CLI_TIMEOUT_S, cwd=REPO, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def records(out: Path, name: str = "results.jsonl") -> list[dict[str, Any]]:
+    lines = (out / name).read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def summaries(out: Path) -> dict[str, dict[str, Any]]:
+    data = json.loads((out / "summary.json").read_text())
+    return {s["architecture"]: s for s in data["architectures"]}
+
+
+def within_sampling_error(score: float, probabilities: Sequence[float]) -> tuple[bool, str]:
+    """Is ``score`` within 3 standard errors of the mean of independent Bernoulli(p)?"""
+    n = len(probabilities)
+    expected = sum(probabilities) / n
+    se = math.sqrt(sum(p * (1 - p) for p in probabilities)) / n
+    return abs(score - expected) <= 3 * se, f"score {score:.3f}, expected {expected:.3f} ± {se:.3f}"
+
+
+def questions(name: str, limit: int) -> list[Question]:
+    return load_benchmark(name, limit=limit, data_dir=DATA_DIR)
+
+
+def test_gsm8k_score_matches_simulated_skill(mesh: str, tmp_path: Path) -> None:
+    done = run_eval(mesh, tmp_path, "--arch", str(ARCHS / "sim_single.yaml"),
+                    "--benchmark", "gsm8k", "--limit", "40", "--concurrency", "8")
+    qs = {q.id: q for q in questions("gsm8k", 40)}
+    rows = records(tmp_path)
+    assert sorted(r["id"] for r in rows) == sorted(qs)
+    for r in rows:
+        key = qs[r["id"]].answer_key
+        assert r["error"] is None and r["calls"] == 1 and r["tokens"] > 0 and r["latency_s"] > 0
+        # The answer key reached the simulated model (it answers with key texts only), and the
+        # scorer agrees with it: the key's answer scores 1, its wrong answers 0.
+        assert r["answer"] == key["answer"] or r["answer"] in key["wrong"]
+        assert r["correct"] is (r["answer"] == key["answer"]) and r["score"] == float(r["correct"])
+    summary = summaries(tmp_path)["sim_single"]
+    assert summary["n"] == 40 and summary["errors"] == 0 and summary["calls"] == 40
+    assert summary["correct"] == sum(r["correct"] for r in rows)
+    ok, why = within_sampling_error(
+        summary["score"], [p_solve(skill("generator@sim:strong"), q.answer_key["difficulty"])
+                           for q in qs.values()])
+    assert ok, why
+    assert "sim_single" in done.stdout and f"{summary['score']:.3f}" in done.stdout
+
+
+def test_humaneval_two_architectures_compared(mesh: str, tmp_path: Path) -> None:
+    """Single sample vs five samples run against the benchmark's tests (tests: benchmark):
+    the second is right when any sample is, so 1 - prod(1 - p) per question."""
+    done = run_eval(mesh, tmp_path, "--arch", str(ARCHS / "sim_single.yaml"),
+                    "--arch", str(ARCHS / "sim_code_exec.yaml"), "--benchmark", "humaneval",
+                    "--limit", "20", "--concurrency", "8")
+    qs = questions("humaneval", 20)
+    strong, weak = skill("generator@sim:strong"), skill("generator@sim:weak")
+    single = [p_solve(strong, q.answer_key["difficulty"]) for q in qs]
+    any_of_five = [1 - (1 - p_solve(strong, q.answer_key["difficulty"])) ** 3
+                   * (1 - p_solve(weak, q.answer_key["difficulty"])) ** 2 for q in qs]
+    found = summaries(tmp_path)
+    assert set(found) == {"sim_single", "sim_code_exec"}
+    for name, expected in (("sim_single", single), ("sim_code_exec", any_of_five)):
+        s = found[name]
+        assert s["n"] == 20 and s["errors"] == 0, s
+        ok, why = within_sampling_error(s["score"], expected)
+        assert ok, f"{name}: {why}"
+    assert found["sim_code_exec"]["calls"] == 5 * 20 and found["sim_single"]["calls"] == 20
+    rows = records(tmp_path)
+    assert len(rows) == 40 and len({(r["architecture"], r["id"]) for r in rows}) == 40
+    png = (tmp_path / "comparison.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+    assert "Δ score" in done.stdout and "comparison chart" in done.stdout
+
+
+def test_killed_eval_resumes_without_rerunning(mesh: str, tmp_path: Path) -> None:
+    arch = tmp_path / "sim_slow.json"
+    arch.write_text(json.dumps(SLOW_ARCH))
+    out = tmp_path / "run"
+    args = eval_args(mesh, out, "--arch", str(arch), "--benchmark", "gsm8k", "--limit", "30",
+                     "--concurrency", "2")
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    results = out / "results.jsonl"
+    try:
+        deadline = time.monotonic() + CLI_TIMEOUT_S
+        while not (results.exists() and results.read_text().count("\n") >= 6):
+            assert proc.poll() is None, "the eval ended before it could be killed"
+            assert time.monotonic() < deadline, "no results written"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=10)
+    before = records(out)
+    assert 6 <= len(before) < 30, len(before)
+
+    done = run_eval(mesh, out, "--arch", str(arch), "--benchmark", "gsm8k", "--limit", "30",
+                    "--concurrency", "2")
+    after = records(out)
+    assert after[: len(before)] == before  # kept as they were
+    assert len(after) == 30 and len({r["id"] for r in after}) == 30  # none ran twice
+    summary = summaries(out)["sim_slow"]
+    assert summary["n"] == 30 and summary["resumed"] == len(before)
+    assert summary["score"] == pytest.approx(sum(r["score"] for r in after) / 30)
+    assert f"{len(before)} of 30 result(s) resumed" in done.stdout
+
+    again = run_eval(mesh, out, "--arch", str(arch), "--benchmark", "gsm8k", "--limit", "30")
+    assert len(records(out)) == 30 and summaries(out)["sim_slow"]["resumed"] == 30
+    assert "30 of 30 result(s) resumed" in again.stdout
+
+
+def test_mt_bench_judged_turn_by_turn(mesh: str, tmp_path: Path) -> None:
+    run_eval(mesh, tmp_path, "--arch", str(ARCHS / "sim_single.yaml"), "--benchmark",
+             "mt_bench", "--limit", "3", "--judge", "sim:strong")
+    rows = records(tmp_path)
+    assert len(rows) == 3
+    for r in rows:
+        assert r["error"] is None and len(r["answers"]) == 2 and r["calls"] == 2
+        assert r["judge_usage"]["calls"] == 2  # one rating per turn
+        turn1, turn2 = r["detail"].split("; ")
+        ratings = [int(t.split("rating ")[1].split("/")[0]) for t in (turn1, turn2)]
+        assert turn1.startswith("turn 1:") and turn2.startswith("turn 2:")
+        # No answer key for open chat: a sim judge rates 3..8 (the sim provider's doc).
+        assert all(3 <= x <= 8 for x in ratings)
+        assert r["score"] == pytest.approx(sum(ratings) / 20) and r["correct"] is None
+    summary = summaries(tmp_path)["sim_single"]
+    assert summary["judge_usage"]["calls"] == 6 and summary["calls"] == 6
+
+
+def test_arena_hard_pairwise_in_both_orders(mesh: str, tmp_path: Path) -> None:
+    arch = tmp_path / "sim_weak.json"
+    arch.write_text(json.dumps(WEAK_ARCH))
+    out = tmp_path / "run"
+    run_eval(mesh, out, "--arch", str(arch), "--benchmark", "arena_hard", "--limit", "4",
+             "--judge", "sim:strong", "--baseline", str(ARCHS / "sim_single.yaml"))
+    baseline = records(out, "baseline.jsonl")
+    assert len(baseline) == 4 and all(b["architecture"] == "sim_single" for b in baseline)
+    rows = records(out)
+    assert len(rows) == 4 and {r["id"] for r in rows} == {b["id"] for b in baseline}
+    for r in rows:
+        assert r["error"] is None and r["judge_usage"]["calls"] == 2
+        assert "answer_first: " in r["detail"] and "baseline_first: " in r["detail"]
+        assert r["score"] in (0.0, 0.5, 1.0) and r["correct"] is (r["score"] > 0.5)
+
+
+def test_judge_benchmark_without_judge_is_one_clear_error(mesh: str, tmp_path: Path) -> None:
+    done = subprocess.run(eval_args(mesh, tmp_path, "--arch", str(ARCHS / "sim_single.yaml"),
+                                    "--benchmark", "mt_bench", "--limit", "2"),
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S, cwd=REPO,
+                          check=False)
+    assert done.returncode == 2
+    assert "scored by an LLM judge; pass --judge" in done.stderr
+    missing = subprocess.run(eval_args(mesh, tmp_path, "--arch", str(ARCHS / "sim_gcrf.yaml"),
+                                       "--benchmark", "gsm8k", "--limit", "2"),
+                             capture_output=True, text=True, timeout=CLI_TIMEOUT_S, cwd=REPO,
+                          check=False)
+    assert missing.returncode == 2 and "no worker serves" in missing.stderr
+    assert "critic@sim:medium" in missing.stderr
