@@ -33,6 +33,15 @@ KINDS: dict[str, str] = {
 }
 
 
+def service_name(technique: str, provider: str | None, model: str | None) -> str:
+    """The one naming rule for technique services: ``technique@provider:model``, or the
+    bare technique for tools run without a model. Specs and agents both use it, so what an
+    architecture calls is exactly what an agent registers."""
+    if model is None:
+        return technique
+    return f"{technique}@{provider}:{model}"
+
+
 def build_agent(kind: str, settings: Mapping[str, Any]) -> Agent:
     """Build the agent a pool entry describes; ConfigError names what is wrong."""
     target = KINDS.get(kind)

@@ -50,6 +50,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
+from itas.agents.kinds import service_name
 from itas.errors import ConfigError
 from itas.plan import Material, layer_flows
 
@@ -95,9 +96,7 @@ class _Component(_Spec):
     @property
     def service_name(self) -> str:
         """The broker service that serves this component: ``technique@provider:model``."""
-        if self.model is None:
-            return self.technique
-        return f"{self.technique}@{self.provider}:{self.model}"
+        return service_name(self.technique, self.provider, self.model)
 
     def calls(self, n: int) -> int:
         """LLM calls made for ``n`` incoming candidates."""

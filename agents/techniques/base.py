@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import anyio
 
 from itas.agents.base import Agent
+from itas.agents.kinds import service_name
 from itas.agents.providers import Provider, SimTask, make_provider
 from itas.agents.techniques.wire import (
     Candidate,
@@ -133,8 +134,7 @@ class TechniqueAgent(Agent):
                               "(e.g. provider: sim, model: strong)")
         if (self.provider_name is None) != (self.model is None):
             raise ConfigError(f"{where}: give both 'provider' and 'model', or neither")
-        self.service = (self.technique if self.model is None
-                        else f"{self.technique}@{self.provider_name}:{self.model}")
+        self.service = service_name(self.technique, self.provider_name, self.model)
         self.credit = _int_setting(settings, "credit", self.default_credit, 1, MAX_CREDIT, where)
         self.parse_retries = _int_setting(settings, "parse_retries", DEFAULT_PARSE_RETRIES, 0,
                                           MAX_PARSE_RETRIES, where)
