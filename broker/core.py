@@ -87,13 +87,14 @@ class Broker:
         self.workers: dict[bytes, Worker] = {}
         self._tickets = 0
         self.counters: collections.Counter[str] = collections.Counter()
+        # Keyed by the whole header, so one dict lookup checks version and command.
         self._handlers = {
-            P.Command.REQUEST: self._on_request,
-            P.Command.REPLY: self._on_reply,
-            P.Command.ERROR: self._on_reply,
-            P.Command.READY: self._on_ready,
-            P.Command.HEARTBEAT: self._on_heartbeat,
-            P.Command.DISCONNECT: self._on_disconnect,
+            P.REQUEST: self._on_request,
+            P.REPLY: self._on_reply,
+            P.ERROR: self._on_reply,
+            P.READY: self._on_ready,
+            P.HEARTBEAT: self._on_heartbeat,
+            P.DISCONNECT: self._on_disconnect,
         }
 
     # -- input ---------------------------------------------------------------
@@ -106,8 +107,12 @@ class Broker:
         if sum(map(len, frames)) > self.max_message_bytes:
             self.counters["dropped_oversize"] += 1
             return
+        handler = self._handlers.get(frames[1])
+        if handler is None:
+            self.counters["dropped_malformed"] += 1
+            return
         try:
-            self._handlers[P.command_of(frames[1])](frames)
+            handler(frames)
         except ProtocolError:
             self.counters["dropped_malformed"] += 1
 
@@ -146,7 +151,8 @@ class Broker:
             meta = P.reply_meta(request.request_id, request.attempts)
             if not self._send([request.client, hdr, meta, body]):
                 self.counters["undeliverable"] += 1
-        self._dispatch(worker.service)
+        if worker.service.waiting:
+            self._dispatch(worker.service)
 
     def _on_ready(self, frames: list[bytes]) -> None:
         if len(frames) != 3:

@@ -27,6 +27,8 @@ log = logging.getLogger("itas.broker")
 
 TICK_S = 0.05
 DRAIN_BATCH = 256
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
 class BrokerServer:
@@ -71,8 +73,14 @@ class BrokerServer:
         self._stopping = threading.Event()
 
     def _send(self, frames: list[bytes]) -> bool:
+        # Frame by frame with plain int flags: send_multipart's per-frame enum arithmetic
+        # cost more than the routing itself. With SNDHWM=0 a send cannot stop halfway
+        # through a message, and an unreachable peer fails on the first frame.
+        send = self.socket.send
         try:
-            self.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            for frame in frames[:-1]:
+                send(frame, _MORE_NOBLOCK)
+            send(frames[-1], _NOBLOCK)
             return True
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone
             if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
@@ -85,7 +93,7 @@ class BrokerServer:
     def serve_forever(self) -> None:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
-        recv = self.socket.recv_multipart
+        recv = self.socket.recv
         handle = self.broker.handle
         next_tick = time.monotonic() + TICK_S
         try:
@@ -93,10 +101,14 @@ class BrokerServer:
                 timeout_ms = max(0.0, next_tick - time.monotonic()) * 1000
                 if poller.poll(timeout_ms):
                     for _ in range(DRAIN_BATCH):
-                        try:
-                            frames = recv(zmq.NOBLOCK)
+                        try:  # recv_multipart reads the "more" option through enums per frame
+                            frame = recv(_NOBLOCK, copy=False)
                         except zmq.Again:
                             break
+                        frames = [frame.bytes]
+                        while frame.more:
+                            frame = recv(_NOBLOCK, copy=False)
+                            frames.append(frame.bytes)
                         handle(frames)
                 now = time.monotonic()
                 if now >= next_tick:
