@@ -28,16 +28,16 @@ class Agent(abc.ABC):
     #: How many requests this process takes at once.
     credit: int = 1
 
-    def attach(self, broker: str, curve: CurveKeys | None) -> None:  # noqa: B027
+    def attach(self, broker: str, curve: CurveKeys | None) -> None:
         """Told before ``start`` where the agent's own requests go: the orchestrator
         calls other agents through the broker it serves."""
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
+    async def start(self) -> None:
         """Open provider clients and the like, once, before the first request."""
 
     @abc.abstractmethod
     async def handle(self, body: Any) -> Any:
         """Answer one request body (already msgpack-decoded)."""
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
+    async def aclose(self) -> None:
         """Release what ``start`` opened."""

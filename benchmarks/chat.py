@@ -21,7 +21,6 @@ from pathlib import Path
 
 from itas.benchmarks.datafiles import field, read_json, read_jsonl
 from itas.benchmarks.question import Question, user
-
 from itas.errors import ConfigError
 
 MT_BENCH_FILES = ("mt_bench/question.jsonl",)

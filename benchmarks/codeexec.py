@@ -21,10 +21,10 @@ import textwrap
 from typing import Any
 
 import anyio
+
 from itas.benchmarks.mutate import parse
 from itas.benchmarks.question import Question
 from itas.benchmarks.score import Score, verdict
-
 from itas.sandbox import DEFAULT_MEMORY_MB, SandboxResult, run_tests
 
 DEFAULT_TIMEOUT_S = 10.0

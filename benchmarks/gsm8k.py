@@ -21,7 +21,6 @@ from pathlib import Path
 from itas.benchmarks.datafiles import field, read_jsonl
 from itas.benchmarks.numeric import extract_number, format_number
 from itas.benchmarks.question import Question, make_key, unit_hash, user
-
 from itas.errors import ConfigError
 
 NAME = "gsm8k"

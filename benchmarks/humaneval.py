@@ -19,7 +19,6 @@ from pathlib import Path
 from itas.benchmarks.datafiles import field, read_jsonl
 from itas.benchmarks.mutate import mutants, parse
 from itas.benchmarks.question import Question, make_key, user
-
 from itas.errors import ConfigError
 
 NAME = "humaneval"

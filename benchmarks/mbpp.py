@@ -20,7 +20,6 @@ from itas.benchmarks.datafiles import field, read_jsonl
 from itas.benchmarks.humaneval import fenced
 from itas.benchmarks.mutate import mutants, parse
 from itas.benchmarks.question import Question, make_key, user
-
 from itas.errors import ConfigError
 
 NAME = "mbpp"

@@ -22,7 +22,6 @@ from typing import Any
 
 from itas.benchmarks.datafiles import field, read_json
 from itas.benchmarks.question import Question, make_key, unit_hash, user
-
 from itas.errors import ConfigError
 
 NAME = "mixeval_hard"

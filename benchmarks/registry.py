@@ -16,7 +16,6 @@ from pathlib import Path
 from itas.benchmarks import chat, datafiles, gsm8k, humaneval, math500, mbpp, mixeval
 from itas.benchmarks.question import Question
 from itas.benchmarks.splits import DEFAULT_SEARCH_FRACTION, select
-
 from itas.errors import ConfigError
 
 PathLike = str | os.PathLike[str]

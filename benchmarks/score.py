@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from itas.benchmarks.question import Question
-
 from itas.errors import ConfigError
 
 

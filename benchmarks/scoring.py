@@ -9,6 +9,7 @@ free-form half of mixeval_hard; pass ``judge`` to score them.
 from __future__ import annotations
 
 import anyio
+
 from itas.benchmarks.choice import ChoiceScorer
 from itas.benchmarks.codeexec import DEFAULT_TIMEOUT_S, CodeScorer
 from itas.benchmarks.mathequiv import MathScorer

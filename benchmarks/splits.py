@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from itas.benchmarks.question import Question, unit_hash
-
 from itas.errors import ConfigError
 
 SEARCH = "search"

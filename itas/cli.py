@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -22,9 +22,9 @@ app.add_typer(model_app, name="model")
 
 BrokerOpt = Annotated[str, typer.Option("--broker", "-b", envvar="ITAS_BROKER",
                                         help="Broker endpoint to connect to.")]
-CurveSecretOpt = Annotated[Optional[Path], typer.Option(
+CurveSecretOpt = Annotated[Path | None, typer.Option(
     "--curve-secret", envvar="ITAS_CURVE_SECRET", help="This side's CURVE .key_secret file.")]
-CurveServerOpt = Annotated[Optional[Path], typer.Option(
+CurveServerOpt = Annotated[Path | None, typer.Option(
     "--curve-server", envvar="ITAS_CURVE_SERVER", help="The broker's public .key file.")]
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 DEMO_TIMEOUT_S = 900.0
@@ -54,9 +54,9 @@ def broker(
                         ] = 3,
     max_attempts: Annotated[int, typer.Option(help="Workers tried per request before failing.")
                             ] = 3,
-    curve_secret: Annotated[Optional[Path], typer.Option(help="Broker's .key_secret file.")
+    curve_secret: Annotated[Path | None, typer.Option(help="Broker's .key_secret file.")
                             ] = None,
-    curve_allow: Annotated[Optional[Path], typer.Option(
+    curve_allow: Annotated[Path | None, typer.Option(
         help="Directory of allowed client/agent public .key files.")] = None,
     insecure: Annotated[bool, typer.Option(help="Allow binding beyond loopback without CURVE.")
                         ] = False,
@@ -81,7 +81,7 @@ def agent(
     kind: Annotated[str, typer.Option(help="Agent kind, e.g. echo, sleep, generator.")],
     broker: BrokerOpt = DEFAULT_BROKER,
     settings: Annotated[str, typer.Option(help="Agent settings as a JSON object.")] = "{}",
-    name: Annotated[Optional[str], typer.Option(help="Worker name shown in status.")] = None,
+    name: Annotated[str | None, typer.Option(help="Worker name shown in status.")] = None,
     heartbeat: Annotated[float, typer.Option(help="Heartbeat interval, seconds.")] = 1.0,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
@@ -209,8 +209,8 @@ def ask(
                      ] = False,
     broker: BrokerOpt = DEFAULT_BROKER,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 600.0,
-    calls: Annotated[Optional[int], typer.Option(help="Budget: most LLM calls.")] = None,
-    tokens: Annotated[Optional[int], typer.Option(help="Budget: most tokens.")] = None,
+    calls: Annotated[int | None, typer.Option(help="Budget: most LLM calls.")] = None,
+    tokens: Annotated[int | None, typer.Option(help="Budget: most tokens.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole answer as JSON.")
                        ] = False,
     curve_secret: CurveSecretOpt = None,
@@ -330,19 +330,19 @@ def eval_(
     arch: Annotated[list[str], typer.Option(
         "--arch", help="Architecture file or packaged name; repeat to compare several.")],
     benchmark: Annotated[str, typer.Option(help="Benchmark name, e.g. gsm8k, humaneval.")],
-    split: Annotated[Optional[str], typer.Option(help="search or heldout (default: all).")
+    split: Annotated[str | None, typer.Option(help="search or heldout (default: all).")
                      ] = None,
-    limit: Annotated[Optional[int], typer.Option(help="A seeded sample of at most N questions.")
+    limit: Annotated[int | None, typer.Option(help="A seeded sample of at most N questions.")
                      ] = None,
     concurrency: Annotated[int, typer.Option(help="Questions in flight at once.")] = 8,
     broker: BrokerOpt = DEFAULT_BROKER,
-    out: Annotated[Optional[Path], typer.Option(
+    out: Annotated[Path | None, typer.Option(
         help="Output directory (default runs/eval-<timestamp>); reuse it to resume.")] = None,
-    judge: Annotated[Optional[str], typer.Option(
+    judge: Annotated[str | None, typer.Option(
         help="Judge for judge-scored benchmarks: PROVIDER:MODEL (service judge@...).")] = None,
-    baseline: Annotated[Optional[str], typer.Option(
+    baseline: Annotated[str | None, typer.Option(
         help="Pairwise benchmarks: architecture whose answers are the baseline.")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Benchmark data directory.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Benchmark data directory.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split and the sample.")] = 0,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for one query.")] = 300.0,
     retry_errors: Annotated[bool, typer.Option(help="Rerun questions that failed before.")

@@ -13,7 +13,7 @@ import itertools
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import anyio.abc
@@ -86,7 +86,7 @@ class AsyncClient:
         self._last_heard = 0.0
         self.resends = 0
 
-    async def __aenter__(self) -> AsyncClient:
+    async def __aenter__(self) -> Self:
         self._context = zmq.asyncio.Context()
         self._socket = self._connect()
         self._last_heard = anyio.current_time()
@@ -282,7 +282,7 @@ class Client:
         self._client_cm.__exit__(None, None, None)
         self._portal_cm.__exit__(None, None, None)
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

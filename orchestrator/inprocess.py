@@ -10,7 +10,7 @@ broker path translates them, so results match.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 import anyio
 
@@ -29,7 +29,7 @@ class InProcessCaller:
         self._entries = list(entries)
         self._agents: dict[str, Agent] = {}
 
-    async def __aenter__(self) -> InProcessCaller:
+    async def __aenter__(self) -> Self:
         for entry in self._entries:
             agent = build_agent(entry.kind, entry.settings)
             if agent.service not in self._agents:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+
 from itas.benchmarks import Question, difficulty, load_benchmark, scorer_for
 
 pytestmark = pytest.mark.anyio

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from itas.benchmarks import (
     BENCHMARKS,
     DATA_DIR_ENV,
@@ -23,7 +24,6 @@ from itas.benchmarks import (
 )
 from itas.benchmarks.datafiles import download
 from itas.benchmarks.splits import select
-
 from itas.errors import ConfigError
 
 DATA = Path(__file__).parents[2] / "shared" / "data"

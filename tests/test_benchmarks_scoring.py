@@ -7,6 +7,7 @@ from fractions import Fraction
 
 import anyio
 import pytest
+
 from itas.benchmarks import (
     BENCHMARKS,
     JudgeScorer,
@@ -20,7 +21,6 @@ from itas.benchmarks.choice import chosen_option
 from itas.benchmarks.codeexec import CodeScorer, extract_code, humaneval_program
 from itas.benchmarks.mathequiv import equivalent, extract_answer
 from itas.benchmarks.numeric import extract_number, score_number
-
 from itas.errors import ConfigError
 
 pytestmark = pytest.mark.anyio

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from itas.agents.providers import Completion, SimTask, Usage, make_provider
 from itas.agents.providers.cache import CachingProvider, ResponseCache, cache_key
 from itas.agents.providers.openai import OpenAIProvider
 from itas.agents.providers.sim import SimProvider
-
 from itas.errors import ConfigError, ProviderError
 from tests.servers.fake_llm import FakeLLMServer
 

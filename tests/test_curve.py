@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import shutil
 import stat
-import time
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from itas.client import AsyncClient
@@ -45,7 +45,7 @@ async def test_only_allowed_keys_get_service(procs: Processes, keys) -> None:
     client_keys = CurveKeys.load(made["client"][1], broker_public)
     intruder_keys = CurveKeys.load(made["intruder"][1], broker_public)
     info = wait_for_workers(broker.endpoint, "trusted", 1, curve=client_keys)
-    time.sleep(1.0)  # give the rogue agent every chance to register
+    await anyio.sleep(1.0)  # give the rogue agent every chance to register
     async with AsyncClient(broker.endpoint, curve=client_keys,
                            heartbeat_interval=FAST_HEARTBEAT) as client:
         assert await client.request("trusted", {"x": 1}) == {"x": 1}
@@ -58,7 +58,7 @@ async def test_only_allowed_keys_get_service(procs: Processes, keys) -> None:
     async with AsyncClient(broker.endpoint, heartbeat_interval=FAST_HEARTBEAT) as plain:
         with pytest.raises(RequestTimeout):  # no CURVE at all: no handshake, no service
             await plain.request("trusted", {"x": 1}, timeout=1.0)
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
 
 
 def test_binding_beyond_loopback_needs_keys_or_insecure() -> None:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+
 from itas.agents.providers import make_provider
 from itas.agents.providers.local import (
     GGUF_NAME,
@@ -19,7 +20,6 @@ from itas.agents.providers.local import (
     find_gguf,
     local_model_server,
 )
-
 from tests.servers.model_server import (
     READY_TIMEOUT_S,
     ServedModel,

@@ -154,16 +154,15 @@ async def test_agent_killed_mid_query_the_replica_finishes_and_the_trace_shows_i
     arch = {"name": "g4r", "layers": [
         [{"technique": "generator", "provider": "sim", "model": "slow", "samples": 4}],
         [{"technique": "ranker", "provider": "sim", "model": "slow", "top_k": 1}]]}
-    async with client_for(broker.endpoint) as client:
-        async with anyio.create_task_group() as tg:
-            answers = []
+    async with client_for(broker.endpoint) as client, anyio.create_task_group() as tg:
+        answers = []
 
-            async def ask() -> None:
-                answers.append(await client.ask("q", architecture=arch, trace=True, sim=KEY))
+        async def ask() -> None:
+            answers.append(await client.ask("q", architecture=arch, trace=True, sim=KEY))
 
-            tg.start_soon(ask)
-            await anyio.sleep(0.4)  # the 4 samples are in flight, 2 on each replica
-            generators[0].send_signal(signal.SIGKILL)
+        tg.start_soon(ask)
+        await anyio.sleep(0.4)  # the 4 samples are in flight, 2 on each replica
+        generators[0].send_signal(signal.SIGKILL)
     [answer] = answers
     generation = answer.trace["layers"][0]
     assert len(generation["candidates"]) == 4

@@ -30,7 +30,7 @@ def test_new_candidates_get_ids_from_their_place_in_the_architecture() -> None:
     spec = GeneratorSpec(provider="sim", model="m", samples=2)
     replies = [{"candidates": [{"id": "x", "text": "one"}]}, None,
                {"candidates": [{"id": "x", "text": "two"}]}]
-    out, tests, problems = combine(spec, [], replies, "L1.2")
+    out, _, _ = combine(spec, [], replies, "L1.2")
     assert [(c["id"], c["text"]) for c in out] == [("L1.2.0", "one"), ("L1.2.1", "two")]
 
 

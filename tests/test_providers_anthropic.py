@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from itas.agents.providers.anthropic import AnthropicProvider, to_messages_api
 from itas.agents.providers.prices import price_for
-
 from itas.errors import ProviderError
 from tests.servers.fake_llm import COMPLETION_TOKENS, PROMPT_TOKENS, FakeLLMServer
 

@@ -6,10 +6,10 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+
 from itas.agents.providers import make_provider
 from itas.agents.providers.openai import OpenAIProvider
 from itas.agents.providers.prices import price_for
-
 from itas.errors import ConfigError, ProviderError
 from tests.servers.fake_llm import COMPLETION_TOKENS, PROMPT_TOKENS, FakeLLMServer
 

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from itas.agents.providers import PROVIDERS, make_provider
 
+from itas.agents.providers import PROVIDERS, make_provider
 from itas.errors import ConfigError
 
 

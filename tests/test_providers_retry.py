@@ -7,6 +7,7 @@ import time
 from email.utils import formatdate
 
 import pytest
+
 from itas.agents.providers.prices import price_for
 from itas.agents.providers.retry import RetryPolicy, parse_retry_after, redact
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import anyio
 import pytest
+
 from itas.agents.providers import SimTask, make_provider
 from itas.agents.providers.sim import WRONG_DECAY, SimProvider, is_correct, p_solve
-
 from itas.errors import ConfigError, ProviderError
 
 pytestmark = pytest.mark.anyio

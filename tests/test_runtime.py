@@ -14,7 +14,6 @@ import zmq
 from itas import protocol as P
 from itas.client import AsyncClient, Client
 from itas.errors import RemoteError, RequestTimeout, ServiceUnavailable
-
 from tests.helpers import FAST_HEARTBEAT, Processes, wait_for_workers
 
 pytestmark = pytest.mark.anyio
@@ -180,17 +179,16 @@ async def test_agent_sigterm_finishes_in_flight_work(procs: Processes) -> None:
     broker = procs.broker()
     agent = procs.agent(broker.endpoint, "sleep", {"seconds": 1.0, "credit": 2})
     wait_for_workers(broker.endpoint, "sleep", 1)
-    async with fast_client(broker.endpoint) as client:
-        async with anyio.create_task_group() as tg:
-            results = []
+    async with fast_client(broker.endpoint) as client, anyio.create_task_group() as tg:
+        results = []
 
-            async def one(tag: int) -> None:
-                results.append(await client.request("sleep", {"tag": tag}, timeout=10))
+        async def one(tag: int) -> None:
+            results.append(await client.request("sleep", {"tag": tag}, timeout=10))
 
-            tg.start_soon(one, 1)
-            tg.start_soon(one, 2)
-            await anyio.sleep(0.3)
-            agent.send_signal(signal.SIGTERM)
+        tg.start_soon(one, 1)
+        tg.start_soon(one, 2)
+        await anyio.sleep(0.3)
+        agent.send_signal(signal.SIGTERM)
     assert sorted(r["tag"] for r in results) == [1, 2]
     assert {r["pid"] for r in results} == {agent.pid}
     assert agent.wait(timeout=5) == 0

@@ -21,7 +21,6 @@ from itas.agents.pool import load_pool
 from itas.client import AsyncClient, Client
 from itas.errors import RemoteError
 from itas.spec import load_architecture
-
 from tests.helpers import REPO, Processes
 
 pytestmark = pytest.mark.anyio

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from itas.client import AsyncClient
-
 from tests.helpers import Processes
 from tests.servers.fake_llm import COMPLETION_TOKENS, PROMPT_TOKENS, FakeLLMServer
 from tests.test_techniques_agents import TIMEOUT_S, wait_for_services

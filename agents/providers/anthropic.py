@@ -24,11 +24,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import anthropic
+
 from itas.agents.providers.base import Message
 from itas.agents.providers.config import flag
 from itas.agents.providers.remote import RemoteProvider, Reply
 from itas.agents.providers.retry import Failure, sdk_failure
-
 from itas.errors import ProviderError
 
 CONVERSATION_ROLES = ("user", "assistant")

@@ -84,5 +84,5 @@ class Provider(abc.ABC):
         """One completion. ``sample_index`` tells samples of the same call apart
         (response-cache key, simulated randomness). Raises ``ProviderError``."""
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
+    async def aclose(self) -> None:
         """Release connections; the default holds none."""

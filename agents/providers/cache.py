@@ -34,8 +34,8 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from itas.agents.providers.base import Completion, Message, Provider, SimTask, Usage
 
+from itas.agents.providers.base import Completion, Message, Provider, SimTask, Usage
 from itas.errors import ConfigError
 
 log = logging.getLogger("itas.providers.cache")

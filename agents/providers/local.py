@@ -42,9 +42,9 @@ from typing import IO, Any
 import anyio
 import anyio.abc
 import openai
+
 from itas.agents.providers.openai import OpenAIProvider
 from itas.agents.providers.prices import Price
-
 from itas.errors import ConfigError, ProviderError
 
 log = logging.getLogger("itas.providers.local")

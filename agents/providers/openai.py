@@ -18,11 +18,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import openai
+
 from itas.agents.providers.base import Message
 from itas.agents.providers.config import text
 from itas.agents.providers.remote import RemoteProvider, Reply
 from itas.agents.providers.retry import Failure, sdk_failure
-
 from itas.errors import ConfigError, ProviderError
 
 TOKEN_LIMIT_PARAMS = ("max_tokens", "max_completion_tokens")

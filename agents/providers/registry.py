@@ -15,7 +15,6 @@ from typing import Any
 
 from itas.agents.providers.base import Provider
 from itas.agents.providers.config import flag
-
 from itas.errors import ConfigError
 
 PROVIDERS: dict[str, str] = {

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import anyio
+
 from itas.agents.providers.base import Completion, Message, Provider, SimTask, Usage
 from itas.agents.providers.config import check_keys, integer, number, text
 from itas.agents.providers.prices import Price, price_for
 from itas.agents.providers.retry import Failure, RetryPolicy, call_with_retries
-
 from itas.errors import ConfigError
 
 #: Sent to servers that need no key (llama.cpp, vLLM, Ollama on loopback); SDKs insist on one.

@@ -56,10 +56,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
+
 from itas.agents.providers.base import Completion, Message, Provider, SimTask, Usage
 from itas.agents.providers.config import check_keys, integer, number
 from itas.agents.providers.prices import Price
-
 from itas.errors import ConfigError, ProviderError
 
 SLOPE = 6.0

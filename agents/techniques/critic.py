@@ -18,9 +18,9 @@ from typing import Any
 
 from itas.agents.techniques.base import (
     Job,
+    OutputFormatError,
     Parsed,
     TechniqueAgent,
-    OutputFormatError,
     gather,
     query_text,
 )

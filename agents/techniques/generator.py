@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from itas.agents.techniques.base import Job, Parsed, TechniqueAgent, OutputFormatError, gather
+from itas.agents.techniques.base import Job, OutputFormatError, Parsed, TechniqueAgent, gather
 from itas.agents.techniques.wire import Candidate, Reply
 
 MAX_SAMPLES = 256

@@ -30,9 +30,9 @@ import anyio
 
 from itas.agents.techniques.base import (
     Job,
+    OutputFormatError,
     Parsed,
     TechniqueAgent,
-    OutputFormatError,
     gather,
     query_text,
 )

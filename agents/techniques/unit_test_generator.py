@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from itas.agents.techniques.base import Job, Parsed, TechniqueAgent, OutputFormatError, query_text
+from itas.agents.techniques.base import Job, OutputFormatError, Parsed, TechniqueAgent, query_text
 from itas.agents.techniques.wire import Message, Reply
 from itas.benchmarks.codeexec import CODE_LANGS, FENCE_RE
 

@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 
 from itas.agents.techniques.base import (
     Job,
+    OutputFormatError,
     Parsed,
     TechniqueAgent,
-    OutputFormatError,
     candidate_block,
     gather,
     query_text,
