@@ -16,10 +16,13 @@ import pytest
 from itas.agents.providers import make_provider
 from itas.agents.providers.local import (
     GGUF_NAME,
+    LocalModelServer,
     LocalProvider,
     find_gguf,
     local_model_server,
+    serve_model,
 )
+from itas.errors import ProviderError
 from tests.servers.model_server import (
     READY_TIMEOUT_S,
     ServedModel,
@@ -116,6 +119,14 @@ def test_serve_model_stops_cleanly_on_signal(signum: int) -> None:
         model.process.send_signal(signum)
         assert model.process.wait(timeout=15) == 0
         assert wait_gone(model.server_pid)
+
+
+def test_serve_model_reports_a_server_that_dies() -> None:
+    def kill_it(server: LocalModelServer) -> None:
+        os.kill(server.process.pid, signal.SIGKILL)
+
+    with pytest.raises(ProviderError, match="exited on its own with code -9"):
+        serve_model(port=0, threads=1, on_ready=kill_it)
 
 
 def test_no_orphan_when_the_parent_is_killed() -> None:

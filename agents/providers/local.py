@@ -8,7 +8,17 @@ it only over HTTP, exactly like a remote OpenAI-compatible server: the
 ``local`` provider is the ``openai`` provider pointed at that server
 (``base_url``, default ``ITAS_LOCAL_MODEL_URL`` or ``DEFAULT_LOCAL_URL``).
 One server process then serves every agent on the machine, and the agents stay
-small and quick to start.
+small and quick to start. The server answers one request at a time (others
+queue), so the ``local`` provider waits longer before it calls a request
+timed out (``LOCAL_TIMEOUT_S``): a retry would only queue the same work again
+behind the abandoned one, which the server still finishes.
+
+Threads: 2 threads give ~100 tokens/s on an idle 2-core machine, but they meet
+at a barrier many times per token, so when other processes compete for the
+cores generation can collapse to a few tokens/s (measured: median 20, worst
+0.3); 1 thread gives ~65 idle and ~55 under the same load. Use ``threads=1``
+when the model shares the machine with CPU-heavy work (code-execution scoring,
+parallel test suites).
 
 Stopping cleanly: the server runs in a new session, so a Ctrl-C meant for the
 parent does not kill it behind the parent's back; the parent stops it with
@@ -57,6 +67,7 @@ DEFAULT_PORT = 8765
 DEFAULT_LOCAL_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}/v1"
 LOCAL_URL_ENV = "ITAS_LOCAL_MODEL_URL"
 DEFAULT_THREADS = 2
+LOCAL_TIMEOUT_S = 600.0
 #: SmolLM2 was trained for 8k tokens; 4k keeps the KV cache near 100 MB and fits fusion prompts.
 DEFAULT_N_CTX = 4096
 STARTUP_TIMEOUT_S = 120.0
@@ -290,6 +301,7 @@ async def _serve_until_signal(
         ) as server:
             if on_ready is not None:
                 on_ready(server)
+            code: int | None = None
             async with anyio.create_task_group() as tg:
 
                 async def stop_on_signal() -> None:
@@ -300,7 +312,9 @@ async def _serve_until_signal(
                         tg.cancel_scope.cancel()
 
                 tg.start_soon(stop_on_signal)
-                code = await server.wait()
+                code = await server.wait()  # cancelled (code stays None) on a signal
+                tg.cancel_scope.cancel()
+            if code is not None:  # raised out here, not wrapped in an ExceptionGroup
                 raise ProviderError("local", f"model server exited on its own with code {code}")
 
 
@@ -309,6 +323,7 @@ class LocalProvider(OpenAIProvider):
 
     name = "local"
     default_key_env = "ITAS_LOCAL_MODEL_KEY"
+    default_timeout_s = LOCAL_TIMEOUT_S
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
