@@ -39,3 +39,13 @@ def test_simulated_models_do_not_import_vendor_sdks() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_local_provider_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ITAS_CACHE", "off")
+    monkeypatch.delenv("ITAS_LOCAL_MODEL_URL", raising=False)
+    local = make_provider("local", {})
+    assert local.base_url == "http://127.0.0.1:8765/v1/"  # type: ignore[attr-defined]
+    assert local.timeout_s == 600.0  # type: ignore[attr-defined]  # the server queues requests
+    monkeypatch.setenv("ITAS_LOCAL_MODEL_URL", "http://127.0.0.1:9999/v1")
+    assert make_provider("local", {}).base_url == "http://127.0.0.1:9999/v1/"  # type: ignore[attr-defined]

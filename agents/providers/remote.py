@@ -68,6 +68,8 @@ class RemoteProvider(Provider):
     default_key_env: ClassVar[str]
     #: Settings this subclass accepts besides ``REMOTE_KEYS``.
     extra_keys: ClassVar[frozenset[str]] = frozenset()
+    #: Per-attempt HTTP timeout when the settings give no ``timeout_s``.
+    default_timeout_s: ClassVar[float] = DEFAULT_TIMEOUT_S
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         name = self.name
@@ -77,7 +79,7 @@ class RemoteProvider(Provider):
                 "pool files); put the key in an environment variable and name it with 'api_key_env'"
             )
         check_keys(name, settings, REMOTE_KEYS | self.extra_keys)
-        self.timeout_s = number(name, settings, "timeout_s", DEFAULT_TIMEOUT_S, low=0.1)
+        self.timeout_s = number(name, settings, "timeout_s", self.default_timeout_s, low=0.1)
         self.policy = RetryPolicy(
             max_attempts=integer(
                 name, settings, "max_attempts", DEFAULT_POLICY.max_attempts, low=1, high=50
