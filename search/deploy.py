@@ -1,0 +1,146 @@
+"""Deploying the agent topology that the search's trials need, and only that.
+
+A trial's architecture names its services (``technique@provider:model``); each maps to a
+pool entry: the technique as agent kind, the model's provider and name, and the model's
+settings from the search config (skill and latency for ``sim``, ``cache``, ...). Before a
+trial runs, ``Deployment.ensure`` asks the broker which services have workers, starts
+(or scales up to ``replicas``) only the missing ones through the pool ``Supervisor``, and
+waits until they registered. Services already served on the broker (say by ``itas up``)
+are reused and never stopped; the processes the search started are stopped when the
+deployment closes, on success, error or cancellation alike.
+
+Without a broker endpoint in the config, the search runs a private stack (broker on a
+free loopback port plus orchestrator processes) through ``itas.stack.run_stack``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import yaml
+
+from itas.agents.kinds import build_agent
+from itas.agents.pool import PoolEntry, Supervisor
+from itas.client import AsyncClient
+from itas.errors import ConfigError
+from itas.query import ORCHESTRATOR_SERVICE
+from itas.search.config import DeployConfig, ModelConfig
+from itas.stack import run_stack, wait_for_services
+
+log = logging.getLogger("itas.search")
+
+PRIVATE_BIND = "tcp://127.0.0.1:0"
+POOL_FILE = "orchestrators.yaml"
+STATUS_TIMEOUT_S = 10.0
+
+
+def pool_entries(services: Iterable[str], models: Sequence[ModelConfig], *, replicas: int,
+                 orchestrators: int = 1) -> list[PoolEntry]:
+    """The pool entries that serve ``services``; ConfigError for a model not in the config."""
+    by_service = {(m.provider, m.model): m for m in models}
+    entries = []
+    for service in dict.fromkeys(services):
+        if service == ORCHESTRATOR_SERVICE:
+            entries.append(PoolEntry(ORCHESTRATOR_SERVICE, orchestrators, {}))
+            continue
+        technique, _, placement = service.partition("@")
+        if not placement:  # a tool technique without a model (majority_vote)
+            entries.append(PoolEntry(technique, replicas, {}))
+            continue
+        provider, _, name = placement.partition(":")
+        model = by_service.get((provider, name))
+        if model is None:
+            raise ConfigError(f"service {service!r}: no model {provider}:{name} in the search "
+                              "config's 'models'")
+        settings = {"provider": provider, "model": name, **model.settings}
+        entries.append(PoolEntry(technique, replicas, settings))
+    return entries
+
+
+class Deployment:
+    """Starts agent processes on one broker as trials need them; see the module docstring."""
+
+    def __init__(self, broker: str, models: Sequence[ModelConfig], config: DeployConfig,
+                 task_group: anyio.abc.TaskGroup) -> None:
+        self.broker = broker
+        self.models = list(models)
+        self.config = config
+        self._tg = task_group
+        self._scopes: list[anyio.CancelScope] = []
+        self._lock = anyio.Lock()
+        self.started: dict[str, int] = {}  # service -> replicas this deployment started
+        self.reused: set[str] = set()  # services that were already served
+
+    async def ensure(self, services: Iterable[str]) -> None:
+        """Make every service in ``services`` served, starting only what is missing."""
+        wanted = list(dict.fromkeys(services))
+        async with self._lock:
+            async with AsyncClient(self.broker) as client:
+                known = (await client.status(timeout=STATUS_TIMEOUT_S))["services"]
+            missing: list[PoolEntry] = []
+            for entry, service in zip(self._entries(wanted), wanted, strict=True):
+                running = known.get(service, {}).get("workers", 0)
+                if running and service not in self.started:
+                    self.reused.add(service)
+                short = entry.replicas - running
+                if short > 0:
+                    missing.append(PoolEntry(entry.kind, short, entry.settings))
+                    self.started[service] = self.started.get(service, 0) + short
+            if missing:
+                await _check_settings(missing)
+                log.info("starting %s", ", ".join(f"{e.kind} x{e.replicas}" for e in missing))
+                await self._tg.start(self._supervise, Supervisor(missing, self.broker))
+            await wait_for_services(self.broker, wanted)
+
+    def _entries(self, services: list[str]) -> list[PoolEntry]:
+        return pool_entries(services, self.models, replicas=self.config.replicas,
+                            orchestrators=self.config.orchestrators)
+
+    async def _supervise(self, supervisor: Supervisor, *,
+                         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                         ) -> None:
+        with anyio.CancelScope() as scope:
+            self._scopes.append(scope)
+            await supervisor.run(task_status=task_status)
+
+    def stop(self) -> None:
+        """Stop every process this deployment started (their supervisors stop them)."""
+        for scope in self._scopes:
+            scope.cancel()
+
+
+async def _check_settings(entries: Iterable[PoolEntry]) -> None:
+    """Build each agent here first, so a bad setting (a typo in a model's settings) is a
+    ConfigError naming the model and the setting, not agent processes that never register."""
+    for entry in entries:
+        try:
+            agent = build_agent(entry.kind, entry.settings)
+        except ConfigError as e:
+            model = f"{entry.settings.get('provider')}:{entry.settings.get('model')}"
+            raise ConfigError(f"search config, settings of model {model} ({entry.kind} "
+                              f"agent): {e}") from e
+        await agent.aclose()
+
+
+@contextlib.asynccontextmanager
+async def deployed(config: DeployConfig, models: Sequence[ModelConfig], workdir: Path
+                   ) -> AsyncIterator[Deployment]:
+    """A deployment on the configured broker, or on a private stack started for the search."""
+    async with contextlib.AsyncExitStack() as stack:
+        if config.broker is None:
+            pool = workdir / POOL_FILE
+            pool.write_text(yaml.safe_dump({"agents": [
+                {"kind": ORCHESTRATOR_SERVICE, "replicas": config.orchestrators}]}))
+            broker = (await stack.enter_async_context(run_stack(pool, bind=PRIVATE_BIND))).broker
+        else:
+            broker = config.broker
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        deployment = Deployment(broker, models, config, tg)
+        stack.callback(deployment.stop)
+        await deployment.ensure([ORCHESTRATOR_SERVICE])
+        yield deployment

@@ -1,0 +1,170 @@
+"""Whole searches over a real broker and sim agent processes: one that completes and
+writes every output, and one killed part-way (SIGKILL) and resumed without evaluating
+any architecture twice, reusing an agent that was already running."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from itas.client import Client
+from itas.errors import ConfigError
+from itas.search.config import parse_search_config
+from itas.search.run import run_search, run_search_cli
+from itas.search.store import STORE_FILE, Record
+from itas.spec import load_architecture
+from tests.helpers import DATA_DIR, REPO, Processes, wait_for_workers
+
+AGENT_HEARTBEAT = "1.0"  # what the supervisor's agents use; the test broker must match
+
+
+def search_config(**overrides: object) -> dict:
+    data = {
+        "name": "tiny",
+        "models": [
+            {"name": "strong", "provider": "sim", "model": "strong",
+             "settings": {"skill": 0.75, "latency": 0.0, "cache": False}},
+            {"name": "weak", "provider": "sim", "model": "weak",
+             "settings": {"skill": 0.4, "latency": 0.0, "cache": False}},
+        ],
+        "techniques": ["ranker", "fuser"],
+        "space": {"models": [1, 2], "samples": [1, 2], "ranker_top_k": [1, 2],
+                  "fusion_layers": [0, 1], "fusers": [1, 1]},
+        "budget": {"calls_per_query": 6},
+        "benchmark": {"name": "gsm8k", "data_dir": str(DATA_DIR), "search": 6, "heldout": 6},
+        "search": {"trials": 3, "initial_random": 2, "parallel": 2, "strategies": ["bo", "random"],
+                   "baseline_trials": 2, "rescore_top": 2, "seed": 3},
+        "evaluation": {"concurrency": 4, "timeout_s": 60},
+    }
+    data.update(overrides)
+    return data
+
+
+def trial_records(out: Path) -> list[Record]:
+    lines = (out / STORE_FILE).read_text().splitlines()[1:]
+    return [Record.from_dict(json.loads(line)) for line in lines]
+
+
+def child_pids() -> set[int]:
+    """Live (not zombie) child processes of this process."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == str(os.getpid()) and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.anyio
+async def test_search_on_the_mesh_writes_every_output(tmp_path: Path) -> None:
+    before = child_pids()
+    config = parse_search_config(search_config(), "tiny.yaml")
+    summary = await run_search(config, tmp_path, resume=False, show_progress=False)
+
+    records = trial_records(tmp_path)
+    kinds = [r.kind for r in records]
+    assert kinds.count("ranking") == 2
+    assert len([r for r in records if r.strategy == "bo"]) == 3
+    assert len([r for r in records if r.strategy == "random"]) == 2
+    evaluated = [r for r in records if r.kind == "trial" and not r.reused]
+    assert all(r.result.calls > 0 and r.result.n == 6 for r in evaluated)
+    assert all(r.calls_per_query <= 6 for r in records if r.kind == "trial")
+    assert len({r.key for r in evaluated}) == len(evaluated)
+
+    best = load_architecture(tmp_path / "best.yaml")
+    assert best.name == summary["best"]["key"]
+    assert (tmp_path / "convergence.png").stat().st_size > 10_000
+    assert "ITAS leaderboard" in (tmp_path / "leaderboard.txt").read_text()
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert data["ranking"][0]["model"] == "strong"
+    assert set(data["strategies"]) == {"bo", "random"}
+    assert data["best_single_model"]["model"] in ("strong", "weak")
+    assert len(data["heldout"]) == 2 and len(data["single_models_heldout"]) == 2
+    assert data["calls"]["naive"] >= data["calls"]["made"] > 0
+    curve = data["strategies"]["bo"]["convergence"]
+    assert curve["evaluations"] == [0, 1, 2, 3]
+    assert curve["best_score"] == sorted(curve["best_score"])
+    assert child_pids() <= before  # broker and agents the search started are gone
+
+
+def test_killed_search_resumes_without_repeating_a_trial(tmp_path: Path,
+                                                         procs: Processes) -> None:
+    broker = procs.broker("tcp://127.0.0.1:0", "--heartbeat", AGENT_HEARTBEAT)
+    already = {"provider": "sim", "model": "strong", "skill": 0.75, "latency": 0.02,
+               "cache": False}
+    procs.agent(broker.endpoint, "generator", already, "--heartbeat", AGENT_HEARTBEAT,
+                "--name", "already-running")
+    wait_for_workers(broker.endpoint, "generator@sim:strong", 1)
+    data = search_config(
+        models=[{"name": m, "provider": "sim", "model": m,
+                 "settings": {"skill": s, "latency": 0.02, "cache": False}}
+                for m, s in (("strong", 0.75), ("weak", 0.4))],
+        search={"trials": 6, "initial_random": 2, "parallel": 1, "strategies": ["bo"],
+                "rescore_top": 1, "seed": 1},
+        deploy={"broker": broker.endpoint})
+    config_path = tmp_path / "search.yaml"
+    config_path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    script = ("from itas.search.run import run_search_cli; "
+              f"run_search_cli({str(config_path)!r}, out_dir={str(out)!r}, progress=False)")
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while sum(1 for r in _safe_records(out) if r.strategy == "bo") < 2:
+            assert child.poll() is None, child.stderr.read().decode() if child.stderr else ""
+            assert time.monotonic() < deadline, "the search made no progress"
+            time.sleep(0.05)
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)  # the search and the agents it started
+        child.wait()
+        if child.stderr:
+            child.stderr.close()
+    done_before = [r for r in trial_records(out) if r.strategy == "bo"]
+    assert 2 <= len(done_before) < 6
+    for service in ("orchestrator", "ranker@sim:strong", "fuser@sim:strong",
+                    "generator@sim:weak"):
+        wait_for_workers(broker.endpoint, service, 0)  # the killed agents' heartbeats lapse
+
+    run_search_cli(config_path, resume=True, out_dir=out, progress=False)
+
+    bo = [r for r in trial_records(out) if r.strategy == "bo"]
+    assert [r.index for r in bo] == list(range(1, 7))
+    assert bo[:len(done_before)] == done_before  # kept as they were, not redone
+    keys = [r.key for r in trial_records(out) if r.kind == "trial" and not r.reused]
+    assert len(keys) == len(set(keys)), "an architecture was evaluated twice"
+    assert load_architecture(out / "best.yaml").name in keys
+    with Client(broker.endpoint) as client:
+        workers = client.status()["workers"]
+    # The agent that was running is still there and was the only one of its service;
+    # everything the search started was stopped.
+    assert [w["name"] for w in workers] == ["already-running"]
+
+
+def _safe_records(out: Path) -> list[Record]:
+    try:
+        return trial_records(out)
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+@pytest.mark.anyio
+async def test_a_bad_model_setting_fails_fast_naming_it(tmp_path: Path) -> None:
+    data = search_config()
+    data["models"][1]["settings"] = {"skil": 0.4}
+    config = parse_search_config(data, "tiny.yaml")
+    before = child_pids()
+    with pytest.raises(ConfigError, match="model sim:weak .*unknown setting.*skil"):
+        await run_search(config, tmp_path, resume=False, show_progress=False)
+    assert child_pids() <= before
