@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -86,8 +87,10 @@ def load_pool(path: str | Path) -> list[PoolEntry]:
 
 
 def agent_command(entry: PoolEntry, broker: str, extra_args: Sequence[str] = ()) -> list[str]:
+    """The replica's argv; it exits with this process, even if this one is killed outright."""
     return [sys.executable, "-m", "itas", "agent", "--kind", entry.kind, "--broker", broker,
-            "--settings", json.dumps(dict(entry.settings)), *extra_args]
+            "--settings", json.dumps(dict(entry.settings)), "--parent-pid", str(os.getpid()),
+            *extra_args]
 
 
 class Supervisor:

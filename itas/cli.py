@@ -27,6 +27,8 @@ CurveSecretOpt = Annotated[Path | None, typer.Option(
 CurveServerOpt = Annotated[Path | None, typer.Option(
     "--curve-server", envvar="ITAS_CURVE_SERVER", help="The broker's public .key file.")]
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
+ParentPidOpt = Annotated[int | None, typer.Option(
+    hidden=True, help="Exit when this process (the one that started us) dies.")]
 DEMO_TIMEOUT_S = 900.0
 
 
@@ -38,6 +40,13 @@ def _client_keys(secret: Path | None, server: Path | None) -> Any:
     if secret is None or server is None:
         raise ConfigError("CURVE needs both --curve-secret and --curve-server")
     return CurveKeys.load(secret, server)
+
+
+def _follow_parent(parent_pid: int | None) -> None:
+    if parent_pid is not None:
+        from itas.lifecycle import die_with_parent
+
+        die_with_parent(parent_pid)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -61,12 +70,14 @@ def broker(
     insecure: Annotated[bool, typer.Option(help="Allow binding beyond loopback without CURVE.")
                         ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    parent_pid: ParentPidOpt = None,
 ) -> None:
     """Run the ZeroMQ broker until SIGINT/SIGTERM."""
     from itas.broker.server import BrokerServer, run_broker
     from itas.security import CurveKeys
 
     _setup_logging(verbose)
+    _follow_parent(parent_pid)
     if (curve_secret is None) != (curve_allow is None):
         raise ConfigError("CURVE needs both --curve-secret and --curve-allow")
     keys = CurveKeys.load(curve_secret) if curve_secret else None
@@ -86,6 +97,7 @@ def agent(
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    parent_pid: ParentPidOpt = None,
 ) -> None:
     """Run one agent process until SIGINT/SIGTERM."""
     import anyio
@@ -94,6 +106,7 @@ def agent(
     from itas.agents.runtime import Worker
 
     _setup_logging(verbose)
+    _follow_parent(parent_pid)
     try:
         parsed = json.loads(settings)
     except json.JSONDecodeError as exc:
@@ -361,6 +374,22 @@ def eval_(
         timeout_s=timeout, retry_errors=retry_errors,
         curve=_client_keys(curve_secret, curve_server))
     anyio.run(run_eval, options)
+
+
+@app.command()
+def search(
+    config: Annotated[Path, typer.Argument(help="Search config (YAML).")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Output folder (default search-runs/<name>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the search in the output folder.")
+                      ] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
+) -> None:
+    """Search for the best architecture for a benchmark and a budget (ITAS)."""
+    from itas.search.run import run_search_cli
+
+    result = run_search_cli(config, resume=resume, out_dir=out, progress=progress)
+    print(f"best architecture: {result['files']['best_spec']}")
 
 
 def _itas_errors(exc: BaseException) -> list[ItasError] | None:

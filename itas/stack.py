@@ -101,7 +101,8 @@ async def run_stack(pool: str | os.PathLike[str], *, bind: str = "tcp://127.0.0.
 @contextlib.asynccontextmanager
 async def broker_process(bind: str) -> AsyncIterator[str]:
     process = await anyio.open_process(
-        [sys.executable, "-m", "itas", "broker", "--bind", bind],
+        [sys.executable, "-m", "itas", "broker", "--bind", bind, "--parent-pid",
+         str(os.getpid())],
         stdin=subprocess.DEVNULL, stderr=None, start_new_session=True)
     try:
         assert process.stdout is not None

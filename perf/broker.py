@@ -33,8 +33,6 @@ after a grace period, and PR_SET_PDEATHSIG in case this process is killed.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import json
 import os
 import re
@@ -51,6 +49,7 @@ import msgpack
 import zmq
 
 from itas import protocol as P
+from itas.lifecycle import preexec_die_with_parent
 
 WINDOW = 64
 DURATION_S = 2.0
@@ -68,7 +67,6 @@ SERVICE_RAW = "perf.raw-echo"
 SERVICE_ITAS = "perf.itas-echo"
 REQUEST_TIMEOUT_MS = 60_000
 LOOPBACK = "tcp://127.0.0.1:0"
-PR_SET_PDEATHSIG = 1
 # Measured run -> (set-up, requests in flight; None: --window). "unloaded" gives the
 # latency one request sees through the broker when nothing queues in front of it.
 RUNS: dict[str, tuple[str, int | None]] = {
@@ -245,12 +243,6 @@ def _percentile(ordered: list[int], q: float) -> float:
 
 # -- orchestration --------------------------------------------------------------------
 
-def _die_with_parent() -> None:
-    """Runs in each child before exec: the kernel sends SIGTERM if we go away."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class Children:
     """Every process started for a measurement, each in its own session, ended on exit."""
 
@@ -263,7 +255,7 @@ class Children:
         # preexec_fn is safe here: this process starts no threads.
         proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, bufsize=0,
                                 start_new_session=True,
-                                preexec_fn=_die_with_parent)  # noqa: PLW1509
+                                preexec_fn=preexec_die_with_parent)  # noqa: PLW1509
         self.procs.append(proc)
         if server:
             self.servers.append(proc)

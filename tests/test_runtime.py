@@ -237,3 +237,18 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_pool_killed_outright_takes_its_agents_with_it(procs: Processes, tmp_path) -> None:
+    pool = tmp_path / "pool.yaml"
+    pool.write_text("agents:\n  - kind: echo\n    replicas: 2\n")
+    broker = procs.broker()
+    supervisor = procs.spawn("agents", "--pool", str(pool), "--broker", broker.endpoint)
+    wait_for_workers(broker.endpoint, "echo", 2)
+    children = _children_of(supervisor.pid)
+    supervisor.kill()  # SIGKILL: no orderly shutdown runs
+    supervisor.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [pid for pid in children if _alive(pid)] == []

@@ -81,14 +81,9 @@ FREE = Price(0.0, 0.0)
 
 # Runs in the child before llama_cpp.server: die with the parent (Linux), then serve.
 _CHILD_BOOTSTRAP = """
-import ctypes, os, runpy, signal, sys
-PR_SET_PDEATHSIG = 1
-try:
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-except (AttributeError, OSError):
-    pass
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(0)
+import runpy, signal, sys
+from itas.lifecycle import die_with_parent
+die_with_parent(int(sys.argv[1]), signal.SIGKILL)
 sys.argv = ["llama_cpp.server"] + sys.argv[2:]
 runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 """
