@@ -45,12 +45,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import anyio
 
+from itas.agents.techniques.wire import UsageTotals
 from itas.benchmarks.mixeval import MULTIPLE_CHOICE
 from itas.benchmarks.question import Question
 from itas.benchmarks.score import Judge, JudgeScorer, Score, Scorer
 from itas.benchmarks.scoring import MixEvalScorer, scorer_for
 from itas.errors import ConfigError, ItasError
-from itas.orchestrator.runner import QueryRunner, Usage
+from itas.orchestrator.runner import QueryRunner
 from itas.spec import Architecture
 
 DEFAULT_CONCURRENCY = 8
@@ -141,9 +142,9 @@ class EvalSummary:
         scores = [float(r["score"]) for r in results]
         mean = math.fsum(scores) / n if n else 0.0
         var = math.fsum((s - mean) ** 2 for s in scores) / (n - 1) if n > 1 else 0.0
-        judge = Usage()
+        judge = UsageTotals()
         for r in results:
-            judge.add(r.get("judge_usage"))
+            judge.merge(r.get("judge_usage"))
         return cls(
             architecture=arch.name, benchmark=benchmark, n=n, score=mean,
             correct=sum(1 for r in results if r.get("correct") is True),
@@ -157,7 +158,7 @@ class EvalSummary:
             cached_calls=sum(int((r.get("usage") or {}).get("cached_calls", 0))
                              for r in results),
             stderr=math.sqrt(var / n) if n else 0.0,
-            judge_usage=judge.as_dict() if judge.calls else {},
+            judge_usage=judge.to_dict() if judge.calls else {},
             resumed=resumed, wall_s=wall_s)
 
     def to_dict(self, *, with_results: bool = False) -> dict[str, Any]:
@@ -263,7 +264,7 @@ class _QuestionRun:
             "score": 0.0, "correct": None, "detail": "", "error": None,
             "calls": 0, "tokens": 0, "cost_usd": 0.0, "latency_s": 0.0, "usage": {},
         }
-        usage = Usage()
+        usage = UsageTotals()
         answers: list[str] = []
         started = anyio.current_time()
         try:
@@ -280,7 +281,7 @@ class _QuestionRun:
             if not record["latency_s"]:
                 record["latency_s"] = anyio.current_time() - started
         record.update(answer=answers[-1] if answers else None, calls=usage.calls,
-                      tokens=usage.tokens, cost_usd=usage.cost_usd, usage=usage.as_dict())
+                      tokens=usage.tokens, cost_usd=usage.cost_usd, usage=usage.to_dict())
         if len(answers) > 1 or len(question.turns) > 1:
             record["answers"] = answers
         take_usage = getattr(self.judge, "take_usage", None)
@@ -293,12 +294,12 @@ class _QuestionRun:
     def _turn_messages(self, question: Question, answers: list[str]) -> list[dict[str, str]]:
         return question.conversation(answers) if answers else list(question.messages)
 
-    async def _answer(self, question: Question, answers: list[str], usage: Usage) -> None:
+    async def _answer(self, question: Question, answers: list[str], usage: UsageTotals) -> None:
         tests = benchmark_tests(question) if self.arch.tests == "benchmark" else None
         for _ in range(max(1, len(question.turns))):
             reply = await self.runner.run(self.arch, self._turn_messages(question, answers),
                                           sim=question.answer_key, tests=tests)
-            usage.add(reply.get("usage"))
+            usage.merge(reply.get("usage"))
             answer = reply.get("answer")
             if not isinstance(answer, str):
                 raise ItasError(f"the runner's reply has no answer text: {reply!r:.200}")

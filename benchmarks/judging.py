@@ -34,10 +34,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from itas.agents.techniques.wire import UsageTotals
 from itas.benchmarks.question import Question
 from itas.benchmarks.score import Score
 from itas.errors import ConfigError, ItasError
-from itas.orchestrator.runner import Caller, Usage
+from itas.orchestrator.runner import Caller
 
 PAIRWISE_BENCHMARKS = frozenset({"arena_hard", "alpaca_eval"})
 JUDGE_TECHNIQUE = "judge"
@@ -93,7 +94,7 @@ class ServiceJudge:
         self.params: dict[str, Any] = {"temperature": temperature}
         if max_tokens is not None:
             self.params["max_tokens"] = max_tokens
-        self._usage: dict[tuple[str, str], Usage] = {}
+        self._usage: dict[tuple[str, str], UsageTotals] = {}
 
     def baseline_for(self, question: Question) -> str:
         if isinstance(question.reference, str) and question.reference:
@@ -115,7 +116,7 @@ class ServiceJudge:
     def take_usage(self, question: Question) -> dict[str, Any]:
         """What judging ``question`` cost so far (all turns), and forget it."""
         usage = self._usage.pop((question.benchmark, question.id), None)
-        return (usage or Usage()).as_dict()
+        return (usage or UsageTotals()).to_dict()
 
     async def _ask(self, question: Question, candidates: list[dict[str, str]],
                    params: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +124,7 @@ class ServiceJudge:
                 "params": {**self.params, **params}, "sim": question.answer_key}
         reply: dict[str, Any] = (await self.caller.call(self.service, body,
                                                         timeout=self.timeout)).body
-        self._usage.setdefault((question.benchmark, question.id), Usage()).add(
+        self._usage.setdefault((question.benchmark, question.id), UsageTotals()).merge(
             reply.get("usage"))
         judged = reply.get("candidates")
         if not isinstance(judged, list) or len(judged) != len(candidates):

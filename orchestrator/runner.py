@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import anyio
 
+from itas.agents.techniques.wire import UsageTotals
 from itas.client import Reply
 from itas.errors import AgentError, ClientError
 from itas.orchestrator.fanout import Context, combine, merge_layer, requests_for
@@ -26,7 +27,6 @@ from itas.spec import Architecture
 
 DEFAULT_CALL_TIMEOUT_S = 300.0
 TRACE_TEXT_CHARS = 2000
-USAGE_KEYS = ("calls", "prompt_tokens", "completion_tokens", "cost_usd", "cached_calls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,28 +54,6 @@ class Budget:
 
 
 @dataclass
-class Usage:
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    cached_calls: int = 0
-
-    def add(self, usage: Mapping[str, Any] | None) -> None:
-        for key in USAGE_KEYS:
-            value = (usage or {}).get(key)
-            if isinstance(value, (int, float)):
-                setattr(self, key, getattr(self, key) + value)
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def as_dict(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in USAGE_KEYS} | {"tokens": self.tokens}
-
-
-@dataclass
 class _CallResult:
     reply: Any = None
     error: str | None = None
@@ -91,9 +69,9 @@ class _ComponentTrace:
     problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        usage = Usage()
+        usage = UsageTotals()
         for call in self.calls:
-            usage.add((call.reply or {}).get("usage"))
+            usage.merge((call.reply or {}).get("usage"))
         return {
             "service": self.service,
             "technique": self.technique,
@@ -101,7 +79,7 @@ class _ComponentTrace:
             "failed": [c.error for c in self.calls if c.error],
             "retried": sum(1 for c in self.calls if c.attempts > 1),
             "latency_s": max((c.latency_s for c in self.calls), default=0.0),
-            "usage": usage.as_dict(),
+            "usage": usage.to_dict(),
             "parse": [p for c in self.calls for p in (c.reply or {}).get("parse", [])],
             "problems": self.problems,
         }
@@ -165,7 +143,7 @@ class Orchestrator:
         ctx = Context([dict(m) for m in messages], dict(sim) if sim else None,
                       list(tests) if tests else None)
         candidates: list[dict[str, Any]] = []
-        usage = Usage()
+        usage = UsageTotals()
         layers_trace = []
         flows = list(layer_flows(arch.layers))  # a layer that only writes tests leaves none
         for index, layer in enumerate(arch.layers, 1):
@@ -177,7 +155,7 @@ class Orchestrator:
                 ctx = Context(ctx.messages, ctx.sim, tests_written)
             for component in components:
                 for call in component.calls:
-                    usage.add((call.reply or {}).get("usage"))
+                    usage.merge((call.reply or {}).get("usage"))
             layers_trace.append({
                 "layer": index,
                 "latency_s": anyio.current_time() - layer_started,
@@ -193,7 +171,7 @@ class Orchestrator:
         result: dict[str, Any] = {
             "answer": candidates[0]["text"],
             "candidates": candidates,
-            "usage": usage.as_dict(),
+            "usage": usage.to_dict(),
             "latency_s": anyio.current_time() - started,
             "architecture": arch.name,
         }
@@ -202,7 +180,7 @@ class Orchestrator:
         return result
 
     def _check_budget(self, arch: Architecture, index: int, layer: Sequence[Any], n_in: int,
-                      usage: Usage, budget: Budget) -> None:
+                      usage: UsageTotals, budget: Budget) -> None:
         planned = plan_layer(layer, n_in).calls
         if budget.calls is not None and usage.calls + planned > budget.calls:
             raise AgentError(ErrorCode.BUDGET,

@@ -106,7 +106,7 @@ async def test_ranker_re_asks_twice_then_keeps_input_order(client: AsyncClient,
     assert [c["id"] for c in reply["candidates"]] == ["c0", "c1"]
     assert reply["usage"] == {
         "calls": 3, "prompt_tokens": 3 * PROMPT_TOKENS, "completion_tokens": 3 * COMPLETION_TOKENS,
-        "latency_s": pytest.approx(reply["usage"]["latency_s"]), "cost_usd": 0.0,
+        "tokens": 3 * (PROMPT_TOKENS + COMPLETION_TOKENS), "latency_s": pytest.approx(reply["usage"]["latency_s"]), "cost_usd": 0.0,
         "cached_calls": 0, "cost_known": False}
 
 

@@ -226,9 +226,26 @@ class UsageTotals:
         self.cached_calls += usage.calls if usage.cached else 0
         self.cost_known = self.cost_known and usage.cost_known
 
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def merge(self, usage: Mapping[str, Any] | None) -> None:
+        """Add another request's totals, as ``to_dict`` wrote them (the orchestrator and
+        the evaluation sum replies this way); missing fields count as nothing."""
+        if not usage:
+            return
+        self.calls += int(usage.get("calls", 0))
+        self.prompt_tokens += int(usage.get("prompt_tokens", 0))
+        self.completion_tokens += int(usage.get("completion_tokens", 0))
+        self.latency_s += float(usage.get("latency_s", 0.0))
+        self.cost_usd += float(usage.get("cost_usd", 0.0))
+        self.cached_calls += int(usage.get("cached_calls", 0))
+        self.cost_known = self.cost_known and bool(usage.get("cost_known", True))
+
     def to_dict(self) -> dict[str, Any]:
         return {"calls": self.calls, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
+                "completion_tokens": self.completion_tokens, "tokens": self.tokens,
                 "latency_s": round(self.latency_s, 6), "cost_usd": self.cost_usd,
                 "cached_calls": self.cached_calls, "cost_known": self.cost_known}
 
