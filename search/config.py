@@ -59,6 +59,7 @@ class ModelConfig(_Section):
     provider: ProviderName
     model: str = Field(min_length=1)
     settings: dict[str, Any] = Field(default_factory=dict)
+    max_tokens: Count | None = None  # of every call on this model (short keeps small models quick)
 
 
 #: Least value of each space range.

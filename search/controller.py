@@ -79,7 +79,7 @@ class SearchOutcome:
 def order_models(config: SearchConfig, scores: Mapping[str, float]) -> list[ModelRef]:
     """The config's models by single-model score, best first; ties keep config order."""
     models = sorted(enumerate(config.models), key=lambda im: (-scores[im[1].name], im[0]))
-    return [ModelRef(m.name, m.provider, m.model) for _, m in models]
+    return [ModelRef.of(m) for _, m in models]
 
 
 def single_spec(model: ModelRef) -> Architecture:
@@ -127,7 +127,7 @@ class SearchController:
 
     def _ref(self, name: str) -> ModelRef:
         model = next(m for m in self.config.models if m.name == name)
-        return ModelRef(model.name, model.provider, model.model)
+        return ModelRef.of(model)
 
     async def rank_models(self) -> list[Record]:
         """Every model alone on the search split, best first (ties: config order)."""

@@ -127,6 +127,13 @@ async def _check_settings(entries: Iterable[PoolEntry]) -> None:
         await agent.aclose()
 
 
+def _at_model(model: ModelConfig, base_url: str) -> ModelConfig:
+    """Point a ``local`` model at the embedded model server this search started."""
+    if model.provider != "local" or "base_url" in model.settings:
+        return model
+    return model.model_copy(update={"settings": {**model.settings, "base_url": base_url}})
+
+
 @contextlib.asynccontextmanager
 async def deployed(config: DeployConfig, models: Sequence[ModelConfig], workdir: Path
                    ) -> AsyncIterator[Deployment]:
@@ -139,6 +146,11 @@ async def deployed(config: DeployConfig, models: Sequence[ModelConfig], workdir:
             broker = (await stack.enter_async_context(run_stack(pool, bind=PRIVATE_BIND))).broker
         else:
             broker = config.broker
+        if any(m.provider == "local" and "base_url" not in m.settings for m in models):
+            from itas.agents.providers.local import local_model_server
+
+            server = await stack.enter_async_context(local_model_server())
+            models = [_at_model(m, server.base_url) for m in models]
         tg = await stack.enter_async_context(anyio.create_task_group())
         deployment = Deployment(broker, models, config, tg)
         stack.callback(deployment.stop)

@@ -67,10 +67,17 @@ class ModelRef:
     name: str
     provider: str
     model: str
+    max_tokens: int | None = None
+
+    @classmethod
+    def of(cls, model: Any) -> ModelRef:
+        """From a config's ``ModelConfig``."""
+        return cls(model.name, model.provider, model.model, model.max_tokens)
 
     def component(self, technique: str, **fields: Any) -> dict[str, Any]:
+        limit = {} if self.max_tokens is None else {"max_tokens": self.max_tokens}
         return {"technique": technique, "provider": self.provider, "model": self.model,
-                **fields}
+                **limit, **fields}
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,13 +103,13 @@ async def rank_models(config: SearchConfig, questions: Sequence[Question]) -> li
         runner = InProcessRunner(caller, concurrency=CONCURRENCY)
         scores = {}
         for model in config.models:
-            ref = ModelRef(model.name, model.provider, model.model)
+            ref = ModelRef.of(model)
             scores[model.name] = (await runner.measure(single_spec(ref), questions)).score
     return order_models(config, scores)
 
 
 def space_for(config: SearchConfig, ranked: Sequence[str]) -> SearchSpace:
-    by_name = {m.name: ModelRef(m.name, m.provider, m.model) for m in config.models}
+    by_name = {m.name: ModelRef.of(m) for m in config.models}
     return SearchSpace.from_config(config, [by_name[name] for name in ranked])
 
 

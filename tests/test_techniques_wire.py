@@ -67,7 +67,7 @@ def test_candidate_and_reply_round_trip() -> None:
     assert again.candidates == [candidate] and again.tests == ["assert 1"]
     assert set(reply.to_dict()) == {"candidates", "tests", "parse", "usage", "notes"}
     assert set(reply.to_dict()["usage"]) == {"calls", "prompt_tokens", "completion_tokens",
-                                             "latency_s", "cost_usd", "cached_calls",
+                                             "tokens", "latency_s", "cost_usd", "cached_calls",
                                              "cost_known"}
 
 
