@@ -123,16 +123,22 @@ def parallel_runs(settings: Mapping[str, Any], where: str) -> int:
     return value
 
 
-class CodeTesterAgent(TechniqueAgent):
-    technique = "code_tester"
-    uses_llm = False
-    default_credit = 8
-    known_params: ClassVar[frozenset[str]] = EXECUTION_PARAMS | {"top_k"}
+class SandboxedAgent(TechniqueAgent):
+    """A technique that runs code: sandbox runs share one limit per agent process
+    (``max_parallel_runs``), whatever its credit, so a burst cannot swamp the cores."""
+
     own_settings: ClassVar[frozenset[str]] = frozenset({"max_parallel_runs"})
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
         self.limiter = anyio.CapacityLimiter(parallel_runs(settings, f"agent {self.technique!r}"))
+
+
+class CodeTesterAgent(SandboxedAgent):
+    technique = "code_tester"
+    uses_llm = False
+    default_credit = 8
+    known_params: ClassVar[frozenset[str]] = EXECUTION_PARAMS | {"top_k"}
 
     async def run(self, job: Job) -> Reply:
         top_k = job.params.integer("top_k", None, low=1)

@@ -23,25 +23,22 @@ be scored: the first ``top_k`` are kept in input order with the note ``no_tests`
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
-
-import anyio
 
 from itas.agents.techniques.base import (
     Job,
     OutputFormatError,
     Parsed,
-    TechniqueAgent,
     gather,
     query_text,
 )
 from itas.agents.techniques.code_tester import (
     EXECUTION_PARAMS,
     RunOptions,
+    SandboxedAgent,
     by_tests_passed,
     execute,
-    parallel_runs,
     required_tests,
 )
 from itas.agents.techniques.wire import Candidate, Message, Reply
@@ -102,14 +99,9 @@ def missing_as_failed(total: int) -> Callable[[str], list[bool]]:
     return fallback
 
 
-class UnitTestEvaluatorAgent(TechniqueAgent):
+class UnitTestEvaluatorAgent(SandboxedAgent):
     technique = "unit_test_evaluator"
     known_params: ClassVar[frozenset[str]] = EXECUTION_PARAMS | {"top_k", "select", "task"}
-    own_settings: ClassVar[frozenset[str]] = frozenset({"max_parallel_runs"})
-
-    def __init__(self, settings: Mapping[str, Any]) -> None:
-        super().__init__(settings)
-        self.limiter = anyio.CapacityLimiter(parallel_runs(settings, f"agent {self.technique!r}"))
 
     async def run(self, job: Job) -> Reply:
         top_k = job.params.integer("top_k", None, low=1)
