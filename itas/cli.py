@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from itas.errors import ConfigError, ItasError
+from itas.errors import ConfigError, ItasError, leaf_exceptions
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Inference-time architectures over LLMs as a mesh of ZeroMQ agents.")
@@ -393,13 +393,11 @@ def search(
 
 
 def _itas_errors(exc: BaseException) -> list[ItasError] | None:
-    """The ItasErrors inside an exception (groups from task groups included), or None."""
-    if isinstance(exc, ItasError):
-        return [exc]
-    if isinstance(exc, BaseExceptionGroup):
-        found = [_itas_errors(e) for e in exc.exceptions]
-        if all(f is not None for f in found):
-            return [e for f in found if f for e in f]
+    """The ItasErrors inside an exception (groups from task groups included), or None
+    when anything else is in there too (a bug, which keeps its traceback)."""
+    leaves = list(leaf_exceptions(exc))
+    if all(isinstance(e, ItasError) for e in leaves):
+        return [e for e in leaves if isinstance(e, ItasError)]
     return None
 
 

@@ -17,6 +17,8 @@ chained with ``raise ... from``, so the original stays visible in tracebacks.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class ItasError(Exception):
     """Root of every error itas raises on purpose."""
@@ -77,3 +79,13 @@ class RemoteError(ClientError):
         self.code = code
         self.message = message
         self.service = service
+
+
+def leaf_exceptions(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside (nested) exception groups, which anyio task groups raise;
+    callers pick the itas error worth showing instead of a tree of tracebacks."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from leaf_exceptions(inner)
+    else:
+        yield exc

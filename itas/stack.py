@@ -35,7 +35,10 @@ def packaged_config(kind: str, name: str) -> Path:
         candidate = resources.files("itas.configs") / kind / f"{name}{suffix}"
         if candidate.is_file():
             return Path(str(candidate))
-    raise ConfigError(f"no packaged {kind[:-1]} config named {name!r}")
+    known = sorted(Path(str(p)).stem for p in (resources.files("itas.configs") / kind).iterdir()
+                   if p.name.endswith((".yaml", ".yml", ".json")))
+    raise ConfigError(f"{name}: no such file, and no packaged {kind[:-1]} config of that name "
+                      f"(packaged: {', '.join(known)})")
 
 
 def resolve_config(kind: str, value: str | os.PathLike[str]) -> Path:

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from itas.benchmarks import HELDOUT, SEARCH, Question, load_benchmark
 from itas.client import AsyncClient
-from itas.errors import ConfigError, ItasError
+from itas.errors import ConfigError, ItasError, leaf_exceptions
 from itas.search.config import SearchConfig, load_search_config
 from itas.search.controller import SearchController
 from itas.search.deploy import deployed
@@ -86,19 +86,11 @@ async def run_search(config: SearchConfig, out_dir: Path, *, resume: bool,
     except BaseExceptionGroup as group:
         # Task groups wrap errors; one itas error (a config problem, a broker that went
         # away) reads better than a tree of tracebacks.
-        errors = [e for e in _leaves(group) if isinstance(e, ItasError)]
+        errors = [e for e in leaf_exceptions(group) if isinstance(e, ItasError)]
         if errors:
             raise errors[0] from group
         raise
     return write_outputs(config, store, outcome, out_dir, console if show_progress else None)
-
-
-def _leaves(group: BaseExceptionGroup[Any]) -> Any:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
 
 
 def run_search_cli(config_path: str | os.PathLike[str], *, resume: bool = False,

@@ -42,7 +42,7 @@ from itas.agents.techniques.wire import (
     Request,
     UsageTotals,
 )
-from itas.errors import AgentError, ConfigError
+from itas.errors import AgentError, ConfigError, leaf_exceptions
 
 log = logging.getLogger("itas.techniques")
 
@@ -270,21 +270,13 @@ async def gather(thunks: Sequence[Callable[[], Awaitable[T]]],
             for i, thunk in enumerate(thunks):
                 tg.start_soon(one, i, thunk)
     except BaseExceptionGroup as group:
-        leaves = list(_leaves(group))
+        leaves = list(leaf_exceptions(group))
         chosen = (next((e for e in leaves if isinstance(e, AgentError)), None)
                   or next((e for e in leaves if isinstance(e, Exception)), None))
         if chosen is None:
             raise
         raise chosen from group
     return results
-
-
-def _leaves(group: BaseExceptionGroup[Any]) -> Any:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
 
 
 # -- prompt pieces shared by the techniques -------------------------------------------------
