@@ -137,18 +137,9 @@ class SearchController:
         for record in done.values():
             self.reporter.advance(record, None)
 
-        async def one(model: ModelRef) -> None:
-            arch = single_spec(model)
-            result = await self.runner.measure(arch, self.questions[SEARCH])
-            record = Record("ranking", SINGLE_PREFIX + model.name, arch.to_dict(), SEARCH,
-                            result, model=model.name, calls_per_query=1)
-            self.store.append(record)
-            done[model.name] = record
-            self.reporter.advance(record, None)
-
-        if todo:
-            await self.runner.prepare([single_spec(m) for m in todo])
-            await _bounded(self.config.search.parallel, [lambda m=m: one(m) for m in todo])
+        measured = await self._measure_singles(
+            "ranking", SEARCH, todo, lambda record: self.reporter.advance(record, None))
+        done.update((r.model, r) for r in measured)
         ranked = order_models(self.config, {name: r.result.score for name, r in done.items()})
         return [done[m.name] for m in ranked]
 
@@ -275,18 +266,29 @@ class SearchController:
         done = {r.key: r for r in self.store.of_kind("heldout")}
         todo = [m for m in refs if SINGLE_PREFIX + m.name not in done]
 
+        done.update((r.key, r) for r in await self._measure_singles("heldout", HELDOUT, todo))
+        return [done[SINGLE_PREFIX + m.name] for m in refs]
+
+    async def _measure_singles(self, kind: str, split: str, models: Sequence[ModelRef],
+                               on_record: Callable[[Record], object] = lambda _: None
+                               ) -> list[Record]:
+        """Each model alone on ``split``, persisted as ``kind`` records: the ranking and
+        the held-out baselines are the same measurement on different questions."""
+        records: list[Record] = []
+
         async def one(model: ModelRef) -> None:
             arch = single_spec(model)
-            result = await self.runner.measure(arch, self.questions[HELDOUT])
-            record = Record("heldout", SINGLE_PREFIX + model.name, arch.to_dict(), HELDOUT,
-                            result, model=model.name, calls_per_query=1)
+            result = await self.runner.measure(arch, self.questions[split])
+            record = Record(kind, SINGLE_PREFIX + model.name, arch.to_dict(), split, result,
+                            model=model.name, calls_per_query=1)
             self.store.append(record)
-            done[record.key] = record
+            records.append(record)
+            on_record(record)
 
-        if todo:
-            await self.runner.prepare([single_spec(m) for m in todo])
-            await _bounded(self.config.search.parallel, [lambda m=m: one(m) for m in todo])
-        return [done[SINGLE_PREFIX + m.name] for m in refs]
+        if models:
+            await self.runner.prepare([single_spec(m) for m in models])
+            await _bounded(self.config.search.parallel, [lambda m=m: one(m) for m in models])
+        return records
 
 
 async def _bounded(limit: int, thunks: Sequence[Callable[[], object]]) -> None:
