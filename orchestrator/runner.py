@@ -156,15 +156,17 @@ class Orchestrator:
             for component in components:
                 for call in component.calls:
                     usage.merge((call.reply or {}).get("usage"))
-            layers_trace.append({
-                "layer": index,
-                "latency_s": anyio.current_time() - layer_started,
-                "components": [c.as_dict() for c in components],
-                "candidates": [_trace_candidate(c) for c in candidates],
-                "tests": tests_written,
-            })
+            if trace:  # summaries only when asked for: they are not free on many candidates
+                layers_trace.append({
+                    "layer": index,
+                    "latency_s": anyio.current_time() - layer_started,
+                    "components": [c.as_dict() for c in components],
+                    "candidates": [_trace_candidate(c) for c in candidates],
+                    "tests": tests_written,
+                })
             if not candidates and flows[index - 1].candidates_out[1] > 0:
-                failures = "; ".join(f for c in components for f in c.as_dict()["failed"][:3])
+                failures = "; ".join(
+                    e for c in components for e in [x.error for x in c.calls if x.error][:3])
                 raise AgentError(ErrorCode.NO_CANDIDATES,
                                  f"layer {index} ({', '.join(c.service for c in components)}) "
                                  f"left no candidates" + (f": {failures}" if failures else ""))
