@@ -17,18 +17,18 @@ from itas.errors import ConfigError
 KINDS: dict[str, str] = {
     "echo": "itas.agents.utility:EchoAgent.from_settings",
     "sleep": "itas.agents.utility:SleepAgent.from_settings",
-    "generator": "itas.agents.techniques.generator:GeneratorAgent.from_settings",
-    "critic": "itas.agents.techniques.critic:CriticAgent.from_settings",
-    "ranker": "itas.agents.techniques.ranker:RankerAgent.from_settings",
-    "fuser": "itas.agents.techniques.fuser:FuserAgent.from_settings",
-    "verifier": "itas.agents.techniques.verifier:VerifierAgent.from_settings",
+    "generator": "itas.techniques.generator:GeneratorAgent.from_settings",
+    "critic": "itas.techniques.critic:CriticAgent.from_settings",
+    "ranker": "itas.techniques.ranker:RankerAgent.from_settings",
+    "fuser": "itas.techniques.fuser:FuserAgent.from_settings",
+    "verifier": "itas.techniques.verifier:VerifierAgent.from_settings",
     "unit_test_generator":
-        "itas.agents.techniques.unit_test_generator:UnitTestGeneratorAgent.from_settings",
+        "itas.techniques.unit_test_generator:UnitTestGeneratorAgent.from_settings",
     "unit_test_evaluator":
-        "itas.agents.techniques.unit_test_evaluator:UnitTestEvaluatorAgent.from_settings",
-    "majority_vote": "itas.agents.techniques.majority_vote:MajorityVoteAgent.from_settings",
-    "code_tester": "itas.agents.techniques.code_tester:CodeTesterAgent.from_settings",
-    "judge": "itas.agents.techniques.judge:JudgeAgent.from_settings",
+        "itas.techniques.unit_test_evaluator:UnitTestEvaluatorAgent.from_settings",
+    "majority_vote": "itas.techniques.majority_vote:MajorityVoteAgent.from_settings",
+    "code_tester": "itas.techniques.code_tester:CodeTesterAgent.from_settings",
+    "judge": "itas.techniques.judge:JudgeAgent.from_settings",
     "orchestrator": "itas.orchestrator.service:OrchestratorAgent.from_settings",
 }
 

@@ -7,7 +7,7 @@
 Loaders (one module per dataset) turn the standard public files into
 ``Question`` records with answer keys for simulated models; ``splits`` makes
 the deterministic search / held-out split; scorers grade by answer matching
-(``numeric``, ``mathequiv``, ``choice``), by running code in ``itas.sandbox``
+(``numeric``, ``mathequiv``, ``choice``), by running code in ``itas.execution.sandbox``
 (``codeexec``), or through an LLM judge that the caller plugs in (``score``).
 """
 

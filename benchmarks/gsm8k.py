@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
+from itas.answers.numeric import extract_number, format_number
 from itas.benchmarks.datafiles import field, read_jsonl
-from itas.benchmarks.numeric import extract_number, format_number
 from itas.benchmarks.question import Question, make_key, unit_hash, user
 from itas.errors import ConfigError
 

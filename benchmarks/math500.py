@@ -18,8 +18,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from itas.answers.mathequiv import brace_group, normalize
 from itas.benchmarks.datafiles import field, read_jsonl
-from itas.benchmarks.mathequiv import brace_group, normalize
 from itas.benchmarks.question import Question, make_key, unit_hash, user
 
 NAME = "math500"

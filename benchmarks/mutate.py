@@ -15,8 +15,9 @@ simulated model shares the same mistakes.
 from __future__ import annotations
 
 import ast
-import warnings
 from collections.abc import Callable
+
+from itas.execution.programs import parse
 
 MAX_MUTANTS = 3
 FLIPPED_COMPARE: dict[type[ast.cmpop], type[ast.cmpop]] = {
@@ -35,16 +36,6 @@ BOOL_CALLS = frozenset(
     {"all", "any", "bool", "isinstance", "callable", "hasattr", "startswith", "endswith"}
 )
 SWAPPED_ARITH: dict[type[ast.operator], type[ast.operator]] = {ast.Add: ast.Sub, ast.Sub: ast.Add}
-
-
-def parse(source: str) -> ast.Module:
-    """``ast.parse`` without warnings: old code has "\\w" in plain strings (a
-    DeprecationWarning, SyntaxWarning from 3.12), and under ``-W error`` that warning
-    would become a SyntaxError."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SyntaxWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return ast.parse(source)
 
 
 def _target(tree: ast.Module, name: str | None) -> ast.AST:

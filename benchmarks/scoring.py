@@ -2,7 +2,8 @@
 
 Rule-based: gsm8k (final number), math500 (answer equivalence), humaneval and
 mbpp (execution in the sandbox), the multiple-choice half of mixeval_hard
-(option letter). Judge-based: mt_bench, arena_hard, alpaca_eval and the
+(option letter). How an answer is read out of a response lives in
+``itas.answers`` (shared with majority_vote); this module only compares. Judge-based: mt_bench, arena_hard, alpaca_eval and the
 free-form half of mixeval_hard; pass ``judge`` to score them.
 """
 
@@ -10,16 +11,68 @@ from __future__ import annotations
 
 import anyio
 
-from itas.benchmarks.choice import ChoiceScorer
+from itas.answers.choice import LETTERS, chosen_option
+from itas.answers.mathequiv import equivalent, extract_answer
+from itas.answers.numeric import extract_number, format_number, same_number
 from itas.benchmarks.codeexec import DEFAULT_TIMEOUT_S, CodeScorer
-from itas.benchmarks.mathequiv import MathScorer
 from itas.benchmarks.mixeval import MULTIPLE_CHOICE
-from itas.benchmarks.numeric import NumericScorer
 from itas.benchmarks.question import Question
 from itas.benchmarks.registry import spec_of
-from itas.benchmarks.score import Judge, JudgeScorer, Score, Scorer
+from itas.benchmarks.score import Judge, JudgeScorer, Score, Scorer, verdict
 
 MIXED = ("mixeval_hard", "mixeval_hard_mc")
+
+
+class NumericScorer:
+    """Scores a response by its final number against ``question.reference``."""
+
+    needs_judge = False
+
+    async def score(self, question: Question, answer_text: str) -> Score:
+        return score_number(str(question.reference), answer_text)
+
+
+def score_number(reference: str, answer_text: str) -> Score:
+    target = extract_number(reference)
+    if target is None:
+        raise ValueError(f"reference {reference!r} holds no number")
+    got = extract_number(answer_text)
+    if got is None:
+        return verdict(False, f"no number found; expected {format_number(target)}")
+    ok = same_number(got, target)
+    return verdict(ok, f"extracted {format_number(got)}; expected {format_number(target)}")
+
+
+def score_math(reference: str, answer_text: str) -> Score:
+    got = extract_answer(answer_text)
+    if got is None:
+        return verdict(False, f"no final answer found; expected {reference}")
+    ok = equivalent(got, reference)
+    return verdict(ok, f"extracted {got!r}; expected {reference!r}")
+
+
+class MathScorer:
+    """Scores a response by its boxed final answer against ``question.reference``."""
+
+    needs_judge = False
+
+    async def score(self, question: Question, answer_text: str) -> Score:
+        return score_math(str(question.reference), answer_text)
+
+
+class ChoiceScorer:
+    """Correct when the chosen option's index is among ``question.reference``."""
+
+    needs_judge = False
+
+    async def score(self, question: Question, answer_text: str) -> Score:
+        options = list(question.metadata.get("options") or [])
+        targets = list(question.reference or [])
+        picked = chosen_option(answer_text, options)
+        expected = ", ".join(LETTERS[t] for t in targets)
+        if picked is None:
+            return verdict(False, f"no option chosen; expected {expected}")
+        return verdict(picked in targets, f"chose {LETTERS[picked]}; expected {expected}")
 
 
 class MixEvalScorer:

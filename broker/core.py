@@ -33,7 +33,7 @@ Send = Callable[[list[bytes]], bool]
 
 
 @dataclass(slots=True, eq=False)
-class Request:
+class QueuedRequest:
     client: bytes
     request_id: int  # the client's id, echoed in the reply
     service: str
@@ -44,7 +44,7 @@ class Request:
 
 
 @dataclass(slots=True, eq=False)
-class Worker:
+class RegisteredWorker:
     identity: bytes
     service: Service
     credit: int
@@ -53,14 +53,14 @@ class Worker:
     ttl: float
     expiry: float
     next_beat: float
-    inflight: dict[bytes, Request] = field(default_factory=dict)
+    inflight: dict[bytes, QueuedRequest] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)
 class Service:
     name: str
-    waiting: collections.deque[Request] = field(default_factory=collections.deque)
-    workers: list[Worker] = field(default_factory=list)
+    waiting: collections.deque[QueuedRequest] = field(default_factory=collections.deque)
+    workers: list[RegisteredWorker] = field(default_factory=list)
 
 
 class Broker:
@@ -84,7 +84,7 @@ class Broker:
         self.max_message_bytes = max_message_bytes
         self.epoch = os.urandom(8)
         self.services: dict[str, Service] = {}
-        self.workers: dict[bytes, Worker] = {}
+        self.workers: dict[bytes, RegisteredWorker] = {}
         self._tickets = 0
         self.counters: collections.Counter[str] = collections.Counter()
         # Keyed by the whole header, so one dict lookup checks version and command.
@@ -126,7 +126,7 @@ class Broker:
             self._send([identity, P.REPLY, P.reply_meta(request_id, 0), P.pack(self.status())])
             return
         timeout_s = timeout_ms / 1000.0
-        request = Request(identity, request_id, service_name, body, self._clock() + timeout_s, timeout_s)
+        request = QueuedRequest(identity, request_id, service_name, body, self._clock() + timeout_s, timeout_s)
         service = self._service(service_name)
         service.waiting.append(request)
         self._dispatch(service)
@@ -166,7 +166,7 @@ class Broker:
         interval = heartbeat_ms / 1000.0 if heartbeat_ms else self.heartbeat_interval
         now = self._clock()
         ttl = interval * self.liveness
-        worker = Worker(identity, service, credit, name, interval, ttl, now + ttl, now + interval)
+        worker = RegisteredWorker(identity, service, credit, name, interval, ttl, now + ttl, now + interval)
         self.workers[identity] = worker
         service.workers.append(worker)
         self.counters["workers_joined"] += 1
@@ -214,7 +214,7 @@ class Broker:
             if not self._send([best.identity, P.REQUEST, ticket, request.body]):
                 self._remove_worker(best, lost=True)
 
-    def _remove_worker(self, worker: Worker, *, lost: bool) -> None:
+    def _remove_worker(self, worker: RegisteredWorker, *, lost: bool) -> None:
         """Forget a worker; its in-flight requests go back to the front of the queue."""
         self.workers.pop(worker.identity, None)
         service = worker.service
@@ -234,7 +234,7 @@ class Broker:
         worker.inflight.clear()
         self._dispatch(service)
 
-    def _fail(self, request: Request, code: str, message: str) -> None:
+    def _fail(self, request: QueuedRequest, code: str, message: str) -> None:
         meta = P.reply_meta(request.request_id, request.attempts)
         self._send([request.client, P.ERROR, meta, P.error_body(code, message)])
 
@@ -256,7 +256,7 @@ class Broker:
                 self._send([worker.identity, P.HEARTBEAT, self.epoch])
 
     def _expire(self, service: Service, now: float) -> None:
-        keep: collections.deque[Request] = collections.deque()
+        keep: collections.deque[QueuedRequest] = collections.deque()
         for request in service.waiting:
             if request.deadline > now:
                 keep.append(request)

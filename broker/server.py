@@ -99,7 +99,7 @@ class BrokerServer:
         try:
             while not self._stopping.is_set():
                 timeout_ms = max(0.0, next_tick - time.monotonic()) * 1000
-                if poller.poll(timeout_ms):
+                if poller.poll(int(timeout_ms)):
                     for _ in range(DRAIN_BATCH):
                         try:  # recv_multipart reads the "more" option through enums per frame
                             frame = recv(_NOBLOCK, copy=False)

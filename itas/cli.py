@@ -366,7 +366,7 @@ def eval_(
     """Score architectures on a benchmark through the running mesh (resumable)."""
     import anyio
 
-    from itas.benchmarks.eval_run import EvalOptions, run_eval
+    from itas.evaluation.run import EvalOptions, run_eval
 
     options = EvalOptions(
         archs=arch, benchmark=benchmark, split=split, limit=limit, concurrency=concurrency,

@@ -201,7 +201,7 @@ class AsyncClient:
             sock = self._socket
             assert sock is not None
             wait_ms = max(0.0, next_beat - anyio.current_time()) * 1000
-            if await sock.poll(wait_ms, zmq.POLLIN):
+            if await sock.poll(int(wait_ms)):
                 for _ in range(_DRAIN_BATCH):
                     try:
                         frames = await sock.recv_multipart(zmq.NOBLOCK)

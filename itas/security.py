@@ -32,6 +32,7 @@ class CurveKeys:
              ) -> CurveKeys:
         public, secret = _read_cert(secret_file, need_secret=True)
         server = _read_cert(server_public_file, need_secret=False)[0] if server_public_file else None
+        assert secret is not None  # need_secret=True checked it
         return cls(public, secret, server)
 
     def apply_client(self, socket: zmq.Socket) -> None:

@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 import anyio
 
-from itas.agents.techniques.wire import UsageTotals
 from itas.client import Reply
 from itas.errors import AgentError, ClientError
 from itas.orchestrator.fanout import Context, combine, merge_layer, requests_for
@@ -24,6 +23,7 @@ from itas.plan import layer_flows, plan_layer
 from itas.protocol import ErrorCode
 from itas.query import ORCHESTRATOR_SERVICE, query_body
 from itas.spec import Architecture
+from itas.techniques.contract import UsageTotals
 
 DEFAULT_CALL_TIMEOUT_S = 300.0
 TRACE_TEXT_CHARS = 2000

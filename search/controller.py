@@ -20,9 +20,10 @@ this process (``InProcessRunner``); the controller does no I/O of its own beside
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,7 +34,7 @@ import anyio.to_thread
 from itas.benchmarks import Question
 from itas.search.config import SearchConfig
 from itas.search.space import ModelRef, Point, SearchSpace, point_from_dict, point_key
-from itas.search.store import Measurement, Record, TrialStore
+from itas.search.store import Kind, Measurement, Record, TrialStore
 from itas.search.strategies import Strategy, make_strategy
 from itas.spec import Architecture, parse_architecture
 
@@ -131,7 +132,7 @@ class SearchController:
 
     async def rank_models(self) -> list[Record]:
         """Every model alone on the search split, best first (ties: config order)."""
-        done = {r.model: r for r in self.store.of_kind("ranking")}
+        done = {r.model: r for r in self.store.of_kind("ranking") if r.model}
         todo = [self._ref(m.name) for m in self.config.models if m.name not in done]
         self.reporter.phase("ranking models", len(self.config.models))
         for record in done.values():
@@ -139,7 +140,7 @@ class SearchController:
 
         measured = await self._measure_singles(
             "ranking", SEARCH, todo, lambda record: self.reporter.advance(record, None))
-        done.update((r.model, r) for r in measured)
+        done.update((r.model, r) for r in measured if r.model)
         ranked = order_models(self.config, {name: r.result.score for name, r in done.items()})
         return [done[m.name] for m in ranked]
 
@@ -258,7 +259,7 @@ class SearchController:
         if todo:
             archs = [parse_architecture(r.spec, f"trial {r.key}") for r in todo]
             await self.runner.prepare(archs)
-            await _bounded(self.config.search.parallel, [lambda r=r: one(r) for r in todo])
+            await _bounded(self.config.search.parallel, [functools.partial(one, r) for r in todo])
         return [done[r.key] for r in leaders]
 
     async def rescore_singles(self, refs: Sequence[ModelRef]) -> list[Record]:
@@ -269,7 +270,7 @@ class SearchController:
         done.update((r.key, r) for r in await self._measure_singles("heldout", HELDOUT, todo))
         return [done[SINGLE_PREFIX + m.name] for m in refs]
 
-    async def _measure_singles(self, kind: str, split: str, models: Sequence[ModelRef],
+    async def _measure_singles(self, kind: Kind, split: str, models: Sequence[ModelRef],
                                on_record: Callable[[Record], object] = lambda _: None
                                ) -> list[Record]:
         """Each model alone on ``split``, persisted as ``kind`` records: the ranking and
@@ -287,17 +288,18 @@ class SearchController:
 
         if models:
             await self.runner.prepare([single_spec(m) for m in models])
-            await _bounded(self.config.search.parallel, [lambda m=m: one(m) for m in models])
+            await _bounded(self.config.search.parallel,
+                           [functools.partial(one, m) for m in models])
         return records
 
 
-async def _bounded(limit: int, thunks: Sequence[Callable[[], object]]) -> None:
+async def _bounded(limit: int, thunks: Sequence[Callable[[], Awaitable[object]]]) -> None:
     """Run the coroutine thunks, at most ``limit`` at once."""
     limiter = anyio.CapacityLimiter(limit)
 
-    async def run(thunk: Callable[[], object]) -> None:
+    async def run(thunk: Callable[[], Awaitable[object]]) -> None:
         async with limiter:
-            await thunk()  # type: ignore[misc]
+            await thunk()
 
     async with anyio.create_task_group() as tg:
         for thunk in thunks:

@@ -42,7 +42,7 @@ STATUS_TIMEOUT_S = 10.0
 def pool_entries(services: Iterable[str], models: Sequence[ModelConfig], *, replicas: int,
                  orchestrators: int = 1) -> list[PoolEntry]:
     """The pool entries that serve ``services``; ConfigError for a model not in the config."""
-    by_service = {(m.provider, m.model): m for m in models}
+    by_service: dict[tuple[str, str], ModelConfig] = {(m.provider, m.model): m for m in models}
     entries = []
     for service in dict.fromkeys(services):
         if service == ORCHESTRATOR_SERVICE:

@@ -1,6 +1,6 @@
 """Scoring one architecture on a set of questions, as a ``Measurement`` the store keeps.
 
-The search evaluates through ``itas.benchmarks.evaluate.evaluate`` (the API behind
+The search evaluates through ``itas.evaluation.evaluate.evaluate`` (the API behind
 ``itas eval``) with whatever ``QueryRunner`` it is given: ``ViaBroker`` for the deployed
 mesh, ``Orchestrator`` over an ``InProcessCaller`` for in-process studies. Per-query errors
 are scored 0 by that API, never dropped. With ``results_path`` every answered question is
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from itas.benchmarks import Question
-from itas.benchmarks.evaluate import evaluate
+from itas.evaluation.evaluate import evaluate
 from itas.orchestrator.runner import QueryRunner
 from itas.search.store import Measurement
 from itas.spec import Architecture

@@ -40,7 +40,7 @@ LEADERBOARD_ROWS = 15
 
 
 def convergence(store: TrialStore, strategy: str, seed: Record | None = None
-                ) -> dict[str, list[float]]:
+                ) -> dict[str, list[Any]]:
     """Best search score so far against evaluations and against calls (naive) spent.
 
     Reused trials count at the calls they cost when first made, so each strategy is shown

@@ -97,7 +97,7 @@ def run_search_cli(config_path: str | os.PathLike[str], *, resume: bool = False,
                    out_dir: str | os.PathLike[str] | None = None, progress: bool = True
                    ) -> dict[str, Any]:
     """``itas search CONFIG [--out DIR] [--resume] [--no-progress]``: blocking entry point."""
-    config = load_search_config(config_path)
+    config = load_search_config(Path(config_path))
     target = Path(out_dir) if out_dir is not None else DEFAULT_OUT_ROOT / config.name
     return anyio.run(lambda: run_search(config, target, resume=resume,
                                         show_progress=progress))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from bayes_opt import BayesianOptimization, acquisition
@@ -42,7 +42,7 @@ GP_RESTARTS = 0
 # evaluations for the CPU, and slow each fit by 10x on a busy two-core machine.
 BLAS_THREADS = 1
 LENGTH_SCALE_BOUNDS = (0.05, 50.0)
-LIAR = "max"  # bayes_opt's default; pending points look as good as the best so far
+LIAR: Literal["max"] = "max"  # bayes_opt's default; pending points look as good as the best so far
 
 
 class Strategy(Protocol):
@@ -165,7 +165,10 @@ class _DiscretePOI(_OnValidPoints, acquisition.ProbabilityOfImprovement):
     pass
 
 
-def make_acquisition(kind: str, *, kappa: float, xi: float) -> _OnValidPoints:
+DiscreteAcquisition = _DiscreteUCB | _DiscreteEI | _DiscretePOI
+
+
+def make_acquisition(kind: str, *, kappa: float, xi: float) -> DiscreteAcquisition:
     if kind == "ucb":
         return _DiscreteUCB(kappa=kappa)
     if kind == "ei":
@@ -205,7 +208,7 @@ class BayesianSearch(_Base):
     def _array(self, point: Point) -> list[float]:
         return [float(getattr(point, key)) for key in self._keys]
 
-    def _point(self, params: Mapping[str, float]) -> Point:
+    def _point(self, params: Mapping[str, Any]) -> Point:
         values = {key: round(float(params[key])) for key in self._keys}
         fixed = {d.name: d.low for d in self.space.dimensions if not d.free}
         return Point(**{**fixed, **values})

@@ -8,20 +8,22 @@ from fractions import Fraction
 import anyio
 import pytest
 
+from itas.answers import mathequiv
+from itas.answers.choice import chosen_option
+from itas.answers.mathequiv import equivalent, extract_answer
+from itas.answers.numeric import extract_number
 from itas.benchmarks import (
     BENCHMARKS,
     JudgeScorer,
     Question,
     Score,
-    mathequiv,
     score_answer,
     scorer_for,
 )
-from itas.benchmarks.choice import chosen_option
-from itas.benchmarks.codeexec import CodeScorer, extract_code, humaneval_program
-from itas.benchmarks.mathequiv import equivalent, extract_answer
-from itas.benchmarks.numeric import extract_number, score_number
+from itas.benchmarks.codeexec import CodeScorer
+from itas.benchmarks.scoring import score_number
 from itas.errors import ConfigError
+from itas.execution.programs import extract_code, humaneval_program
 
 pytestmark = pytest.mark.anyio
 

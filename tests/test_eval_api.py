@@ -16,9 +16,9 @@ import pytest
 
 from itas.agents.pool import PoolEntry, load_pool
 from itas.benchmarks import load_benchmark
-from itas.benchmarks.evaluate import EvalSummary, Tally, benchmark_tests, evaluate, spec_hash
 from itas.benchmarks.question import Question, user
 from itas.errors import ConfigError
+from itas.evaluation.evaluate import EvalSummary, Tally, benchmark_tests, evaluate, spec_hash
 from itas.orchestrator.inprocess import InProcessCaller
 from itas.orchestrator.runner import Budget, Orchestrator
 from itas.spec import Architecture, load_architecture

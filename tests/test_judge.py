@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 
 from itas.agents.providers.sim import p_solve
-from itas.agents.techniques.judge import OutputFormatError, parse_game, parse_rating
 from itas.benchmarks import load_benchmark
-from itas.benchmarks.judging import JudgeError, ServiceJudge, judge_service
 from itas.benchmarks.question import Question, user
 from itas.client import AsyncClient
 from itas.errors import ConfigError, RemoteError
+from itas.evaluation.judging import JudgeError, ServiceJudge, judge_service
+from itas.techniques.judge import OutputFormatError, parse_game, parse_rating
 from tests.helpers import DATA_DIR, Processes
 from tests.servers.fake_llm import FakeLLMServer
 from tests.test_eval_cli import pool_entries, wait_for

@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from itas.errors import ConfigError
-from itas.sandbox import OUTPUT_TAIL_BYTES, Status, run_tests, run_tests_sync
+from itas.execution.sandbox import OUTPUT_TAIL_BYTES, Status, run_tests, run_tests_sync
 
 pytestmark = pytest.mark.anyio
 

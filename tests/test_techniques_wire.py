@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 
 from itas.agents.kinds import build_agent
-from itas.agents.techniques.base import OutputFormatError, gather, query_text
-from itas.agents.techniques.critic import parse_critique
-from itas.agents.techniques.fuser import cut_to_words
-from itas.agents.techniques.majority_vote import vote_key
-from itas.agents.techniques.ranker import parse_better, ranking_parser
-from itas.agents.techniques.unit_test_evaluator import results_parser
-from itas.agents.techniques.unit_test_generator import code_tests, text_tests
-from itas.agents.techniques.verifier import parse_verdict
-from itas.agents.techniques.wire import Candidate, Params, Reply, Request
 from itas.errors import AgentError, ConfigError, ProviderError
+from itas.techniques.base import OutputFormatError, gather, query_text
+from itas.techniques.contract import Candidate, Params, TechniqueReply, TechniqueRequest
+from itas.techniques.critic import parse_critique
+from itas.techniques.fuser import cut_to_words
+from itas.techniques.majority_vote import vote_key
+from itas.techniques.ranker import parse_better, ranking_parser
+from itas.techniques.unit_test_evaluator import results_parser
+from itas.techniques.unit_test_generator import code_tests, text_tests
+from itas.techniques.verifier import parse_verdict
 
 pytestmark = pytest.mark.anyio
 
@@ -44,26 +44,26 @@ QUERY = [{"role": "user", "content": "q"}]
 ])
 def test_bad_requests_name_the_field(body: object, message: str) -> None:
     with pytest.raises(AgentError) as failure:
-        Request.from_body(body)
+        TechniqueRequest.from_body(body)
     assert failure.value.code == "bad_request"
     assert message in failure.value.message
 
 
 def test_request_defaults_and_round_trip() -> None:
-    request = Request.from_body({"messages": QUERY, "candidates": [{"id": "a", "text": "x"}]})
+    request = TechniqueRequest.from_body({"messages": QUERY, "candidates": [{"id": "a", "text": "x"}]})
     assert (request.params, request.sample_index, request.tests, request.sim) == ({}, 0, None,
                                                                                    None)
     assert request.candidates == [Candidate("a", "x")]
-    assert Request.from_body(request.to_dict()) == request
-    assert Request.from_body({}, need_messages=False).messages == []
+    assert TechniqueRequest.from_body(request.to_dict()) == request
+    assert TechniqueRequest.from_body({}, need_messages=False).messages == []
 
 
 def test_candidate_and_reply_round_trip() -> None:
     candidate = Candidate("g#0", "text", "generator@sim:strong", "crit", 0.5, True, 2, 3, "42",
                           {"k": [1]})
     assert Candidate.from_dict(candidate.to_dict()) == candidate
-    reply = Reply([candidate], ["assert 1"])
-    again = Reply.from_dict(reply.to_dict())
+    reply = TechniqueReply([candidate], ["assert 1"])
+    again = TechniqueReply.from_dict(reply.to_dict())
     assert again.candidates == [candidate] and again.tests == ["assert 1"]
     assert set(reply.to_dict()) == {"candidates", "tests", "parse", "usage", "notes"}
     assert set(reply.to_dict()["usage"]) == {"calls", "prompt_tokens", "completion_tokens",

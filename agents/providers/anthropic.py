@@ -27,7 +27,7 @@ import anthropic
 
 from itas.agents.providers.base import Message
 from itas.agents.providers.config import flag
-from itas.agents.providers.remote import RemoteProvider, Reply
+from itas.agents.providers.remote import HttpReply, RemoteProvider
 from itas.agents.providers.retry import Failure, sdk_failure
 from itas.errors import ProviderError
 
@@ -85,7 +85,7 @@ class AnthropicProvider(RemoteProvider):
 
     async def _request(
         self, messages: Sequence[Message], model: str, temperature: float, max_tokens: int
-    ) -> Reply:
+    ) -> HttpReply:
         system, turns = to_messages_api(messages)
         extra: dict[str, Any] = {"system": system} if system is not None else {}
         temperature = min(temperature, MAX_TEMPERATURE)
@@ -100,7 +100,7 @@ class AnthropicProvider(RemoteProvider):
         usage = response.usage
         prompt = usage.input_tokens + (usage.cache_creation_input_tokens or 0)
         prompt += usage.cache_read_input_tokens or 0
-        return Reply(
+        return HttpReply(
             text="".join(block.text for block in response.content if block.type == "text"),
             prompt_tokens=prompt,
             completion_tokens=usage.output_tokens,

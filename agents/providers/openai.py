@@ -21,7 +21,7 @@ import openai
 
 from itas.agents.providers.base import Message
 from itas.agents.providers.config import text
-from itas.agents.providers.remote import RemoteProvider, Reply
+from itas.agents.providers.remote import HttpReply, RemoteProvider
 from itas.agents.providers.retry import Failure, sdk_failure
 from itas.errors import ConfigError, ProviderError
 
@@ -66,18 +66,19 @@ class OpenAIProvider(RemoteProvider):
 
     async def _request(
         self, messages: Sequence[Message], model: str, temperature: float, max_tokens: int
-    ) -> Reply:
-        response = await self._client.chat.completions.create(
-            model=model,
-            messages=[{"role": m["role"], "content": m["content"]} for m in messages],  # type: ignore[misc]
-            temperature=temperature,
-            **{self._token_limit_param: max_tokens},
-        )
+    ) -> HttpReply:
+        request: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "temperature": temperature,
+            self._token_limit_param: max_tokens,
+        }
+        response = await self._client.chat.completions.create(**request)
         if not response.choices:
             raise ProviderError(self.name, f"reply from {self.base_url} has no choices")
         choice = response.choices[0]
         usage = response.usage
-        return Reply(
+        return HttpReply(
             text=choice.message.content or "",
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,

@@ -51,7 +51,7 @@ REMOTE_KEYS = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
+class HttpReply:
     """One successful HTTP answer, vendor-neutral."""
 
     text: str
@@ -63,7 +63,6 @@ class Reply:
 class RemoteProvider(Provider):
     """Base of the SDK-backed providers; see the module docstring."""
 
-    name: ClassVar[str]
     #: Environment variable read when the settings name none.
     default_key_env: ClassVar[str]
     #: Settings this subclass accepts besides ``REMOTE_KEYS``.
@@ -116,7 +115,7 @@ class RemoteProvider(Provider):
 
     async def _request(
         self, messages: Sequence[Message], model: str, temperature: float, max_tokens: int
-    ) -> Reply:
+    ) -> HttpReply:
         raise NotImplementedError
 
     def _classify(self, exc: BaseException) -> Failure | None:

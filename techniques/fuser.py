@@ -21,7 +21,7 @@ import hashlib
 import re
 from typing import Any, ClassVar
 
-from itas.agents.techniques.base import (
+from itas.techniques.base import (
     Job,
     OutputFormatError,
     Parsed,
@@ -30,7 +30,7 @@ from itas.agents.techniques.base import (
     gather,
     query_text,
 )
-from itas.agents.techniques.wire import Candidate, Message, Reply, bad_request
+from itas.techniques.contract import Candidate, Message, TechniqueReply, bad_request
 
 MAX_OUTPUTS = 64
 LONGEST = "longest"
@@ -92,7 +92,7 @@ class FuserAgent(TechniqueAgent):
     technique = "fuser"
     known_params: ClassVar[frozenset[str]] = frozenset({"n_outputs", "length", "use_critiques"})
 
-    async def run(self, job: Job) -> Reply:
+    async def run(self, job: Job) -> TechniqueReply:
         n_outputs = job.params.integer("n_outputs", 1, low=1, high=MAX_OUTPUTS) or 1
         critiques = job.params.flag("use_critiques", True)
         limit = _length_limit(job)

@@ -23,10 +23,10 @@ import collections
 import re
 from typing import ClassVar
 
-from itas.agents.techniques.base import Job, TechniqueAgent
-from itas.agents.techniques.wire import Reply
-from itas.benchmarks.mathequiv import extract_answer, normalize
-from itas.benchmarks.numeric import NUMBER_RE, extract_number, format_number, numbers
+from itas.answers.mathequiv import extract_answer, normalize
+from itas.answers.numeric import NUMBER_RE, extract_number, format_number, numbers
+from itas.techniques.base import Job, TechniqueAgent
+from itas.techniques.contract import TechniqueReply
 
 # "(B)" anywhere after the marker, or a bare capital letter that ends the statement; not
 # the "A" of "the answer is A bit more".
@@ -71,7 +71,7 @@ class MajorityVoteAgent(TechniqueAgent):
     default_credit = 64
     known_params: ClassVar[frozenset[str]] = frozenset({"top_k"})
 
-    async def run(self, job: Job) -> Reply:
+    async def run(self, job: Job) -> TechniqueReply:
         top_k = job.params.integer("top_k", 1, low=1)
         candidates = job.candidates
         keys = []

@@ -45,7 +45,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import anyio
 
-from itas.agents.techniques.wire import UsageTotals
 from itas.benchmarks.mixeval import MULTIPLE_CHOICE
 from itas.benchmarks.question import Question
 from itas.benchmarks.score import Judge, JudgeScorer, Score, Scorer
@@ -53,6 +52,7 @@ from itas.benchmarks.scoring import MixEvalScorer, scorer_for
 from itas.errors import ConfigError, ItasError
 from itas.orchestrator.runner import QueryRunner
 from itas.spec import Architecture
+from itas.techniques.contract import UsageTotals
 
 DEFAULT_CONCURRENCY = 8
 SPEC_HASH_CHARS = 12
@@ -444,7 +444,7 @@ def _board(progress: bool | Progress | Board) -> Any:
     """A context giving the board to track with: a new one for ``True``, the caller's own
     (left open) for a board, else None."""
     if progress is True:
-        from itas.benchmarks.eval_report import ProgressBoard
+        from itas.evaluation.report import ProgressBoard
 
         return ProgressBoard()
     if isinstance(progress, Board):

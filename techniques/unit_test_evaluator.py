@@ -26,14 +26,14 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from itas.agents.techniques.base import (
+from itas.techniques.base import (
     Job,
     OutputFormatError,
     Parsed,
     gather,
     query_text,
 )
-from itas.agents.techniques.code_tester import (
+from itas.techniques.code_tester import (
     EXECUTION_PARAMS,
     RunOptions,
     SandboxedAgent,
@@ -41,7 +41,7 @@ from itas.agents.techniques.code_tester import (
     execute,
     required_tests,
 )
-from itas.agents.techniques.wire import Candidate, Message, Reply
+from itas.techniques.contract import Candidate, Message, TechniqueReply
 
 SELECTIONS = ("top_k", "first_pass")
 TASKS = ("text", "code")
@@ -103,7 +103,7 @@ class UnitTestEvaluatorAgent(SandboxedAgent):
     technique = "unit_test_evaluator"
     known_params: ClassVar[frozenset[str]] = EXECUTION_PARAMS | {"top_k", "select", "task"}
 
-    async def run(self, job: Job) -> Reply:
+    async def run(self, job: Job) -> TechniqueReply:
         top_k = job.params.integer("top_k", None, low=1)
         select = job.params.choice("select", "top_k", SELECTIONS)
         task = job.params.choice("task", "text", TASKS)

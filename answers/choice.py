@@ -13,9 +13,6 @@ from __future__ import annotations
 import re
 import string
 
-from itas.benchmarks.question import Question
-from itas.benchmarks.score import Score, verdict
-
 LETTERS = string.ascii_uppercase
 
 
@@ -49,18 +46,3 @@ def chosen_option(text: str, options: list[str]) -> int | None:
         and re.search(rf"(?<!\w){re.escape(option.strip().lower())}(?!\w)", lowered)
     ]
     return quoted[0] if len(quoted) == 1 else None
-
-
-class ChoiceScorer:
-    """Correct when the chosen option's index is among ``question.reference``."""
-
-    needs_judge = False
-
-    async def score(self, question: Question, answer_text: str) -> Score:
-        options = list(question.metadata.get("options") or [])
-        targets = list(question.reference or [])
-        picked = chosen_option(answer_text, options)
-        expected = ", ".join(LETTERS[t] for t in targets)
-        if picked is None:
-            return verdict(False, f"no option chosen; expected {expected}")
-        return verdict(picked in targets, f"chose {LETTERS[picked]}; expected {expected}")

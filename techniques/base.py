@@ -33,16 +33,16 @@ import anyio
 from itas.agents.base import Agent
 from itas.agents.kinds import service_name
 from itas.agents.providers import Provider, SimTask, make_provider
-from itas.agents.techniques.wire import (
+from itas.errors import AgentError, ConfigError, leaf_exceptions
+from itas.techniques.contract import (
     Candidate,
     Message,
     Params,
     ParseRecord,
-    Reply,
-    Request,
+    TechniqueReply,
+    TechniqueRequest,
     UsageTotals,
 )
-from itas.errors import AgentError, ConfigError, leaf_exceptions
 
 log = logging.getLogger("itas.techniques")
 
@@ -156,21 +156,21 @@ class TechniqueAgent(Agent):
             await self.provider.aclose()
 
     async def handle(self, body: Any) -> Any:
-        request = Request.from_body(body, need_messages=self.uses_llm)
+        request = TechniqueRequest.from_body(body, need_messages=self.uses_llm)
         known = self.known_params | (LLM_PARAMS if self.uses_llm else frozenset())
         job = Job(self, request, Params(request.params, known, self.technique))
         reply = await self.run(job)
         return reply.to_dict()
 
     @abc.abstractmethod
-    async def run(self, job: Job) -> Reply:
+    async def run(self, job: Job) -> TechniqueReply:
         """Do one request's work through ``job`` and build the reply with ``job.reply``."""
 
 
 class Job:
     """One request in progress: its parameters, the LLM calls it makes and their records."""
 
-    def __init__(self, agent: TechniqueAgent, request: Request, params: Params) -> None:
+    def __init__(self, agent: TechniqueAgent, request: TechniqueRequest, params: Params) -> None:
         self.agent = agent
         self.request = request
         self.params = params
@@ -190,9 +190,9 @@ class Job:
     def note(self, code: str, detail: str) -> None:
         self.notes.append({"code": code, "detail": detail})
 
-    def reply(self, candidates: list[Candidate], tests: list[str] | None = None) -> Reply:
+    def reply(self, candidates: list[Candidate], tests: list[str] | None = None) -> TechniqueReply:
         records = [r for _, r in sorted(self._records, key=lambda item: item[0])]
-        return Reply(candidates, tests, records, self.usage, self.notes)
+        return TechniqueReply(candidates, tests, records, self.usage, self.notes)
 
     async def ask(
         self,

@@ -15,9 +15,6 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from itas.benchmarks.question import Question
-from itas.benchmarks.score import Score, verdict
-
 # Float slips like 0.30000000000000004 pass; 1,449,999 for 1,450,000 does not.
 ABS_TOLERANCE = 1e-6
 REL_TOLERANCE = 1e-12
@@ -165,23 +162,3 @@ def format_number(value: Fraction) -> str:
     if Fraction(repr(as_float)) == value:
         return repr(as_float)
     return f"{value.numerator}/{value.denominator}"
-
-
-class NumericScorer:
-    """Scores a response by its final number against ``question.reference``."""
-
-    needs_judge = False
-
-    async def score(self, question: Question, answer_text: str) -> Score:
-        return score_number(str(question.reference), answer_text)
-
-
-def score_number(reference: str, answer_text: str) -> Score:
-    target = extract_number(reference)
-    if target is None:
-        raise ValueError(f"reference {reference!r} holds no number")
-    got = extract_number(answer_text)
-    if got is None:
-        return verdict(False, f"no number found; expected {format_number(target)}")
-    ok = same_number(got, target)
-    return verdict(ok, f"extracted {format_number(got)}; expected {format_number(target)}")

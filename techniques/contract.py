@@ -257,7 +257,7 @@ class UsageTotals:
 
 
 @dataclass(frozen=True, slots=True)
-class Request:
+class TechniqueRequest:
     messages: list[Message]
     candidates: list[Candidate]
     params: dict[str, Any]
@@ -271,7 +271,7 @@ class Request:
                 "sim": self.sim}
 
     @classmethod
-    def from_body(cls, body: Any, *, need_messages: bool = True) -> Request:
+    def from_body(cls, body: Any, *, need_messages: bool = True) -> TechniqueRequest:
         """Validate a decoded request body; errors name the field."""
         if not isinstance(body, Mapping):
             raise bad_request("request", f"must be a map, got {type(body).__name__}")
@@ -329,7 +329,7 @@ def _messages(raw: Any, required: bool) -> list[Message]:
 
 
 @dataclass(slots=True)
-class Reply:
+class TechniqueReply:
     candidates: list[Candidate]
     tests: list[str] | None = None
     parse: list[ParseRecord] = field(default_factory=list)
@@ -342,7 +342,7 @@ class Reply:
                 "notes": self.notes}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Reply:
+    def from_dict(cls, data: Mapping[str, Any]) -> TechniqueReply:
         """Read a technique's reply (the orchestrator's side)."""
         return cls(
             [Candidate.from_dict(c, f"reply.candidates[{i}]")

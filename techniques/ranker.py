@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from itas.agents.techniques.base import (
+from itas.techniques.base import (
     Job,
     OutputFormatError,
     Parsed,
@@ -36,7 +36,7 @@ from itas.agents.techniques.base import (
     gather,
     query_text,
 )
-from itas.agents.techniques.wire import Message, Reply
+from itas.techniques.contract import Message, TechniqueReply
 
 MODES = ("listwise", "pairwise")
 SYSTEM = (
@@ -120,7 +120,7 @@ class RankerAgent(TechniqueAgent):
     technique = "ranker"
     known_params: ClassVar[frozenset[str]] = frozenset({"top_k", "mode", "use_critiques"})
 
-    async def run(self, job: Job) -> Reply:
+    async def run(self, job: Job) -> TechniqueReply:
         candidates = job.candidates
         n = len(candidates)
         top_k = job.params.integer("top_k", None, low=1)

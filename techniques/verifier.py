@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from itas.agents.techniques.base import (
+from itas.techniques.base import (
     Job,
     OutputFormatError,
     Parsed,
@@ -31,7 +31,7 @@ from itas.agents.techniques.base import (
     gather,
     query_text,
 )
-from itas.agents.techniques.wire import Candidate, Message, Reply
+from itas.techniques.contract import Candidate, Message, TechniqueReply
 
 REASONING_CHARS = 1000
 SYSTEM = (
@@ -88,7 +88,7 @@ class VerifierAgent(TechniqueAgent):
     technique = "verifier"
     known_params: ClassVar[frozenset[str]] = frozenset({"top_k", "use_critiques"})
 
-    async def run(self, job: Job) -> Reply:
+    async def run(self, job: Job) -> TechniqueReply:
         top_k = job.params.integer("top_k", None, low=1)
         critiques = job.params.flag("use_critiques", True)
         query = query_text(job.request.messages)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from itas.agents.techniques.base import (
+from itas.techniques.base import (
     Job,
     OutputFormatError,
     Parsed,
@@ -24,7 +24,7 @@ from itas.agents.techniques.base import (
     gather,
     query_text,
 )
-from itas.agents.techniques.wire import Candidate, Message, Reply
+from itas.techniques.contract import Candidate, Message, TechniqueReply
 
 SYSTEM = (
     "You are a meticulous reviewer of answers written by AI assistants. You judge correctness "
@@ -92,7 +92,7 @@ def critique_messages(query: list[Message], candidate: Candidate) -> list[Messag
 class CriticAgent(TechniqueAgent):
     technique = "critic"
 
-    async def run(self, job: Job) -> Reply:
+    async def run(self, job: Job) -> TechniqueReply:
         async def review(i: int, candidate: Candidate) -> None:
             asked = await job.ask(
                 critique_messages(job.request.messages, candidate), role="critique",

@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from itas.benchmarks.evaluate import EvalSummary, Tally
+from itas.evaluation.evaluate import EvalSummary, Tally
 
 Z_95 = 1.96
 CHART_DPI = 120

@@ -33,7 +33,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
-from itas.agents.techniques.base import (
+from itas.techniques.base import (
     Job,
     OutputFormatError,
     Parsed,
@@ -41,7 +41,7 @@ from itas.agents.techniques.base import (
     gather,
     query_text,
 )
-from itas.agents.techniques.wire import Candidate, Message, Reply, bad_request
+from itas.techniques.contract import Candidate, Message, TechniqueReply, bad_request
 
 MODES = ("single", "pairwise")
 MIN_RATING, MAX_RATING = 1, 10
@@ -144,7 +144,7 @@ class JudgeAgent(TechniqueAgent):
     technique = "judge"
     known_params: ClassVar[frozenset[str]] = frozenset({"mode", "reference"})
 
-    async def run(self, job: Job) -> Reply:
+    async def run(self, job: Job) -> TechniqueReply:
         mode = job.params.choice("mode", "single", MODES)
         reference = job.params.text("reference")
         if not job.candidates:

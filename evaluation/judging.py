@@ -4,7 +4,7 @@
         judge = ServiceJudge(client, judge_service("sim:strong"))
         scorer = scorer_for("mt_bench", judge=judge)
 
-Requests go to a ``judge`` agent (``itas.agents.techniques.judge``) through any
+Requests go to a ``judge`` agent (``itas.techniques.judge``) through any
 ``Caller``: an ``AsyncClient`` (the broker) or an ``InProcessCaller``.
 
 * Single-answer grading (MT-Bench, MixEval free-form, anything not pairwise):
@@ -34,11 +34,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from itas.agents.techniques.wire import UsageTotals
 from itas.benchmarks.question import Question
 from itas.benchmarks.score import Score
 from itas.errors import ConfigError, ItasError
 from itas.orchestrator.runner import Caller
+from itas.techniques.contract import UsageTotals
 
 PAIRWISE_BENCHMARKS = frozenset({"arena_hard", "alpaca_eval"})
 JUDGE_TECHNIQUE = "judge"

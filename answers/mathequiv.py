@@ -24,9 +24,6 @@ import math
 import re
 from typing import Any
 
-from itas.benchmarks.question import Question
-from itas.benchmarks.score import Score, verdict
-
 MAX_EXPR_CHARS = 200
 MAX_EXPONENT = 1000
 MAX_OPS = 150
@@ -454,23 +451,3 @@ def _equal_values(a: str, b: str) -> bool:
             return False
         compared += 1
     return compared > 0
-
-
-# ------------------------------------------------------------------- scorer
-
-
-def score_math(reference: str, answer_text: str) -> Score:
-    got = extract_answer(answer_text)
-    if got is None:
-        return verdict(False, f"no final answer found; expected {reference}")
-    ok = equivalent(got, reference)
-    return verdict(ok, f"extracted {got!r}; expected {reference!r}")
-
-
-class MathScorer:
-    """Scores a response by its boxed final answer against ``question.reference``."""
-
-    needs_judge = False
-
-    async def score(self, question: Question, answer_text: str) -> Score:
-        return score_math(str(question.reference), answer_text)

@@ -25,25 +25,25 @@ from typing import Any
 import anyio
 from rich.console import Console
 
-from itas.benchmarks.eval_report import (
-    ProgressBoard,
-    comparison_chart,
-    console_for,
-    print_report,
-)
-from itas.benchmarks.evaluate import (
+from itas.benchmarks.question import Question
+from itas.benchmarks.registry import load_benchmark
+from itas.benchmarks.scoring import scorer_for
+from itas.client import AsyncClient
+from itas.errors import ConfigError, ItasError
+from itas.evaluation.evaluate import (
     DEFAULT_CONCURRENCY,
     EvalSummary,
     collect_answers,
     evaluate,
     needs_missing_judge,
 )
-from itas.benchmarks.judging import ServiceJudge, is_pairwise, judge_service
-from itas.benchmarks.question import Question
-from itas.benchmarks.registry import load_benchmark
-from itas.benchmarks.scoring import scorer_for
-from itas.client import AsyncClient
-from itas.errors import ConfigError, ItasError
+from itas.evaluation.judging import ServiceJudge, is_pairwise, judge_service
+from itas.evaluation.report import (
+    ProgressBoard,
+    comparison_chart,
+    console_for,
+    print_report,
+)
 from itas.orchestrator.runner import DEFAULT_CALL_TIMEOUT_S, ViaBroker
 from itas.query import ORCHESTRATOR_SERVICE
 from itas.spec import Architecture, load_architecture

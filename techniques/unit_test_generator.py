@@ -23,9 +23,9 @@ import re
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from itas.agents.techniques.base import Job, OutputFormatError, Parsed, TechniqueAgent, query_text
-from itas.agents.techniques.wire import Message, Reply
-from itas.benchmarks.codeexec import CODE_LANGS, FENCE_RE
+from itas.execution.programs import CODE_LANGS, FENCE_RE
+from itas.techniques.base import Job, OutputFormatError, Parsed, TechniqueAgent, query_text
+from itas.techniques.contract import Message, TechniqueReply
 
 TASKS = ("text", "code")
 MAX_TESTS = 50
@@ -99,7 +99,7 @@ class UnitTestGeneratorAgent(TechniqueAgent):
     technique = "unit_test_generator"
     known_params: ClassVar[frozenset[str]] = frozenset({"num_tests", "task", "entry_point"})
 
-    async def run(self, job: Job) -> Reply:
+    async def run(self, job: Job) -> TechniqueReply:
         num_tests = job.params.integer("num_tests", DEFAULT_NUM_TESTS, low=1, high=MAX_TESTS)
         assert num_tests is not None
         task = job.params.choice("task", "text", TASKS)

@@ -10,7 +10,7 @@ Tests (request ``tests``): a list of statements (asserts), each one test; or,
 with ``entry_point`` set, a single script defining ``check(candidate)``, run as
 ``check(<entry_point>)`` (HumanEval), one test.
 
-Every run is a fresh sandboxed interpreter (``itas.sandbox``: subprocess, own
+Every run is a fresh sandboxed interpreter (``itas.execution.sandbox``: subprocess, own
 temp dir, wall-clock and CPU limits, memory limit, no network where the OS
 allows), so failing code, crashes and infinite loops become results, never
 agent failures. At most ``max_parallel_runs`` (agent setting, default the CPU
@@ -31,11 +31,11 @@ from typing import Any, ClassVar
 
 import anyio
 
-from itas.agents.techniques.base import Job, TechniqueAgent, gather
-from itas.agents.techniques.wire import Candidate, Params, Reply, bad_request
-from itas.benchmarks.codeexec import extract_code, humaneval_program
 from itas.errors import ConfigError
-from itas.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, MIN_MEMORY_MB, run_tests
+from itas.execution.programs import extract_code, humaneval_program
+from itas.execution.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, MIN_MEMORY_MB, run_tests
+from itas.techniques.base import Job, TechniqueAgent, gather
+from itas.techniques.contract import Candidate, Params, TechniqueReply, bad_request
 
 MAX_TIMEOUT_S = 300.0
 MAX_MEMORY_MB = 64 * 1024
@@ -140,7 +140,7 @@ class CodeTesterAgent(SandboxedAgent):
     default_credit = 8
     known_params: ClassVar[frozenset[str]] = EXECUTION_PARAMS | {"top_k"}
 
-    async def run(self, job: Job) -> Reply:
+    async def run(self, job: Job) -> TechniqueReply:
         top_k = job.params.integer("top_k", None, low=1)
         options = RunOptions.from_params(job.params)
         tests = required_tests(job)

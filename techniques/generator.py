@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from itas.agents.techniques.base import Job, OutputFormatError, Parsed, TechniqueAgent, gather
-from itas.agents.techniques.wire import Candidate, Reply
+from itas.techniques.base import Job, OutputFormatError, Parsed, TechniqueAgent, gather
+from itas.techniques.contract import Candidate, TechniqueReply
 
 MAX_SAMPLES = 256
 FORMAT_HINT = "Answer the request above directly."
@@ -35,7 +35,7 @@ class GeneratorAgent(TechniqueAgent):
     technique = "generator"
     known_params: ClassVar[frozenset[str]] = frozenset({"n", "samples"})
 
-    async def run(self, job: Job) -> Reply:
+    async def run(self, job: Job) -> TechniqueReply:
         samples = job.params.integer("samples", 1, low=1, high=MAX_SAMPLES)
         n = job.params.integer("n", samples, low=1, high=MAX_SAMPLES) or 1
         base = job.request.sample_index

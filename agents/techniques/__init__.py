@@ -1,1 +1,0 @@
-"""techniques (see the module docstrings)."""

@@ -1,0 +1,1 @@
+"""Techniques: one module per inference-time technique (see ``itas.techniques.base``)."""
