@@ -20,6 +20,7 @@ the verdict falls back to string equality.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
@@ -48,15 +49,19 @@ THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 ANSWER_RE = re.compile(r"answer\s*(?:is|:)\s*", re.IGNORECASE)
 TOKEN_RE = re.compile(r"\s*(\d+\.?\d*|\.\d+|[A-Za-z]+|\*\*|[-+*/^()])")
 
-try:  # the `math` extra; without it equivalence is by normalised string only
-    import sympy
-    from sympy.parsing.sympy_parser import (
-        convert_xor,
-        parse_expr,
-        standard_transformations,
-    )
-except ImportError:  # pragma: no cover - exercised only without the extra
-    sympy = None
+
+
+@functools.cache
+def _sympy() -> Any:
+    """sympy, imported on first use (it takes a quarter of a second, and majority_vote agents
+    read most answers without it), or None without the ``math`` extra: then equivalence is by
+    normalised string only."""
+    try:
+        import sympy
+        import sympy.parsing.sympy_parser
+    except ImportError:  # pragma: no cover - exercised only without the extra
+        return None
+    return sympy
 
 
 # ---------------------------------------------------------------- extraction
@@ -369,6 +374,10 @@ def _whitelist(expr: str) -> str | None:
 
 
 def _parse(expr: str) -> Any:
+    sympy = _sympy()
+    parser = sympy.parsing.sympy_parser
+    parse_expr, convert_xor = parser.parse_expr, parser.convert_xor
+    standard_transformations = parser.standard_transformations
     names = {name: getattr(sympy, name) for name in FUNCTIONS if name != "ln"}
     names.update(ln=sympy.log, pi=sympy.pi, oo=sympy.oo)
     letters = {t: sympy.Symbol(t) for t in set(re.findall(r"\b[a-zA-Z]\b", expr))}
@@ -389,6 +398,7 @@ def _parse(expr: str) -> Any:
 
 
 def _sympy_value(s: str) -> Any:
+    sympy = _sympy()
     if sympy is None or "=" in s:
         return None
     expr = _latex_to_expr(s)
@@ -418,7 +428,7 @@ def _close(x: complex, y: complex) -> bool:
 
 def _numeric(expr: Any, point: dict[Any, float]) -> complex | None:
     try:
-        value = complex(sympy.N(expr.subs(point) if point else expr, 20))
+        value = complex(_sympy().N(expr.subs(point) if point else expr, 20))
     except (TypeError, ValueError, ZeroDivisionError, OverflowError, AttributeError):
         return None
     return value
