@@ -19,7 +19,9 @@ PromptLike = str | Sequence[Mapping[str, str]]
 
 @dataclass(frozen=True)
 class Answer:
-    """The orchestrator's answer: the text, the final candidates, usage and (on request) a trace."""
+    """The orchestrator's answer: the text, the final candidates, usage and (on request) a
+    trace. ``stopped`` is set when the budget ended the query early: the layer it stopped
+    before and why (the answer is then the first candidate at that point)."""
 
     text: str
     architecture: str
@@ -27,11 +29,14 @@ class Answer:
     usage: dict[str, Any]
     latency_s: float
     trace: dict[str, Any] | None = field(default=None, repr=False)
+    stopped: dict[str, Any] | None = None
+    calls_spent: int | None = None
 
     @classmethod
     def from_reply(cls, reply: Mapping[str, Any]) -> Answer:
         return cls(reply["answer"], reply.get("architecture", ""), reply.get("candidates", []),
-                   reply.get("usage", {}), reply.get("latency_s", 0.0), reply.get("trace"))
+                   reply.get("usage", {}), reply.get("latency_s", 0.0), reply.get("trace"),
+                   reply.get("stopped"), reply.get("calls_spent"))
 
 
 def as_architecture(architecture: ArchitectureLike) -> Architecture:

@@ -1,7 +1,7 @@
 """Architecture specs: which techniques run on which models, layer by layer.
 
-An architecture file (YAML or JSON; Archon's own JSON is accepted too, see
-``itas.archon``) looks like::
+An architecture file (YAML or JSON; Archon's own JSON is accepted too, see ``itas.archon``)
+looks like::
 
     name: sim_gcrf
     description: three generators, critique, rank, fuse
@@ -13,302 +13,81 @@ An architecture file (YAML or JSON; Archon's own JSON is accepted too, see
       - - {technique: ranker, provider: sim, model: medium, top_k: 2}
       - - {technique: fuser, provider: sim, model: strong}
 
+A component's fields are its technique's parameter model (``itas.techniques.<name>``): the
+same schema the agent validates requests with and the search builds points from.
+
 Flow (Archon's semantics, made explicit so they can be checked before anything runs):
 
 - A layer receives the candidate set the layer before left (none before layer 1).
-- Producers (generator, ranker, fuser, verifier, unit_test_evaluator, majority_vote,
-  code_tester) each write a candidate list; the layer's output is their concatenation in
-  component order. A layer without producers (critics, unit_test_generators only) passes its
-  candidates on, with critiques or tests attached. A critic therefore cannot share a layer with
-  a producer: the candidates it critiques would be replaced.
-- Generators see the conversation only; the techniques after them read the candidates.
-- A verifier keeps the candidates that pass (at most ``top_k``) and, like Archon, keeps the
-  incoming set when none passes, so no layer can empty a non-empty flow.
+- Components that write candidates (generator, ranker, fuser, verifier, unit_test_evaluator,
+  majority_vote, code_tester) each leave a candidate list; the layer's output is their
+  concatenation in component order. A layer with none of them (critics, unit_test_generators
+  only) passes its candidates on, with critiques or tests attached. A critic therefore cannot
+  share a layer with a writer: the candidates it critiques would be replaced.
 - Unit tests come from a unit_test_generator in an earlier layer, or from the benchmark
-  (``tests: benchmark``); unit_test_evaluator and code_tester need one of the two.
+  (``tests: benchmark``); unit_test_evaluator and code_tester need one of the two. Generated
+  tests are shown inside the query to every later LLM component with ``tests_in_prompt``
+  (Archon does the same); a unit_test_generator whose tests nothing later uses is a warning.
+- How many candidates each technique leaves, and how many calls it makes, is its module's
+  ``out_range`` and ``shards``; ``itas.plan`` composes them.
 
 Final answer: with ``final: single`` (the default) the last layer must leave exactly one
 candidate, which is checked statically. ``final: first`` allows several and answers with the
 first (ranked techniques put their best first). Archon configs load with ``final: first``,
 the deterministic form of Archon's random pick.
 
+Limits: at most ``MAX_LAYERS`` layers of ``MAX_COMPONENTS`` components, and a call bound
+(every re-ask included) of at most ``MAX_CALLS_PER_QUERY``, so no spec, from a file or a
+stranger's request, can make an orchestrator plan or hold more than that.
+
 Validation runs when a spec is built; every error is a ``ConfigError`` naming the file, the
-1-based layer and component, the technique and the field. Call plans and cost bounds are in
-``itas.plan``; Archon's JSON form is translated by ``itas.archon``.
+1-based layer and component, the technique and the field; all errors are reported at once.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
-import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
-from itas.agents.kinds import service_name
 from itas.errors import ConfigError
-from itas.plan import Material, layer_flows
+from itas.plan import layer_flows, max_calls_per_query
+from itas.techniques import SPEC_TECHNIQUES
+from itas.techniques.base import ComponentParams, LLMParams, ProviderName, suggest
 
-TECHNIQUES = (
-    "generator", "critic", "ranker", "fuser", "verifier",
-    "unit_test_generator", "unit_test_evaluator", "majority_vote", "code_tester",
-)  # fmt: skip
-DEFAULT_TEMPERATURE = 0.7
-MAX_TEMPERATURE = 2.0
-DEFAULT_MAX_TOKENS = 512
-DEFAULT_NUM_TESTS = 5
-DEFAULT_CODE_TIMEOUT_S = 10.0
+__all__ = ["MAX_CALLS_PER_QUERY", "Architecture", "ComponentSpec", "ProviderName",
+           "load_architecture", "parse_architecture"]
+
+TECHNIQUE_NAMES = tuple(SPEC_TECHNIQUES)
 DICT_SOURCE = "<dict>"
 YAML_SUFFIXES = (".yaml", ".yml")
 JSON_SUFFIX = ".json"
-
-ProviderName = Literal["openai", "anthropic", "local", "sim"]
-PROVIDERS: tuple[str, ...] = get_args(ProviderName)
-Count = Annotated[int, Field(ge=1, strict=True)]
-Tokens = Annotated[int, Field(ge=1, strict=True)]
-# An env var *name*: a pasted key ("sk-...") fails the pattern and is never echoed back.
-EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-Url = Annotated[str, Field(pattern=r"^https?://\S+$")]
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class _Component(_Spec):
-    """Flow roles and the call plan of one component; subclasses override what differs."""
-
-    needs_candidates: ClassVar[bool] = True
-    produces: ClassVar[bool] = True  # writes the layer's candidate list
-    keeps_candidates: ClassVar[bool] = True  # output is a subset of the input (critiques ride on)
-    needs_tests: ClassVar[bool] = False
-    makes_tests: ClassVar[bool] = False
-
-    technique: str
-    provider: ProviderName | None = None
-    model: str | None = None
-
-    @property
-    def service_name(self) -> str:
-        """The broker service that serves this component: ``technique@provider:model``."""
-        return service_name(self.technique, self.provider, self.model)
-
-    def calls(self, n: int) -> int:
-        """LLM calls made for ``n`` incoming candidates."""
-        return 0
-
-    def executions(self, n: int) -> int:
-        """Code executions (sandboxed runs) for ``n`` incoming candidates."""
-        return 0
-
-    def out_range(self, n: int) -> tuple[int, int]:
-        """Least and most candidates written for ``n`` incoming (producers only)."""
-        return (n, n)
-
-    def prompt_tokens(self, n: int, m: Material) -> int:
-        """Upper bound on the prompt tokens of all calls for ``n`` incoming candidates."""
-        return 0
-
-    def completion_tokens(self, n: int) -> int:
-        return 0
-
-    def written_tokens(self, incoming: int) -> int:
-        """Token bound of the candidates it writes, given the bound of those it reads."""
-        return incoming
-
-    def critique_tokens(self) -> int:
-        """Token bound of the critique it attaches to each candidate."""
-        return 0
-
-    def test_tokens(self) -> int:
-        """Token bound of the unit tests it writes."""
-        return 0
-
-
-class _LLMComponent(_Component):
-    provider: ProviderName
-    model: str = Field(min_length=1)
-    base_url: Url | None = None
-    api_key_env: EnvName | None = None
-    temperature: float = Field(DEFAULT_TEMPERATURE, ge=0.0, le=MAX_TEMPERATURE, strict=True)
-    max_tokens: Tokens = DEFAULT_MAX_TOKENS
-
-    def completion_tokens(self, n: int) -> int:
-        return self.calls(n) * self.max_tokens
-
-
-class _ToolComponent(_Component):
-    """Techniques without an LLM; provider and model only name the agent serving them."""
-
-    @model_validator(mode="after")
-    def _both_or_neither(self) -> _ToolComponent:
-        if (self.provider is None) != (self.model is None):
-            raise ValueError("give both 'provider' and 'model', or neither")
-        return self
-
-
-class GeneratorSpec(_LLMComponent):
-    needs_candidates: ClassVar[bool] = False
-    keeps_candidates: ClassVar[bool] = False
-    technique: Literal["generator"] = "generator"
-    samples: Count = 1
-
-    def calls(self, n: int) -> int:
-        return self.samples
-
-    def out_range(self, n: int) -> tuple[int, int]:
-        return (self.samples, self.samples)
-
-    def prompt_tokens(self, n: int, m: Material) -> int:
-        return self.samples * m.overhead
-
-    def written_tokens(self, incoming: int) -> int:
-        return self.max_tokens
-
-
-class CriticSpec(_LLMComponent):
-    produces: ClassVar[bool] = False
-    technique: Literal["critic"] = "critic"
-
-    def calls(self, n: int) -> int:
-        return n
-
-    def prompt_tokens(self, n: int, m: Material) -> int:
-        return n * (m.overhead + m.candidate)
-
-    def critique_tokens(self) -> int:
-        return self.max_tokens
-
-
-class RankerSpec(_LLMComponent):
-    """Listwise: one call ranks all. Pairwise: one call per unordered pair, n*(n-1)/2."""
-
-    technique: Literal["ranker"] = "ranker"
-    top_k: Count
-    mode: Literal["listwise", "pairwise"] = "listwise"
-
-    def calls(self, n: int) -> int:
-        if self.mode == "pairwise":
-            return math.comb(n, 2)
-        return 1 if n else 0
-
-    def out_range(self, n: int) -> tuple[int, int]:
-        kept = min(self.top_k, n)
-        return (kept, kept)
-
-    def prompt_tokens(self, n: int, m: Material) -> int:
-        shown = 2 if self.mode == "pairwise" else n
-        return self.calls(n) * (m.overhead + shown * m.annotated)
-
-
-class FuserSpec(_LLMComponent):
-    """``length`` caps the fused answer: a word count, or "longest" (Archon's length control)."""
-
-    keeps_candidates: ClassVar[bool] = False
-    technique: Literal["fuser"] = "fuser"
-    n_outputs: Count = 1
-    length: Count | Literal["longest"] | None = None
-
-    def calls(self, n: int) -> int:
-        return self.n_outputs
-
-    def out_range(self, n: int) -> tuple[int, int]:
-        return (self.n_outputs, self.n_outputs)
-
-    def prompt_tokens(self, n: int, m: Material) -> int:
-        return self.n_outputs * (m.overhead + n * m.annotated)
-
-    def written_tokens(self, incoming: int) -> int:
-        return self.max_tokens
-
-
-class VerifierSpec(_LLMComponent):
-    technique: Literal["verifier"] = "verifier"
-    top_k: Count | None = None
-
-    def calls(self, n: int) -> int:
-        return n
-
-    def out_range(self, n: int) -> tuple[int, int]:
-        return (min(1, n), min(self.top_k or n, n))
-
-    def prompt_tokens(self, n: int, m: Material) -> int:
-        return n * (m.overhead + m.annotated)
-
-
-class UnitTestGeneratorSpec(_LLMComponent):
-    needs_candidates: ClassVar[bool] = False
-    produces: ClassVar[bool] = False
-    makes_tests: ClassVar[bool] = True
-    technique: Literal["unit_test_generator"] = "unit_test_generator"
-    num_tests: Count = DEFAULT_NUM_TESTS
-
-    def calls(self, n: int) -> int:
-        return 1
-
-    def prompt_tokens(self, n: int, m: Material) -> int:
-        return m.overhead
-
-    def test_tokens(self) -> int:
-        return self.max_tokens
-
-
-class UnitTestEvaluatorSpec(_LLMComponent):
-    """Scores each candidate by tests passed; keeps the best ``top_k`` (all when unset)."""
-
-    needs_tests: ClassVar[bool] = True
-    technique: Literal["unit_test_evaluator"] = "unit_test_evaluator"
-    top_k: Count | None = None
-
-    def calls(self, n: int) -> int:
-        return n
-
-    def out_range(self, n: int) -> tuple[int, int]:
-        kept = min(self.top_k or n, n)
-        return (kept, kept)
-
-    def prompt_tokens(self, n: int, m: Material) -> int:
-        return n * (m.overhead + m.candidate + m.tests)
-
-
-class MajorityVoteSpec(_ToolComponent):
-    technique: Literal["majority_vote"] = "majority_vote"
-
-    def out_range(self, n: int) -> tuple[int, int]:
-        return (min(1, n), min(1, n))
-
-
-class CodeTesterSpec(_ToolComponent):
-    """Runs each candidate once against the test set; keeps the best ``top_k`` (all when unset)."""
-
-    needs_tests: ClassVar[bool] = True
-    technique: Literal["code_tester"] = "code_tester"
-    timeout_s: float = Field(DEFAULT_CODE_TIMEOUT_S, gt=0.0, strict=True)
-    top_k: Count | None = None
-
-    def executions(self, n: int) -> int:
-        return n
-
-    def out_range(self, n: int) -> tuple[int, int]:
-        kept = min(self.top_k or n, n)
-        return (kept, kept)
-
-
-ComponentSpec = Annotated[
-    GeneratorSpec | CriticSpec | RankerSpec | FuserSpec | VerifierSpec | UnitTestGeneratorSpec
-    | UnitTestEvaluatorSpec | MajorityVoteSpec | CodeTesterSpec,
-    Field(discriminator="technique"),
-]  # fmt: skip
-SPEC_CLASSES: dict[str, type[_Component]] = {
-    cls.model_fields["technique"].default: cls
-    for cls in (GeneratorSpec, CriticSpec, RankerSpec, FuserSpec, VerifierSpec,
-                UnitTestGeneratorSpec, UnitTestEvaluatorSpec, MajorityVoteSpec, CodeTesterSpec)
-}  # fmt: skip
+MAX_LAYERS = 64
+MAX_COMPONENTS = 64
+MAX_CALLS_PER_QUERY = 20_000
+
+if TYPE_CHECKING:
+    ComponentSpec = ComponentParams
+else:  # the union of every technique's parameter model, told apart by 'technique'
+    ComponentSpec = Annotated[
+        Union[tuple(t.params_model for t in SPEC_TECHNIQUES.values())],  # noqa: UP007
+        Field(discriminator="technique"),
+    ]
+SPEC_CLASSES: dict[str, type[ComponentParams]] = {
+    name: t.params_model for name, t in SPEC_TECHNIQUES.items()}
 
 
 def place(source: str, layer: int, component: int | None = None, technique: str = "") -> str:
@@ -319,26 +98,42 @@ def place(source: str, layer: int, component: int | None = None, technique: str 
     return f"{where} ({technique})" if technique else where
 
 
-def _suggest(word: object, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-class Architecture(_Spec):
+class Architecture(BaseModel):
     """A validated architecture; frozen, so plans and caches can key on it."""
 
-    name: str = Field(min_length=1)
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
     description: str | None = None
     final: Literal["single", "first"] = "single"
     tests: Literal["benchmark"] | None = None
-    layers: tuple[tuple[ComponentSpec, ...], ...]
+    layers: tuple[tuple[ComponentSpec, ...], ...] = Field(max_length=MAX_LAYERS)
+    _warnings: tuple[str, ...] = PrivateAttr(default=())
 
     @model_validator(mode="after")
     def _validate_flow(self, info: ValidationInfo) -> Architecture:
-        _check_flow(self, (info.context or {}).get("source", DICT_SOURCE))
+        context = info.context or {}
+        source = context.get("source", DICT_SOURCE)
+        problems, warnings = check_flow(self, source)
+        if problems:
+            raise ConfigError("\n".join(problems))
+        self._warnings = (*context.get("warnings", ()), *warnings)
         return self
 
-    def components(self) -> Iterator[tuple[int, int, ComponentSpec]]:
+    def __eq__(self, other: object) -> bool:
+        """Specs are equal when their fields are; warnings describe where one came from."""
+        return isinstance(other, Architecture) and self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.__dict__.values()))
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What loads but is probably not what the author meant (unused unit tests, Archon keys
+        that Archon ignores too); ``itas check`` shows them."""
+        return self._warnings
+
+    def components(self) -> Iterator[tuple[int, int, ComponentParams]]:
         """(layer, component, spec) with 1-based indices, in order."""
         for i, layer in enumerate(self.layers, 1):
             for j, component in enumerate(layer, 1):
@@ -364,70 +159,91 @@ class Architecture(_Spec):
         target.write_text(text, encoding="utf-8")
 
 
-def _check_flow(arch: Architecture, source: str) -> None:
+def check_flow(arch: Architecture, source: str) -> tuple[list[str], list[str]]:
+    """Every flow error of a spec whose fields are valid (all of them, not the first), and its
+    warnings."""
+    from itas.techniques import technique_of
+
+    problems: list[str] = []
+    warnings: list[str] = []
     if not arch.layers:
-        raise ConfigError(f"{source}: 'layers' is empty; an architecture needs at least one layer")
+        return [f"{source}: 'layers' is empty; an architecture needs at least one layer"], []
     for index, layer in enumerate(arch.layers, 1):
         if not layer:
-            raise ConfigError(f"{place(source, index)} is empty; give it at least one component")
+            problems.append(f"{place(source, index)} is empty; give it at least one component")
+        elif len(layer) > MAX_COMPONENTS:
+            problems.append(f"{place(source, index)} has {len(layer)} components; at most "
+                            f"{MAX_COMPONENTS}")
+    if problems:
+        return problems, []
     tests = arch.tests == "benchmark"
     flows = list(layer_flows(arch.layers))
+    pending_tests: list[tuple[str, bool]] = []  # (where, used) of each unit_test_generator
     for flow, layer in zip(flows, arch.layers, strict=True):
         reachable = flow.candidates_in[1]
-        producers = sorted({c.technique for c in layer if c.produces})
+        writers = sorted({c.technique for c in layer if technique_of(c).produces})
         for j, c in enumerate(layer, 1):
+            t = technique_of(c)
             where = place(source, flow.layer, j, c.technique)
-            if c.needs_candidates and reachable == 0:
-                raise ConfigError(
-                    f"{where}: needs candidates, but no earlier layer produces "
-                    "any; put a generator in an earlier layer"
-                )
-            if c.needs_tests and not tests:
-                raise ConfigError(
-                    f"{where}: needs unit tests; put a unit_test_generator in an "
-                    "earlier layer, or set 'tests: benchmark' if the benchmark "
-                    "ships tests"
-                )
-            top_k = getattr(c, "top_k", None)
-            if top_k is not None and top_k > reachable:
-                raise ConfigError(
-                    f"{where}: 'top_k' is {top_k} but at most {reachable} candidate(s) can reach it"
-                )
-            if isinstance(c, CriticSpec) and producers:
-                raise ConfigError(
-                    f"{where}: a critic annotates the candidates passing through "
-                    f"its layer, but this layer also has {', '.join(producers)}, "
-                    "which replace them; give the critic its own layer"
-                )
-        tests = tests or any(c.makes_tests for c in layer)
+            if t.needs_candidates and reachable == 0:
+                problems.append(f"{where}: needs candidates, but no earlier layer produces "
+                                "any; put a generator in an earlier layer")
+                continue
+            if t.needs_tests and not tests:
+                problems.append(f"{where}: needs unit tests; put a unit_test_generator in an "
+                                "earlier layer, or set 'tests: benchmark' if the benchmark "
+                                "ships tests")
+            problem = t.flow_problem(c, reachable)
+            if problem:
+                problems.append(f"{where}: {problem}")
+            if not t.produces and not t.makes_tests and writers:
+                problems.append(
+                    f"{where}: a {c.technique} annotates the candidates passing through its "
+                    f"layer, but this layer also has {', '.join(writers)}, which replace them; "
+                    f"give the {c.technique} its own layer")
+            if t.needs_tests or (isinstance(c, LLMParams) and c.tests_in_prompt):
+                pending_tests = [(w, True) for w, _ in pending_tests]
+        tests = tests or any(technique_of(c).makes_tests for c in layer)
+        pending_tests += [(place(source, flow.layer, j, c.technique), False)
+                          for j, c in enumerate(layer, 1) if technique_of(c).makes_tests]
+    warnings += [f"{where}: the unit tests it writes are never used (no later "
+                 "unit_test_evaluator or code_tester, and no later component shows them)"
+                 for where, used in pending_tests if not used]
     last = flows[-1]
     most = last.candidates_out[1]
     if most == 0:
-        raise ConfigError(
-            f"{place(source, last.layer)}: the final layer leaves no candidates, "
-            "so there is no answer; end with a layer that produces candidates"
-        )
-    if arch.final == "single" and most > 1:
-        raise ConfigError(
-            f"{place(source, last.layer)}: the final layer can leave {most} "
-            "candidates but 'final: single' needs exactly one; reduce to one "
-            "(ranker or unit_test_evaluator top_k: 1, fuser n_outputs: 1, "
-            "majority_vote) or set 'final: first' to answer with the first"
-        )
+        problems.append(f"{place(source, last.layer)}: the final layer leaves no candidates, "
+                        "so there is no answer; end with a layer that produces candidates")
+    elif arch.final == "single" and most > 1:
+        problems.append(
+            f"{place(source, last.layer)}: the final layer can leave {most} candidates but "
+            "'final: single' needs exactly one; reduce to one (ranker or unit_test_evaluator "
+            "top_k: 1, fuser n_outputs: 1, majority_vote) or set 'final: first' to answer "
+            "with the first")
+    if not problems:
+        bound = max_calls_per_query(arch.layers)
+        if bound > MAX_CALLS_PER_QUERY:
+            problems.append(f"{source}: up to {bound} LLM calls per query (re-asks included); "
+                            f"at most {MAX_CALLS_PER_QUERY}: use fewer samples or layers, or "
+                            "fewer parse_retries")
+    return problems, warnings
 
 
 def parse_architecture(data: Mapping[str, Any], source: str = DICT_SOURCE) -> Architecture:
-    """Validate a spec mapping (itas or Archon form); errors name ``source``."""
+    """Validate a spec mapping (itas or Archon form); errors name ``source``, all at once."""
     from itas import archon  # imported here: archon builds on this module's names
 
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: an architecture must be a mapping, not {_kind(data)}")
+        raise ConfigError(f"{source}: an architecture must be a mapping, not "
+                          f"{type(data).__name__}")
+    warnings: list[str] = []
     if archon.is_archon_config(data):
-        data = archon.from_archon(data, source)
+        data, warnings = archon.from_archon(data, source)
     try:
-        return Architecture.model_validate(data, context={"source": source})
+        return Architecture.model_validate(data, context={"source": source,
+                                                          "warnings": warnings})
     except ValidationError as e:
-        raise ConfigError("\n".join(_describe_errors(e, source))) from e
+        raise ConfigError("\n".join(describe_errors(e, source))) from e
 
 
 def load_architecture(
@@ -452,15 +268,13 @@ def load_architecture(
     return parse_architecture(data, where)
 
 
-# Fields whose type is a union of constrained types: pydantic reports one error per branch.
-_UNION_HINTS = {"length": "must be a word count >= 1 or 'longest'"}
 _PATTERN_HINTS = {
     "api_key_env": "must name an environment variable (letters, digits, _), not hold the key",
     "base_url": "must be an http:// or https:// URL",
 }
 
 
-def _describe_errors(error: ValidationError, source: str) -> list[str]:
+def describe_errors(error: ValidationError, source: str) -> list[str]:
     """Pydantic's errors as one line each: where, which field, what is wrong.
 
     Values are echoed only for technique and provider names, so a key pasted into a field
@@ -480,8 +294,7 @@ def _describe_errors(error: ValidationError, source: str) -> list[str]:
             )
             rest = loc[4:] if technique else loc[2 + (component is not None) :]
         field = str(rest[0]) if rest else None
-        union_branch = len(rest) > 1 and field in _UNION_HINTS
-        text = _UNION_HINTS[str(field)] if union_branch else _message(e, field, technique)
+        text = _message(e, field, technique)
         if field and not text.startswith(("unknown", "missing")):
             text = f"{field!r} {text}"
         lines[f"{where}: {text}"] = None
@@ -492,27 +305,16 @@ def _message(e: Any, field: str | None, technique: str | None) -> str:
     kind, ctx = e["type"], e.get("ctx", {})
     if kind == "union_tag_invalid":
         tag = ctx.get("tag")
-        return (
-            f"unknown technique {tag!r}{_suggest(tag, TECHNIQUES)}; "
-            f"known techniques: {', '.join(TECHNIQUES)}"
-        )
+        return (f"unknown technique {tag!r}{suggest(tag, TECHNIQUE_NAMES)}; "
+                f"known techniques: {', '.join(TECHNIQUE_NAMES)}")
     if kind == "union_tag_not_found":
-        return f"missing 'technique'; known techniques: {', '.join(TECHNIQUES)}"
+        return f"missing 'technique'; known techniques: {', '.join(TECHNIQUE_NAMES)}"
     if kind == "extra_forbidden":
-        fields = sorted(
-            SPEC_CLASSES[technique].model_fields if technique else Architecture.model_fields
-        )
-        return (
-            f"unknown field {field!r}{_suggest(field, fields)}; known fields: {', '.join(fields)}"
-        )
+        fields = sorted(SPEC_CLASSES[technique].model_fields if technique in SPEC_CLASSES
+                        else Architecture.model_fields)
+        return f"unknown field {field!r}{suggest(field, fields)}; known fields: {', '.join(fields)}"
     if kind == "missing":
         return f"missing required field {field!r}"
-    if kind == "literal_error" and field == "provider":
-        got = e["input"]
-        return (
-            f"unknown provider {got!r}{_suggest(got, PROVIDERS)}; "
-            f"known providers: {', '.join(PROVIDERS)}"
-        )
     simple = {
         "literal_error": f"must be one of {ctx.get('expected')}",
         "greater_than_equal": f"must be >= {ctx.get('ge')}",
@@ -520,8 +322,10 @@ def _message(e: Any, field: str | None, technique: str | None) -> str:
         "less_than_equal": f"must be <= {ctx.get('le')}",
         "int_type": "must be an integer",
         "float_type": "must be a number",
+        "bool_type": "must be true or false",
         "string_type": "must be a string",
         "string_too_short": "must not be empty",
+        "too_long": f"has too many items (at most {ctx.get('max_length')})",
         "string_pattern_mismatch": _PATTERN_HINTS.get(str(field), "has an invalid format"),
         "tuple_type": "must be a list of layers" if field == "layers" else
                       "must be a list of components",
@@ -531,6 +335,3 @@ def _message(e: Any, field: str | None, technique: str | None) -> str:
     }  # fmt: skip
     return simple.get(kind, str(e["msg"]))
 
-
-def _kind(value: object) -> str:
-    return type(value).__name__

@@ -25,13 +25,15 @@ from itas.errors import AgentError, RemoteError, ServiceUnavailable
 class InProcessCaller:
     """Serves ``call(service, body)`` from agents built from pool entries, in this process."""
 
-    def __init__(self, entries: Sequence[PoolEntry]) -> None:
+    def __init__(self, entries: Sequence[PoolEntry] = (), *, agents: Sequence[Agent] = ()
+                 ) -> None:
         self._entries = list(entries)
+        self._given = list(agents)
         self._agents: dict[str, Agent] = {}
 
     async def __aenter__(self) -> Self:
-        for entry in self._entries:
-            agent = build_agent(entry.kind, entry.settings)
+        built = [build_agent(entry.kind, entry.settings) for entry in self._entries]
+        for agent in [*built, *self._given]:
             if agent.service not in self._agents:
                 await agent.start()
                 self._agents[agent.service] = agent

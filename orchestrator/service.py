@@ -16,7 +16,8 @@ from typing import Any
 from itas.agents.base import Agent
 from itas.client import AsyncClient
 from itas.errors import AgentError, ConfigError
-from itas.orchestrator.runner import DEFAULT_CALL_TIMEOUT_S, Budget, Orchestrator
+from itas.orchestrator.budget import Budget
+from itas.orchestrator.runner import DEFAULT_CALL_TIMEOUT_S, Orchestrator
 from itas.protocol import ErrorCode
 from itas.security import CurveKeys
 from itas.spec import Architecture, parse_architecture
@@ -91,5 +92,6 @@ class OrchestratorAgent(Agent):
         messages, arch = parse_query(body)
         return await Orchestrator(self._client, call_timeout=self.call_timeout).run(
             arch, messages, sim=body.get("sim"), tests=body.get("tests"),
-            budget=Budget.from_dict(body.get("budget")), trace=bool(body.get("trace")),
+            budget=Budget.from_dict(body.get("budget")).with_defaults(),
+            trace=bool(body.get("trace")),
         )

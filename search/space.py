@@ -24,8 +24,10 @@ Each point maps to exactly one architecture; points that would build the same on
 folded onto one canonical point (``fusers`` means nothing with fewer than two fusion layers;
 a vote over one candidate is no vote), so a trial key names an architecture. A point is
 *valid* when it is canonical, its spec passes ``itas.spec`` validation (e.g. a ranker's
-top_k cannot exceed the candidates that reach it) and its static call bound
-(``itas.plan.estimate_cost``) is within the budget. No I/O here.
+top_k cannot exceed the candidates that reach it) and its calls per query when every output
+parses (``itas.plan.estimate_cost(...).base_calls_per_query``, the worst case over candidate
+counts) are within the budget; parse re-asks are paid from what the budget leaves, which the
+orchestrator enforces (``itas.orchestrator.budget``). No I/O here.
 """
 
 from __future__ import annotations
@@ -202,7 +204,7 @@ class SearchSpace:
             arch = self.architecture(point)
         except ConfigError as e:
             return Verdict(False, str(e))
-        calls = estimate_cost(arch).calls_per_query
+        calls = estimate_cost(arch).base_calls_per_query
         if self.budget_calls is not None and calls > self.budget_calls:
             return Verdict(False, f"over budget: {calls} > {self.budget_calls} calls per query",
                            calls)
@@ -221,7 +223,7 @@ class SearchSpace:
         return point in self._valid_set
 
     def calls_per_query(self, point: Point) -> int:
-        return estimate_cost(self.architecture(point)).calls_per_query
+        return estimate_cost(self.architecture(point)).base_calls_per_query
 
     def _all_canonical(self) -> Iterator[Point]:
         for values in itertools.product(*(d.values for d in self.dimensions)):

@@ -1,136 +1,186 @@
-"""The wire schema of every technique agent: request and reply bodies, field by field.
+"""The technique contract: request and reply bodies, checked the same way on both sides.
 
-The orchestrator builds these bodies and reads the replies, so this schema is a
-contract; a change here is a change to the orchestrator. Bodies are msgpack maps.
+The orchestrator builds ``TechniqueRequest`` bodies and reads ``TechniqueReply`` bodies; an
+agent reads the request and writes the reply. Both sides decode with the functions here, so a
+body one side accepts is a body the other side wrote by these rules, and a hostile or buggy
+peer is caught at the boundary: a bad request is a ``bad_request`` error reply from the agent,
+a bad reply is one failed call in the orchestrator's trace (never a crash, never an answer).
+What each technique adds to this (how many candidates a reply must return, which annotation
+it must set) is the technique module's ``check_reply``.
 
-Request body::
+Request body (msgpack map)::
 
-    {
-      "messages":     [{"role": "system"|"user"|"assistant", "content": str}, ...],
-                      # the user's query conversation; required and non-empty for
-                      # techniques that call an LLM, may be [] or absent for
-                      # majority_vote and code_tester
-      "candidates":   [Candidate, ...],   # absent or [] for generator, unit_test_generator
-      "params":       {...},              # technique parameters; unknown keys are rejected
-      "sample_index": int >= 0,           # default 0; which sample (generator, fuser),
-                                          # part of the response-cache key
-      "tests":        [str, ...] | null,  # unit tests (unit_test_evaluator, code_tester)
-      "sim":          {answer key} | null # only ever handed to SimTask.key; never in a prompt
-    }
-
-Params by technique, defaults in brackets (each technique module says more); the
-LLM techniques also take ``temperature`` [0.7] and ``max_tokens`` [512]::
-
-    generator            n [1] (alias: samples; n wins)
-    critic               (none)
-    ranker               top_k [all], mode ["listwise" | "pairwise"], use_critiques [true]
-    fuser                n_outputs [1], length [none | word count | "longest"],
-                         use_critiques [true]
-    verifier             top_k [all that pass], use_critiques [true]
-    unit_test_generator  num_tests [5], task ["text" | "code"], entry_point
-    unit_test_evaluator  top_k [all], select ["top_k" | "first_pass"], task ["text" | "code"],
-                         + execution params (task "code")
-    majority_vote        top_k [1]
-    code_tester          top_k [all], + execution params
-    execution params     timeout_s [10], memory_mb [512], entry_point, prompt (HumanEval:
-                         the code a body-only answer completes), setup (MBPP setup code)
-
-Tests for code: a list of statements (asserts), one test each; or, with
-``entry_point``, one script defining ``check(candidate)`` (HumanEval), one test.
+    messages      [{"role": "system"|"user"|"assistant", "content": str}, ...]
+                  the conversation, as this component is to see it (with generated unit tests
+                  appended to the last user message where the component shows them)
+    candidates    [Candidate, ...]     the candidates this request is about ([] for writers)
+    params        {...}                the component's own parameters (its spec fields
+                                       without technique/provider/model/endpoint), validated
+                                       by the technique's parameter model
+    sample_index  int >= 0             which sample this request is (generator, fuser)
+    tests         [str, ...] | null    unit tests (unit_test_evaluator, code_tester)
+    sim           {answer key} | null  only ever handed to simulated models
+    max_calls     int >= 0 | absent    the LLM calls this request may make, re-asks included;
+                                       absent: every re-ask the parameters allow
+    trace         bool                 reply with the prompts sent (clipped), for traces
 
 Candidate::
 
-    {
-      "id": str,                 # stable; made by the technique that creates the candidate:
-                                 # "<service>#<sample_index>" (generator),
-                                 # "<service>#<sample_index>:fuse-<hash of input ids>" (fuser)
-      "text": str,
-      "model": str,              # service that wrote it, e.g. "generator@sim:strong"
-      "critique": str | null,    # critic
-      "score": float | null,     # ranker (position or win rate, 0..1), evaluators
-                                 # (fraction of tests passed), majority_vote (vote share)
-      "verdict": bool | null,    # verifier (PASS/FAIL), evaluators (all tests passed)
-      "tests_passed": int | null,
-      "tests_total": int | null,
-      "answer": str | null,      # extracted final answer (majority_vote fills it)
-      "meta": {...}              # free-form details per technique, see its module
-    }
+    id, text, model        str; the orchestrator names candidates, agents keep the ids
+    critique               str | null    critic
+    score                  float | null  a measured score in [0, 1]: pairwise win rate,
+                                         tests passed, vote share; never a made-up one
+    rank                   int | null    ranker: 1 = best
+    verdict                bool | null   verifier (PASS/FAIL), evaluators (all tests passed)
+    tests_passed, tests_total  int | null
+    answer                 str | null    majority_vote: the canonical final answer
+    meta                   {...}         free-form details per technique
 
 Reply body::
 
-    {
-      "candidates": [Candidate, ...],   # the output set, in order (best first where ranked)
-      "tests": [str, ...] | null,       # unit_test_generator only
-      "parse": [ParseRecord, ...],      # one per LLM output parsed, in subject order
-      "usage": Usage,                   # summed over every call the request made
-      "notes": [{"code": str, "detail": str}, ...]
-                                        # decisions outside parsing, e.g. verifier
-                                        # "none_passed"; [] when there are none
-    }
+    candidates    [Candidate, ...]     new candidates (writers) or the request's candidates
+                                       with their annotations (judges)
+    tests         [str, ...] | null    unit_test_generator only
+    parse         [ParseRecord, ...]   one per LLM output parsed
+    usage         Usage                summed over the calls this request made
+    notes         [{"code", "detail"}] decisions outside parsing (e.g. "reask_budget")
+    prompts       [[Message, ...]] | null   with ``trace``: the prompts sent, clipped
 
-ParseRecord: ``{"ok": bool, "method": str, "retries": int, "fallback": str | null,
-"detail": str}``; ``ok`` False means every attempt failed and ``fallback`` names
-the documented fallback the technique applied; ``retries`` counts re-asks.
-
-Usage: ``{"calls", "prompt_tokens", "completion_tokens", "latency_s", "cost_usd",
-"cached_calls", "cost_known"}``; ``latency_s`` is summed over calls (what the
-calls cost in time, not the request's wall time); ``cost_known`` False means some
-call's model has no price, so ``cost_usd`` is a lower bound.
-
-Fan-out. A request with n samples or n candidates runs its calls concurrently.
-Splitting it instead gives the same candidates: a generator request with ``n: 1``
-and ``sample_index: k`` returns sample k of a batch, and so does a fuser with
-``n_outputs: 1``. Critic, verifier, unit_test_evaluator and code_tester judge each
-candidate on its own, but their *selection* (verifier: keep passing ones, or all
-when none passes; evaluator/tester: order by tests passed, cut to ``top_k``)
-applies within one request: a caller that sends one request per candidate must
-apply it again to the merged replies. Ranker and majority_vote need the whole
-set in one request.
-
-Validation errors are ``AgentError("bad_request", ...)`` naming the field, e.g.
-``candidates[2].text: must be a string``; they reach the caller as error replies.
+Every list, string and map has a bound (``LIMITS``): a peer cannot make the other side hold
+more than that per message, whatever it sends.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from itas.agents.providers.base import Usage
-from itas.errors import AgentError
+from itas.errors import AgentError, ItasError
 from itas.protocol import ErrorCode
 
 ROLES = frozenset({"system", "user", "assistant"})
-REQUEST_KEYS = frozenset({"messages", "candidates", "params", "sample_index", "tests", "sim"})
-CANDIDATE_KEYS = frozenset(
-    {"id", "text", "model", "critique", "score", "verdict", "tests_passed", "tests_total",
-     "answer", "meta"}
-)  # fmt: skip
+REQUEST_KEYS = frozenset({"messages", "candidates", "params", "sample_index", "tests", "sim",
+                          "max_calls", "trace"})
+REPLY_KEYS = frozenset({"candidates", "tests", "parse", "usage", "notes", "prompts"})
+CANDIDATE_KEYS = frozenset({"id", "text", "model", "critique", "score", "rank", "verdict",
+                            "tests_passed", "tests_total", "answer", "meta"})
+#: Fields a judging technique may set on a candidate it was given.
+ANNOTATIONS = ("critique", "score", "rank", "verdict", "tests_passed", "tests_total", "answer")
+USAGE_KEYS = frozenset({"calls", "prompt_tokens", "completion_tokens", "tokens", "latency_s",
+                        "cost_usd", "cached_calls", "cost_known"})
+PARSE_KEYS = frozenset({"ok", "method", "retries", "fallback", "detail"})
+
+MAX_TEXT_CHARS = 1_000_000      # one candidate's text, critique or test
+MAX_ITEMS = 10_000              # candidates, tests, messages, parse records per body
+MAX_ID_CHARS = 512
+MAX_META_BYTES = 64 * 1024      # a candidate's meta, as packed
+MAX_USAGE_TOKENS = 10**12
+MAX_CALLS = 1_000_000
+PROMPT_CLIP_CHARS = 4000        # per message in a reply's ``prompts``
 
 Message = dict[str, str]
 
 
+class ContractError(ItasError):
+    """A body that breaks the technique contract; ``where`` names the field."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"{where}: {problem}")
+        self.where = where
+        self.problem = problem
+
+
 def bad_request(where: str, problem: str) -> AgentError:
+    """The agent side's answer to a bad request: an error reply naming the field."""
     return AgentError(ErrorCode.BAD_REQUEST, f"{where}: {problem}")
 
+
+# -- field readers ---------------------------------------------------------------------------
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _optional(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str,
-              what: str) -> Any:
-    value = data.get(key)
+def _text(value: Any, where: str, *, limit: int = MAX_TEXT_CHARS) -> str:
     if value is None:
-        return None
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise bad_request(f"{where}.{key}", f"must be {what} or null, got a boolean")
-    if not isinstance(value, kind):
-        raise bad_request(f"{where}.{key}", f"must be {what} or null, got {type(value).__name__}")
+        raise ContractError(where, "missing; must be a string")
+    if not isinstance(value, str):
+        raise ContractError(where, f"must be a string, got {type(value).__name__}")
+    if len(value) > limit:
+        raise ContractError(where, f"is {len(value)} characters; at most {limit}")
     return value
 
+
+def _optional_text(data: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = data.get(key)
+    return None if value is None else _text(value, f"{where}.{key}")
+
+
+def _integer(value: Any, where: str, low: int, high: int) -> int:
+    if not _is_int(value) or not low <= value <= high:
+        raise ContractError(where, f"must be an integer in [{low}, {high}], got {_show(value)}")
+    return int(value)
+
+
+def _number(value: Any, where: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise ContractError(where, f"must be a number in [{low}, {high}], got {_show(value)}")
+    return float(value)
+
+
+def _items(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ContractError(where, f"must be a list, got {type(value).__name__}")
+    if len(value) > MAX_ITEMS:
+        raise ContractError(where, f"has {len(value)} items; at most {MAX_ITEMS}")
+    return value
+
+
+def _map(value: Any, where: str, known: frozenset[str] | None = None) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ContractError(where, f"must be a map, got {type(value).__name__}")
+    if known is not None:
+        unknown = sorted(str(k) for k in value if k not in known)
+        if unknown:
+            raise ContractError(where, f"unknown field(s) {unknown}; known: "
+                                       f"{', '.join(sorted(known))}")
+    return value
+
+
+def _given(item: Mapping[str, Any], key: str, default: Any) -> Any:
+    """``item[key]``, or ``default`` when absent or null; a falsy value of the wrong type
+    (``[]`` for a map, ``""`` for a list) is returned as is, so the reader rejects it."""
+    value = item.get(key)
+    return default if value is None else value
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    return [_text(item, f"{where}[{i}]") for i, item in enumerate(_items(value, where))]
+
+
+def messages_of(value: Any, where: str = "messages") -> list[Message]:
+    messages = []
+    for i, raw in enumerate(_items(value, where)):
+        item = _map(raw, f"{where}[{i}]", frozenset({"role", "content"}))
+        role = item.get("role")
+        if role not in ROLES:
+            raise ContractError(f"{where}[{i}].role", f"must be one of {sorted(ROLES)}, "
+                                                      f"got {_show(role)}")
+        messages.append({"role": str(role),
+                         "content": _text(item.get("content"), f"{where}[{i}].content")})
+    return messages
+
+
+# -- bodies ----------------------------------------------------------------------------------
 
 @dataclass(slots=True)
 class Candidate:
@@ -139,6 +189,7 @@ class Candidate:
     model: str = ""
     critique: str | None = None
     score: float | None = None
+    rank: int | None = None
     verdict: bool | None = None
     tests_passed: int | None = None
     tests_total: int | None = None
@@ -148,47 +199,65 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id, "text": self.text, "model": self.model, "critique": self.critique,
-            "score": self.score, "verdict": self.verdict, "tests_passed": self.tests_passed,
-            "tests_total": self.tests_total, "answer": self.answer, "meta": self.meta,
+            "score": self.score, "rank": self.rank, "verdict": self.verdict,
+            "tests_passed": self.tests_passed, "tests_total": self.tests_total,
+            "answer": self.answer, "meta": self.meta,
         }  # fmt: skip
+
+    def annotated(self, other: Candidate) -> Candidate:
+        """This candidate with ``other``'s annotations (the fields a judge may set) on it;
+        id, text and model stay this one's, so a judge cannot rewrite what it judged."""
+        copy = Candidate(self.id, self.text, self.model, self.critique, self.score, self.rank,
+                         self.verdict, self.tests_passed, self.tests_total, self.answer,
+                         {**self.meta, **other.meta})
+        for key in ANNOTATIONS:
+            value = getattr(other, key)
+            if value is not None:
+                setattr(copy, key, value)
+        return copy
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "candidate") -> Candidate:
-        if not isinstance(data, Mapping):
-            raise bad_request(where, f"must be a map, got {type(data).__name__}")
-        unknown = sorted(str(k) for k in data if k not in CANDIDATE_KEYS)
-        if unknown:
-            raise bad_request(where, f"unknown field(s) {unknown}; known: "
-                              f"{', '.join(sorted(CANDIDATE_KEYS))} (put extras in 'meta')")
-        for key in ("id", "text"):
-            if not isinstance(data.get(key), str):
-                raise bad_request(f"{where}.{key}", "required, must be a string")
-        if not data["id"]:
-            raise bad_request(f"{where}.id", "must not be empty")
-        score = _optional(data, "score", (int, float), where, "a number")
-        if score is not None and not math.isfinite(score):
-            raise bad_request(f"{where}.score", "must be a finite number")
-        counts = {k: _optional(data, k, int, where, "an integer")
-                  for k in ("tests_passed", "tests_total")}
-        meta = data.get("meta") or {}
-        if not isinstance(meta, Mapping):
-            raise bad_request(f"{where}.meta", "must be a map")
+        item = _map(data, where, CANDIDATE_KEYS)
+        ident = _text(item.get("id"), f"{where}.id", limit=MAX_ID_CHARS)
+        if not ident:
+            raise ContractError(f"{where}.id", "must not be empty")
+        score = item.get("score")
+        rank = item.get("rank")
+        verdict = item.get("verdict")
+        if verdict is not None and not isinstance(verdict, bool):
+            raise ContractError(f"{where}.verdict", f"must be true, false or null, "
+                                                    f"got {_show(verdict)}")
+        counts = {key: None if item.get(key) is None
+                  else _integer(item[key], f"{where}.{key}", 0, MAX_ITEMS)
+                  for key in ("tests_passed", "tests_total")}
+        passed, total = counts["tests_passed"], counts["tests_total"]
+        if passed is not None and total is not None and passed > total:
+            raise ContractError(f"{where}.tests_passed", f"{passed} passed of {total} tests")
+        meta = _given(item, "meta", {})
+        _map(meta, f"{where}.meta")
+        if len(repr(meta)) > MAX_META_BYTES:
+            raise ContractError(f"{where}.meta", f"is larger than {MAX_META_BYTES} bytes")
         return cls(
-            id=data["id"],
-            text=data["text"],
-            model=_optional(data, "model", str, where, "a string") or "",
-            critique=_optional(data, "critique", str, where, "a string"),
-            score=None if score is None else float(score),
-            verdict=_optional(data, "verdict", bool, where, "a boolean"),
-            tests_passed=counts["tests_passed"],
-            tests_total=counts["tests_total"],
-            answer=_optional(data, "answer", str, where, "a string"),
+            id=ident,
+            text=_text(item.get("text"), f"{where}.text"),
+            model=_optional_text(item, "model", where) or "",
+            critique=_optional_text(item, "critique", where),
+            score=None if score is None else _number(score, f"{where}.score", 0.0, 1.0),
+            rank=None if rank is None else _integer(rank, f"{where}.rank", 1, MAX_ITEMS),
+            verdict=verdict,
+            tests_passed=passed,
+            tests_total=total,
+            answer=_optional_text(item, "answer", where),
             meta=dict(meta),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class ParseRecord:
+    """How one LLM output was read: ``ok`` False means every attempt failed and the
+    technique's documented ``fallback`` applied; ``retries`` counts re-asks."""
+
     ok: bool
     method: str
     retries: int = 0
@@ -200,14 +269,21 @@ class ParseRecord:
                 "fallback": self.fallback, "detail": self.detail}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ParseRecord:
-        return cls(bool(data["ok"]), str(data["method"]), int(data["retries"]),
-                   data.get("fallback"), str(data.get("detail", "")))
+    def from_dict(cls, data: Any, where: str = "parse") -> ParseRecord:
+        item = _map(data, where, PARSE_KEYS)
+        ok = item.get("ok")
+        if not isinstance(ok, bool):
+            raise ContractError(f"{where}.ok", "must be true or false")
+        fallback = item.get("fallback")
+        return cls(ok, _text(item.get("method"), f"{where}.method", limit=200),
+                   _integer(item.get("retries", 0), f"{where}.retries", 0, MAX_CALLS),
+                   None if fallback is None else _text(fallback, f"{where}.fallback", limit=200),
+                   _text(item.get("detail", ""), f"{where}.detail", limit=PROMPT_CLIP_CHARS))
 
 
 @dataclass(slots=True)
 class UsageTotals:
-    """Usage summed over the calls of one request."""
+    """Usage summed over calls: one request's, or (merged) a whole query's."""
 
     calls: int = 0
     prompt_tokens: int = 0
@@ -230,18 +306,19 @@ class UsageTotals:
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def merge(self, usage: Mapping[str, Any] | None) -> None:
-        """Add another request's totals, as ``to_dict`` wrote them (the orchestrator and
-        the evaluation sum replies this way); missing fields count as nothing."""
-        if not usage:
+    def merge(self, usage: Mapping[str, Any] | UsageTotals | None) -> None:
+        """Add other totals: a ``UsageTotals`` or a ``to_dict`` map (the evaluation sums
+        replies this way); missing fields count as nothing."""
+        if usage is None:
             return
-        self.calls += int(usage.get("calls", 0))
-        self.prompt_tokens += int(usage.get("prompt_tokens", 0))
-        self.completion_tokens += int(usage.get("completion_tokens", 0))
-        self.latency_s += float(usage.get("latency_s", 0.0))
-        self.cost_usd += float(usage.get("cost_usd", 0.0))
-        self.cached_calls += int(usage.get("cached_calls", 0))
-        self.cost_known = self.cost_known and bool(usage.get("cost_known", True))
+        other = usage if isinstance(usage, UsageTotals) else UsageTotals.from_dict(usage)
+        self.calls += other.calls
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.latency_s += other.latency_s
+        self.cost_usd += other.cost_usd
+        self.cached_calls += other.cached_calls
+        self.cost_known = self.cost_known and other.cost_known
 
     def to_dict(self) -> dict[str, Any]:
         return {"calls": self.calls, "prompt_tokens": self.prompt_tokens,
@@ -250,10 +327,21 @@ class UsageTotals:
                 "cached_calls": self.cached_calls, "cost_known": self.cost_known}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UsageTotals:
-        return cls(int(data["calls"]), int(data["prompt_tokens"]), int(data["completion_tokens"]),
-                   float(data["latency_s"]), float(data["cost_usd"]), int(data["cached_calls"]),
-                   bool(data.get("cost_known", True)))
+    def from_dict(cls, data: Any, where: str = "usage") -> UsageTotals:
+        """Checked: a peer's usage with a wrong type or an absurd value is a ContractError."""
+        item = _map(data, where, USAGE_KEYS)
+
+        def count(key: str, high: int) -> int:
+            return _integer(item.get(key, 0), f"{where}.{key}", 0, high)
+
+        cost_known = item.get("cost_known", True)
+        if not isinstance(cost_known, bool):
+            raise ContractError(f"{where}.cost_known", "must be true or false")
+        return cls(count("calls", MAX_CALLS), count("prompt_tokens", MAX_USAGE_TOKENS),
+                   count("completion_tokens", MAX_USAGE_TOKENS),
+                   _number(item.get("latency_s", 0.0), f"{where}.latency_s", 0.0, 1e9),
+                   _number(item.get("cost_usd", 0.0), f"{where}.cost_usd", 0.0, 1e9),
+                   count("cached_calls", MAX_CALLS), cost_known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,68 +352,50 @@ class TechniqueRequest:
     sample_index: int = 0
     tests: list[str] | None = None
     sim: dict[str, Any] | None = None
+    max_calls: int | None = None
+    trace: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"messages": self.messages, "candidates": [c.to_dict() for c in self.candidates],
-                "params": self.params, "sample_index": self.sample_index, "tests": self.tests,
-                "sim": self.sim}
+        body: dict[str, Any] = {
+            "messages": self.messages, "candidates": [c.to_dict() for c in self.candidates],
+            "params": self.params, "sample_index": self.sample_index, "tests": self.tests,
+            "sim": self.sim, "trace": self.trace}
+        if self.max_calls is not None:
+            body["max_calls"] = self.max_calls
+        return body
 
     @classmethod
-    def from_body(cls, body: Any, *, need_messages: bool = True) -> TechniqueRequest:
-        """Validate a decoded request body; errors name the field."""
-        if not isinstance(body, Mapping):
-            raise bad_request("request", f"must be a map, got {type(body).__name__}")
-        unknown = sorted(str(k) for k in body if k not in REQUEST_KEYS)
-        if unknown:
-            raise bad_request("request", f"unknown field(s) {unknown}; known: "
-                              f"{', '.join(sorted(REQUEST_KEYS))}")
-        messages = _messages(body.get("messages"), need_messages)
-        raw_candidates = body.get("candidates") or []
-        if not isinstance(raw_candidates, list):
-            raise bad_request("candidates", "must be a list of candidates")
+    def from_body(cls, body: Any) -> TechniqueRequest:
+        """Validate a decoded request body; ContractError names the field."""
+        item = _map(body, "request", REQUEST_KEYS)
         candidates = [Candidate.from_dict(c, f"candidates[{i}]")
-                      for i, c in enumerate(raw_candidates)]
+                      for i, c in enumerate(_items(_given(item, "candidates", []), "candidates"))]
         ids = [c.id for c in candidates]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
-            raise bad_request("candidates", f"duplicate id {dup!r}; ids must be unique")
-        params = body.get("params") or {}
-        if not isinstance(params, Mapping):
-            raise bad_request("params", "must be a map")
-        sample_index = body.get("sample_index", 0)
-        if not _is_int(sample_index) or sample_index < 0:
-            raise bad_request("sample_index", f"must be an integer >= 0, got {sample_index!r}")
-        tests = body.get("tests")
-        if tests is not None and (not isinstance(tests, list)
-                                  or not all(isinstance(t, str) for t in tests)):
-            raise bad_request("tests", "must be a list of strings or null")
-        sim = body.get("sim")
-        if sim is not None and (not isinstance(sim, Mapping) or not isinstance(sim.get("answer"),
-                                                                               str)):
-            raise bad_request("sim", "must be an answer key map with a string 'answer', or null")
-        return cls(messages, candidates, dict(params), sample_index, tests,
-                   None if sim is None else dict(sim))
-
-
-def _messages(raw: Any, required: bool) -> list[Message]:
-    if raw is None:
-        raw = []
-    if not isinstance(raw, list):
-        raise bad_request("messages", "must be a list of {role, content} maps")
-    if required and not raw:
-        raise bad_request("messages", "must hold the query conversation (at least one message)")
-    messages = []
-    for i, message in enumerate(raw):
-        where = f"messages[{i}]"
-        if not isinstance(message, Mapping):
-            raise bad_request(where, "must be a map with 'role' and 'content'")
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise bad_request(f"{where}.role", f"must be one of {sorted(ROLES)}, got {role!r}")
-        if not isinstance(content, str):
-            raise bad_request(f"{where}.content", "must be a string")
-        messages.append({"role": role, "content": content})
-    return messages
+            raise ContractError("candidates", f"duplicate id {dup!r}; ids must be unique")
+        params = dict(_map(_given(item, "params", {}), "params"))
+        tests = item.get("tests")
+        sim = item.get("sim")
+        if sim is not None and not (isinstance(sim, Mapping) and isinstance(sim.get("answer"),
+                                                                            str)):
+            raise ContractError("sim", "must be an answer key map with a string 'answer', "
+                                       "or null")
+        max_calls = item.get("max_calls")
+        trace = item.get("trace", False)
+        if not isinstance(trace, bool):
+            raise ContractError("trace", "must be true or false")
+        return cls(
+            messages=messages_of(_given(item, "messages", [])),
+            candidates=candidates,
+            params=params,
+            sample_index=_integer(item.get("sample_index", 0), "sample_index", 0, MAX_CALLS),
+            tests=None if tests is None else _strings(tests, "tests"),
+            sim=None if sim is None else dict(sim),
+            max_calls=None if max_calls is None else _integer(max_calls, "max_calls", 0,
+                                                              MAX_CALLS),
+            trace=trace,
+        )
 
 
 @dataclass(slots=True)
@@ -335,75 +405,47 @@ class TechniqueReply:
     parse: list[ParseRecord] = field(default_factory=list)
     usage: UsageTotals = field(default_factory=UsageTotals)
     notes: list[dict[str, str]] = field(default_factory=list)
+    prompts: list[list[Message]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"candidates": [c.to_dict() for c in self.candidates], "tests": self.tests,
-                "parse": [p.to_dict() for p in self.parse], "usage": self.usage.to_dict(),
-                "notes": self.notes}
+        body: dict[str, Any] = {
+            "candidates": [c.to_dict() for c in self.candidates], "tests": self.tests,
+            "parse": [p.to_dict() for p in self.parse], "usage": self.usage.to_dict(),
+            "notes": self.notes}
+        if self.prompts is not None:
+            body["prompts"] = self.prompts
+        return body
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TechniqueReply:
-        """Read a technique's reply (the orchestrator's side)."""
+    def from_body(cls, body: Any) -> TechniqueReply:
+        """Read a technique's reply (the orchestrator's side); ContractError names the field."""
+        item = _map(body, "reply", REPLY_KEYS)
+        if "candidates" not in item or "usage" not in item:
+            missing = [k for k in ("candidates", "usage") if k not in item]
+            raise ContractError("reply", f"missing field(s) {missing}")
+        tests = item.get("tests")
+        notes = []
+        for i, raw in enumerate(_items(_given(item, "notes", []), "reply.notes")):
+            note = _map(raw, f"reply.notes[{i}]", frozenset({"code", "detail"}))
+            notes.append({"code": _text(note.get("code"), f"reply.notes[{i}].code", limit=200),
+                          "detail": _text(note.get("detail", ""), f"reply.notes[{i}].detail",
+                                          limit=PROMPT_CLIP_CHARS)})
+        prompts = item.get("prompts")
         return cls(
             [Candidate.from_dict(c, f"reply.candidates[{i}]")
-             for i, c in enumerate(data["candidates"])],
-            data.get("tests"),
-            [ParseRecord.from_dict(p) for p in data.get("parse", ())],
-            UsageTotals.from_dict(data["usage"]),
-            list(data.get("notes", ())),
+             for i, c in enumerate(_items(item["candidates"], "reply.candidates"))],
+            None if tests is None else _strings(tests, "reply.tests"),
+            [ParseRecord.from_dict(p, f"reply.parse[{i}]")
+             for i, p in enumerate(_items(_given(item, "parse", []), "reply.parse"))],
+            UsageTotals.from_dict(item["usage"], "reply.usage"),
+            notes,
+            None if prompts is None else [messages_of(p, f"reply.prompts[{i}]")
+                                          for i, p in enumerate(_items(prompts,
+                                                                       "reply.prompts"))],
         )
 
 
-class Params:
-    """A request's ``params`` checked against the parameters a technique knows.
-
-    Unknown names are rejected rather than ignored: a typo ("topk") would
-    otherwise silently run with the default.
-    """
-
-    def __init__(self, raw: Mapping[str, Any], known: Iterable[str], technique: str) -> None:
-        known = frozenset(known)
-        unknown = sorted(str(k) for k in raw if k not in known)
-        if unknown:
-            raise bad_request("params", f"unknown parameter(s) {unknown} for {technique}; "
-                              f"known: {', '.join(sorted(known)) or 'none'}")
-        self.raw = raw
-
-    def integer(self, name: str, default: int | None, *, low: int = 0,
-                high: int = 1_000_000) -> int | None:
-        value = self.raw.get(name, default)
-        if value is None:
-            return None
-        if not _is_int(value) or not low <= value <= high:
-            raise bad_request(f"params.{name}", f"must be an integer in [{low}, {high}], "
-                              f"got {value!r}")
-        return int(value)
-
-    def number(self, name: str, default: float, *, low: float, high: float) -> float:
-        value = self.raw.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not (
-                math.isfinite(value) and low <= value <= high):
-            raise bad_request(f"params.{name}", f"must be a number in [{low}, {high}], "
-                              f"got {value!r}")
-        return float(value)
-
-    def choice(self, name: str, default: str, options: Sequence[str]) -> str:
-        value = self.raw.get(name, default)
-        if value not in options:
-            raise bad_request(f"params.{name}", f"must be one of {list(options)}, got {value!r}")
-        return str(value)
-
-    def flag(self, name: str, default: bool) -> bool:
-        value = self.raw.get(name, default)
-        if not isinstance(value, bool):
-            raise bad_request(f"params.{name}", f"must be true or false, got {value!r}")
-        return value
-
-    def text(self, name: str) -> str | None:
-        value = self.raw.get(name)
-        if value is not None and not isinstance(value, str):
-            raise bad_request(f"params.{name}", f"must be a string, got {type(value).__name__}")
-        return value
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self.raw.get(name, default)
+def clip_messages(messages: Sequence[Message], limit: int = PROMPT_CLIP_CHARS) -> list[Message]:
+    """Messages with each content cut to ``limit`` characters (for traces)."""
+    return [{"role": m["role"], "content": m["content"] if len(m["content"]) <= limit
+             else m["content"][: limit - 1] + "…"} for m in messages]

@@ -1,36 +1,40 @@
 """fuser: merges the candidates (with their critiques) into new, better answers.
 
-Params: ``n_outputs`` (fused answers, default 1, written concurrently with sample
-indices ``sample_index + k``), ``length`` (a word cap, or "longest": the word
-count of the longest candidate, Archon's length control), ``use_critiques``
-(default true), ``temperature``, ``max_tokens``.
+Parameters: ``n_outputs`` (fused answers, default 1), ``length`` (a word count, or "longest":
+as long as the longest candidate; Archon's ``length_control``), ``use_critiques`` (default
+true) and the LLM fields. Flow: needs candidates, writes ``n_outputs`` new ones (critiques do
+not carry over). Fan-out: one request per output, each showing every candidate, sample index
+k.
 
-Length control: the prompt asks for at most that many words; an answer that is
-longer anyway is cut after that many words, with ``meta["truncated_from"]`` set to
-its word count and a ``truncated`` note, so the cap is a promise.
+Length control is an instruction in the prompt, as Archon means it, never a cut: an answer
+that is longer anyway is kept whole, with ``meta["over_length"]`` (its word count and the
+limit) and an ``over_length`` note, so a final line such as "THE ANSWER IS 42." is never lost.
 
-Output ids: ``<service>#<sample index>:fuse-<8 hex of the input ids>``; ``meta``
-has ``fused_from`` (input ids), ``sample_index`` and ``finish_reason``. An empty
-output is re-asked; the fallback is the first candidate's text
-(``fallback: "first_candidate"``): the upstream best, never an empty answer.
+Output ``meta``: ``fused_from`` (input ids), ``sample_index``, ``finish_reason``. An empty
+output is re-asked; the fallback is the first candidate's text (``fallback:
+"first_candidate"``): the upstream best, never an empty answer.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-from typing import Any, ClassVar
+from typing import Any, Literal
+
+from pydantic import Field, StrictBool, field_validator
 
 from itas.techniques.base import (
+    ArchonForm,
     Job,
+    LLMParams,
+    Material,
     OutputFormatError,
     Parsed,
-    TechniqueAgent,
+    Shard,
+    Technique,
     candidate_block,
-    gather,
     query_text,
 )
-from itas.techniques.contract import Candidate, Message, TechniqueReply, bad_request
+from itas.techniques.contract import Candidate, Message, TechniqueReply
 
 MAX_OUTPUTS = 64
 LONGEST = "longest"
@@ -53,16 +57,24 @@ FORMAT_HINT = "Reply with the synthesized response to the request, and nothing e
 WORD_RE = re.compile(r"\S+")
 
 
+class FuserParams(LLMParams):
+    technique: Literal["fuser"] = "fuser"
+    n_outputs: int = Field(1, ge=1, le=MAX_OUTPUTS, strict=True)
+    length: int | Literal["longest"] | None = None
+    use_critiques: StrictBool = True
+
+    @field_validator("length", mode="before")
+    @classmethod
+    def _word_count_or_longest(cls, value: Any) -> Any:
+        if value is None or value == LONGEST:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError("must be a word count >= 1 or 'longest'")
+        return value
+
+
 def words(text: str) -> int:
     return len(WORD_RE.findall(text))
-
-
-def cut_to_words(text: str, limit: int) -> str:
-    """The text up to the end of its ``limit``-th word, formatting kept."""
-    for count, match in enumerate(WORD_RE.finditer(text), 1):
-        if count == limit:
-            return text[: match.end()]
-    return text
 
 
 def parse_fused(text: str) -> Parsed[str]:
@@ -72,60 +84,78 @@ def parse_fused(text: str) -> Parsed[str]:
     return Parsed(answer, "text", f"{words(answer)} words")
 
 
-def fused_id(service: str, index: int, sources: list[Candidate]) -> str:
-    digest = hashlib.blake2b("\x1f".join(c.id for c in sources).encode(), digest_size=4)
-    return f"{service}#{index}:fuse-{digest.hexdigest()}"
+def length_limit(p: FuserParams, candidates: list[Candidate]) -> int | None:
+    if p.length == LONGEST:
+        return max((words(c.text) for c in candidates), default=0) or None
+    return p.length if isinstance(p.length, int) else None
 
 
-def _length_limit(job: Job) -> int | None:
-    value: Any = job.params.get("length")
-    if value is None:
-        return None
-    if value == LONGEST:
-        return max((words(c.text) for c in job.candidates), default=0) or None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise bad_request("params.length", f"must be a word count >= 1 or 'longest', got {value!r}")
-    return value
+def _archon_length(raw: dict[str, Any]) -> dict[str, Any]:
+    """Archon's ``length_control`` (a boolean) as itas's ``length``."""
+    if "length" in raw:
+        control = raw.pop("length")
+        if not isinstance(control, bool):
+            raise ValueError("'length_control' must be true or false")
+        if control:
+            raw["length"] = LONGEST
+    return raw
 
 
-class FuserAgent(TechniqueAgent):
-    technique = "fuser"
-    known_params: ClassVar[frozenset[str]] = frozenset({"n_outputs", "length", "use_critiques"})
+class Fuser(Technique[FuserParams]):
+    name = "fuser"
+    params_model = FuserParams
+    summary = "merges the candidates into new answers"
+    keeps_candidates = False
+    reply_shape = "writes_one"
+    archon = ArchonForm(renamed={"samples": "n_outputs", "length_control": "length"},
+                        convert=_archon_length)
 
-    async def run(self, job: Job) -> TechniqueReply:
-        n_outputs = job.params.integer("n_outputs", 1, low=1, high=MAX_OUTPUTS) or 1
-        critiques = job.params.flag("use_critiques", True)
-        limit = _length_limit(job)
+    def shards(self, p: FuserParams, n: int) -> list[Shard]:
+        if not n:
+            return []
+        return [Shard(tuple(range(n)), k) for k in range(p.n_outputs)]
+
+    def request_calls(self, p: FuserParams, k: int) -> int:
+        return 1 if k else 0
+
+    def out_range(self, p: FuserParams, n: int) -> tuple[int, int]:
+        return (p.n_outputs, p.n_outputs) if n else (0, 0)
+
+    def prompt_tokens(self, p: FuserParams, n: int, m: Material) -> int:
+        shown = m.annotated if p.use_critiques else m.candidate
+        return p.n_outputs * (m.overhead + m.tests + n * shown) if n else 0
+
+    def written_tokens(self, p: FuserParams, incoming: int) -> int:
+        return p.max_tokens
+
+    async def run(self, job: Job[FuserParams]) -> TechniqueReply:
         sources = job.candidates
         if not sources:
             job.note("no_candidates", "nothing to fuse; no output")
             return job.reply([])
-        blocks = "\n\n".join(candidate_block(i + 1, c, with_critique=critiques)
+        limit = length_limit(job.params, sources)
+        blocks = "\n\n".join(candidate_block(i + 1, c, with_critique=job.params.use_critiques)
                              for i, c in enumerate(sources))
         rule = LENGTH_RULE.format(words=limit) if limit else ""
         prompt = PROMPT.format(query=query_text(job.request.messages), blocks=blocks,
                                length_rule=rule)
         messages: list[Message] = [{"role": "system", "content": SYSTEM},
                                    {"role": "user", "content": prompt}]
-        base = job.request.sample_index
+        index = job.request.sample_index
+        asked = await job.ask(
+            messages, role="fuse", parse=parse_fused, fallback=lambda _t: sources[0].text,
+            fallback_name="first_candidate", format_hint=FORMAT_HINT,
+            candidates=[c.text for c in sources], subject=f"output {index}")
+        service = job.agent.service
+        fused = Candidate(
+            id=f"{service}#{index}", text=asked.value, model=service,
+            meta={"fused_from": [c.id for c in sources], "sample_index": index,
+                  "finish_reason": asked.finish_reason})
+        if limit is not None and words(fused.text) > limit:
+            fused.meta["over_length"] = {"words": words(fused.text), "limit": limit}
+            job.note("over_length", f"output {index}: {words(fused.text)} words, over the "
+                                    f"asked {limit}; kept whole")
+        return job.reply([fused])
 
-        async def fuse(k: int) -> Candidate:
-            index = base + k
-            asked = await job.ask(
-                messages, role="fuse", parse=parse_fused, fallback=lambda _t: sources[0].text,
-                fallback_name="first_candidate", format_hint=FORMAT_HINT,
-                candidates=[c.text for c in sources], sample_index=index, order=k,
-                subject=f"output {index}")
-            fused = Candidate(
-                id=fused_id(self.service, index, sources), text=asked.value, model=self.service,
-                meta={"fused_from": [c.id for c in sources], "sample_index": index,
-                      "finish_reason": asked.finish_reason})
-            if limit is not None and words(fused.text) > limit:
-                fused.meta["truncated_from"] = words(fused.text)
-                fused.text = cut_to_words(fused.text, limit)
-                job.note("truncated", f"{fused.id}: {fused.meta['truncated_from']} words cut "
-                                      f"to the length limit of {limit}")
-            return fused
 
-        outputs = await gather([lambda k=k: fuse(k) for k in range(n_outputs)])
-        return job.reply(outputs)
+TECHNIQUE = Fuser()

@@ -1,28 +1,42 @@
 """generator: samples answers to the query from one model.
 
-Params: ``temperature``, ``max_tokens``, ``n`` (samples in this request, default 1,
-drawn concurrently; ``samples``, the architecture spec's name, is an alias, and
-``n`` wins when both are given, so a spec's component can be sent as it is with
-``n: 1`` per fanned-out request). Sample k of the request has sample index
-``request.sample_index + k`` and candidate id ``<service>#<sample index>``, so the
-orchestrator can fan out one request per sample (n=1, sample_index=k) or ask for
-several at once and get the same ids either way.
+Parameters: ``samples`` (how many answers, default 1) and the LLM fields. Flow: needs no
+candidates, writes ``samples`` new ones. Fan-out: one request per sample, sample index k, so
+replicas share the samples and sample k is the same answer however the calls are spread (the
+index is part of the response-cache key and of a simulated model's seed).
 
-The model gets the user's conversation unchanged: a generator is the model
-answering the user, nothing more. An empty output is re-asked; after the retries
-the empty text is kept (``fallback: "empty_text"``) so the sample count holds.
-``meta`` records ``finish_reason`` and ``sample_index``.
+The model gets the user's conversation unchanged: a generator is the model answering the
+user, nothing more (with generated unit tests in the query where an earlier layer wrote them
+and ``tests_in_prompt`` is on). An empty output is re-asked; after the re-asks the empty text
+is kept (``fallback: "empty_text"``) so the sample count holds. ``meta`` records
+``finish_reason`` and ``sample_index``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Literal
 
-from itas.techniques.base import Job, OutputFormatError, Parsed, TechniqueAgent, gather
+from pydantic import Field
+
+from itas.techniques.base import (
+    ArchonForm,
+    Job,
+    LLMParams,
+    Material,
+    OutputFormatError,
+    Parsed,
+    Shard,
+    Technique,
+)
 from itas.techniques.contract import Candidate, TechniqueReply
 
-MAX_SAMPLES = 256
+MAX_SAMPLES = 1024
 FORMAT_HINT = "Answer the request above directly."
+
+
+class GeneratorParams(LLMParams):
+    technique: Literal["generator"] = "generator"
+    samples: int = Field(1, ge=1, le=MAX_SAMPLES, strict=True)
 
 
 def parse_answer(text: str) -> Parsed[str]:
@@ -31,25 +45,40 @@ def parse_answer(text: str) -> Parsed[str]:
     return Parsed(text, "text", f"{len(text.split())} words")
 
 
-class GeneratorAgent(TechniqueAgent):
-    technique = "generator"
-    known_params: ClassVar[frozenset[str]] = frozenset({"n", "samples"})
+class Generator(Technique[GeneratorParams]):
+    name = "generator"
+    params_model = GeneratorParams
+    summary = "samples answers from one model"
+    needs_candidates = False
+    keeps_candidates = False
+    reply_shape = "writes_one"
+    archon = ArchonForm(renamed={"samples": None})
 
-    async def run(self, job: Job) -> TechniqueReply:
-        samples = job.params.integer("samples", 1, low=1, high=MAX_SAMPLES)
-        n = job.params.integer("n", samples, low=1, high=MAX_SAMPLES) or 1
-        base = job.request.sample_index
+    def shards(self, p: GeneratorParams, n: int) -> list[Shard]:
+        return [Shard((), k) for k in range(p.samples)]
 
-        async def sample(k: int) -> Candidate:
-            index = base + k
-            asked = await job.ask(
-                job.request.messages, role="generate", parse=parse_answer,
-                fallback=lambda text: text, fallback_name="empty_text",
-                format_hint=FORMAT_HINT, sample_index=index, order=k,
-                subject=f"sample {index}")
-            return Candidate(
-                id=f"{self.service}#{index}", text=asked.value, model=self.service,
-                meta={"sample_index": index, "finish_reason": asked.finish_reason})
+    def request_calls(self, p: GeneratorParams, k: int) -> int:
+        return 1
 
-        candidates = await gather([lambda k=k: sample(k) for k in range(n)])
-        return job.reply(candidates)
+    def out_range(self, p: GeneratorParams, n: int) -> tuple[int, int]:
+        return (p.samples, p.samples)
+
+    def prompt_tokens(self, p: GeneratorParams, n: int, m: Material) -> int:
+        return p.samples * (m.conversation + m.tests)
+
+    def written_tokens(self, p: GeneratorParams, incoming: int) -> int:
+        return p.max_tokens
+
+    async def run(self, job: Job[GeneratorParams]) -> TechniqueReply:
+        index = job.request.sample_index
+        asked = await job.ask(
+            job.request.messages, role="generate", parse=parse_answer,
+            fallback=lambda text: text, fallback_name="empty_text", format_hint=FORMAT_HINT,
+            subject=f"sample {index}")
+        service = job.agent.service
+        return job.reply([Candidate(
+            id=f"{service}#{index}", text=asked.value, model=service,
+            meta={"sample_index": index, "finish_reason": asked.finish_reason})])
+
+
+TECHNIQUE = Generator()

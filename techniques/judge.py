@@ -29,21 +29,22 @@ gets ``1 - score``. Both candidates come back in the given order.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any, Literal
 
 from itas.techniques.base import (
     Job,
+    LLMParams,
     OutputFormatError,
     Parsed,
-    TechniqueAgent,
+    Technique,
     gather,
     query_text,
 )
 from itas.techniques.contract import Candidate, Message, TechniqueReply, bad_request
 
-MODES = ("single", "pairwise")
 MIN_RATING, MAX_RATING = 1, 10
 JUDGEMENT_CHARS = 1000
 POINTS = {"win": 1.0, "tie": 0.5, "loss": 0.0}
@@ -140,22 +141,31 @@ def judgement_of(text: str) -> str:
     return text.strip()[:JUDGEMENT_CHARS]
 
 
-class JudgeAgent(TechniqueAgent):
-    technique = "judge"
-    known_params: ClassVar[frozenset[str]] = frozenset({"mode", "reference"})
+class JudgeParams(LLMParams):
+    technique: Literal["judge"] = "judge"
+    mode: Literal["single", "pairwise"] = "single"
+    reference: str | None = None
 
-    async def run(self, job: Job) -> TechniqueReply:
-        mode = job.params.choice("mode", "single", MODES)
-        reference = job.params.text("reference")
+
+class Judge(Technique[JudgeParams]):
+    name = "judge"
+    params_model = JudgeParams
+    summary = "grades answers for evaluation (an LLM judge)"
+    in_specs = False
+
+    def request_calls(self, p: JudgeParams, k: int) -> int:
+        return 2 if p.mode == "pairwise" else k
+
+    async def run(self, job: Job[JudgeParams]) -> TechniqueReply:
         if not job.candidates:
             raise bad_request("candidates", "the judge needs the answer(s) to grade")
-        if mode == "single":
-            await self._single(job, reference)
+        if job.params.mode == "single":
+            await self._single(job, job.params.reference)
         else:
             await self._pairwise(job)
         return job.reply(job.candidates)
 
-    async def _single(self, job: Job, reference: str | None) -> None:
+    async def _single(self, job: Job[JudgeParams], reference: str | None) -> None:
         query = query_text(job.request.messages)
         ref = REFERENCE_BLOCK.format(ref=reference.strip()) if reference else ""
 
@@ -170,12 +180,12 @@ class JudgeAgent(TechniqueAgent):
                 render=render_rating, order=i, subject=candidate.id)
             rating = asked.value
             candidate.score = None if rating is None else rating / MAX_RATING
-            candidate.meta.update(judge=self.service, rating=rating,
+            candidate.meta.update(judge=job.agent.service, rating=rating,
                                   judgement=judgement_of(asked.text))
 
-        await gather([lambda i=i, c=c: grade(i, c) for i, c in enumerate(job.candidates)])
+        await gather([functools.partial(grade, i, c) for i, c in enumerate(job.candidates)])
 
-    async def _pairwise(self, job: Job) -> None:
+    async def _pairwise(self, job: Job[JudgeParams]) -> None:
         if len(job.candidates) != 2:
             raise bad_request("candidates", "pairwise judging needs exactly two candidates "
                               f"(the answer, then the baseline), got {len(job.candidates)}")
@@ -205,6 +215,9 @@ class JudgeAgent(TechniqueAgent):
         score = sum(points) / len(points)
         answer.score, answer.verdict = score, score > 0.5
         baseline.score, baseline.verdict = 1.0 - score, score < 0.5
-        answer.meta.update(judge=self.service, games=[
+        answer.meta.update(judge=job.agent.service, games=[
             {"order": order, "verdict": verdict, "points": p, "judgement": text}
             for order, (_, verdict, text), p in zip(ORDERS, games, points, strict=True)])
+
+
+TECHNIQUE = Judge()

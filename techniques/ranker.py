@@ -1,44 +1,60 @@
 """ranker: orders the candidates best first and keeps the ``top_k`` best.
 
-Params: ``top_k`` (default: all, reordered), ``mode`` ("listwise" default, or
-"pairwise"), ``use_critiques`` (default true: show critiques next to candidates),
-``temperature``, ``max_tokens``.
+Parameters: ``top_k`` (required), ``mode`` ("listwise" default, or "pairwise"),
+``use_critiques`` (show critiques next to candidates; default true, false for Archon configs,
+whose ranker shows them only when asked) and the LLM fields. Flow: needs candidates, leaves
+``min(top_k, n)`` of them, critiques riding on. Fan-out: one request for all candidates.
 
 listwise: one call shows every candidate as ``[1]..[n]`` and asks for a line
-``Ranking: [2] > [1] > [3]``. A ranking that lists at least ``top_k`` distinct
-valid numbers is accepted (the unlisted follow in input order, method
-"partial_ranking"); numbers out of range, repeats or too short a list are
-re-asked. Fallback: input order (``fallback: "input_order"``).
-Score: ``(n - 1 - position) / (n - 1)``.
+``Ranking: [2] > [1] > [3]``. A ranking that lists at least ``top_k`` distinct valid numbers is
+accepted (the unlisted follow in input order, method "partial_ranking"); numbers out of range,
+repeats or too short a list are re-asked. Fallback: input order (``fallback: "input_order"``).
+pairwise: one call per unordered pair, n*(n-1)/2, concurrent, shows "Response A" and
+"Response B" and asks for ``Better response: A`` or ``B``; candidates are ordered by wins,
+ties by input order; an unreadable comparison counts as a tie (``fallback: "tie"``).
 
-pairwise: one call per unordered pair (n*(n-1)/2, concurrent) shows
-"Response A" and "Response B" and asks for ``Better response: A`` or ``B``.
-Candidates are ordered by wins, ties by input order. Fallback for a comparison:
-a tie, half a win each (``fallback: "tie"``). Score: wins / (n - 1).
-
-A single candidate is kept without a call. ``meta`` gets ``rank`` (1-based),
-``ranker`` and, pairwise, ``wins``.
+Each candidate gets ``rank`` (1 = best); pairwise, ``score`` is its win rate over the
+comparisons that were read (none read: no score). Listwise rankings give no score: a position
+is not a measurement. A single candidate is kept without a call. The merge keeps the
+``top_k`` best ranks; when the request failed, the first ``top_k`` in input order, which the
+trace names as a fallback.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 import re
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from pydantic import StrictBool
 
 from itas.techniques.base import (
+    ArchonForm,
+    Count,
     Job,
+    LLMParams,
+    Material,
+    Merged,
     OutputFormatError,
     Parsed,
-    TechniqueAgent,
+    Shard,
+    Technique,
+    annotate,
     candidate_block,
     gather,
     query_text,
 )
-from itas.techniques.contract import Message, TechniqueReply
+from itas.techniques.contract import (
+    Candidate,
+    ContractError,
+    Message,
+    TechniqueReply,
+    TechniqueRequest,
+)
 
-MODES = ("listwise", "pairwise")
 SYSTEM = (
     "You are an impartial expert judge. You rank responses by how correct, complete and helpful "
     "they are for the request. Length and style matter only between responses that are "
@@ -73,6 +89,14 @@ RANKING_LINE_RE = re.compile(r"(?im)^[ \t*_#>-]*ranking\b[^\n]*$")
 NUMBER_RE = re.compile(r"\[(\d+)\]")
 BETTER_RE = re.compile(r"(?im)^\W*better(?:\s+response)?\W*?[:=-]\W*([AB])\b")
 SIM_REASON = "Reasoning: I checked each response against the request and its final answer."
+MAX_PAIRWISE_CANDIDATES = 64
+
+
+class RankerParams(LLMParams):
+    technique: Literal["ranker"] = "ranker"
+    top_k: Count
+    mode: Literal["listwise", "pairwise"] = "listwise"
+    use_critiques: StrictBool = True
 
 
 def render_ranking(order: Any) -> str:
@@ -116,41 +140,86 @@ def parse_better(text: str) -> Parsed[float]:
     return Parsed(1.0 if found[-1].upper() == "A" else 0.0, "better_line", f"winner {found[-1]}")
 
 
-class RankerAgent(TechniqueAgent):
-    technique = "ranker"
-    known_params: ClassVar[frozenset[str]] = frozenset({"top_k", "mode", "use_critiques"})
+class Ranker(Technique[RankerParams]):
+    name = "ranker"
+    params_model = RankerParams
+    summary = "orders the candidates (listwise or pairwise) and keeps the top k"
+    archon = ArchonForm(renamed={"top_k": None, "use_critiques": None},
+                        ignored=frozenset({"samples", "ranker_batch_size"}),
+                        pattern={"use_critiques": False})
 
-    async def run(self, job: Job) -> TechniqueReply:
+    def shards(self, p: RankerParams, n: int) -> list[Shard]:
+        return [Shard(tuple(range(n)))] if n else []
+
+    def request_calls(self, p: RankerParams, k: int) -> int:
+        if k <= 1:
+            return 0
+        return math.comb(k, 2) if p.mode == "pairwise" else 1
+
+    def out_range(self, p: RankerParams, n: int) -> tuple[int, int]:
+        kept = min(p.top_k, n)
+        return (kept, kept)
+
+    def prompt_tokens(self, p: RankerParams, n: int, m: Material) -> int:
+        shown = 2 if p.mode == "pairwise" else n
+        per_call = m.overhead + m.tests + shown * (m.annotated if p.use_critiques
+                                                   else m.candidate)
+        return self.calls(p, n) * per_call
+
+    def flow_problem(self, p: RankerParams, reachable: int) -> str | None:
+        if p.mode == "pairwise" and reachable > MAX_PAIRWISE_CANDIDATES:
+            return (f"pairwise ranking of up to {reachable} candidates; at most "
+                    f"{MAX_PAIRWISE_CANDIDATES} (use mode: listwise, or fewer candidates)")
+        return super().flow_problem(p, reachable)
+
+    def check_reply(self, p: RankerParams, request: TechniqueRequest,
+                    reply: TechniqueReply) -> None:
+        super().check_reply(p, request, reply)
+        ranks = sorted(c.rank for c in reply.candidates if c.rank is not None)
+        if ranks != list(range(1, len(request.candidates) + 1)):
+            raise ContractError("reply.candidates.rank", "must rank the candidates 1..n, "
+                                                         f"each once; got {ranks}")
+
+    def merge(self, p: RankerParams, incoming: Sequence[Candidate],
+              results: Sequence[tuple[Shard, TechniqueReply | None]]) -> Merged:
+        if not incoming:
+            return Merged([])
+        if not any(reply for _, reply in results):
+            return Merged(list(incoming[: p.top_k]),
+                          problems=["fallback: input order (the ranking request failed)"])
+        ranked = sorted(annotate(incoming, results), key=lambda c: c.rank or 0)
+        return Merged(ranked[: p.top_k])
+
+    async def run(self, job: Job[RankerParams]) -> TechniqueReply:
         candidates = job.candidates
         n = len(candidates)
-        top_k = job.params.integer("top_k", None, low=1)
-        mode = job.params.choice("mode", "listwise", MODES)
-        critiques = job.params.flag("use_critiques", True)
-        keep = n if top_k is None else min(top_k, n)
+        scores: list[float | None]
         if n <= 1:
-            order, scores = list(range(n)), [1.0] * n
-        elif mode == "listwise":
-            order = await self._listwise(job, keep, critiques)
-            scores = [0.0] * n
-            for position, i in enumerate(order):
-                scores[i] = (n - 1 - position) / (n - 1)
+            order, scores = list(range(n)), [None] * n
+        elif job.params.mode == "listwise":
+            order = await self._listwise(job, min(job.params.top_k, n))
+            scores = [None] * n
         else:
-            wins = await self._pairwise(job, critiques)
+            if n > MAX_PAIRWISE_CANDIDATES:
+                raise ContractError("candidates", f"pairwise ranking of {n} candidates; "
+                                                  f"at most {MAX_PAIRWISE_CANDIDATES}")
+            wins, read_wins, read = await self._pairwise(job)
             order = sorted(range(n), key=lambda i: (-wins[i], i))
-            scores = [w / (n - 1) for w in wins]
+            # The score counts only comparisons that were read: a tie made up for an
+            # unreadable one is no evidence (and would push the rate above 1).
+            scores = [read_wins[i] / read[i] if read[i] else None for i in range(n)]
             for i, c in enumerate(candidates):
-                c.meta["wins"] = wins[i]
-        kept = []
-        for position, i in enumerate(order[:keep]):
+                c.meta.update(wins=wins[i], comparisons_read=read[i])
+        for position, i in enumerate(order):
             candidate = candidates[i]
+            candidate.rank = position + 1
             candidate.score = scores[i]
-            candidate.meta.update(rank=position + 1, ranker=self.service)
-            kept.append(candidate)
-        return job.reply(kept)
+            candidate.meta["ranker"] = job.agent.service
+        return job.reply(candidates)
 
-    async def _listwise(self, job: Job, keep: int, critiques: bool) -> list[int]:
+    async def _listwise(self, job: Job[RankerParams], keep: int) -> list[int]:
         candidates = job.candidates
-        blocks = "\n\n".join(candidate_block(i + 1, c, with_critique=critiques)
+        blocks = "\n\n".join(candidate_block(i + 1, c, with_critique=job.params.use_critiques)
                              for i, c in enumerate(candidates))
         prompt = LIST_PROMPT.format(query=query_text(job.request.messages), blocks=blocks,
                                     n=len(candidates))
@@ -163,28 +232,43 @@ class RankerAgent(TechniqueAgent):
             render=render_ranking, subject="ranking")
         return asked.value
 
-    async def _pairwise(self, job: Job, critiques: bool) -> list[float]:
+    async def _pairwise(self, job: Job[RankerParams]
+                        ) -> tuple[list[float], list[float], list[int]]:
+        """Per candidate: wins for the order (an unreadable comparison is half a win each),
+        wins in the comparisons that were read, and how many of those there were."""
         candidates = job.candidates
         pairs = list(itertools.combinations(range(len(candidates)), 2))
-        query = query_text(job.request.messages)
-
-        async def compare(k: int, i: int, j: int) -> float:
-            prompt = PAIR_PROMPT.format(
-                query=query, first=candidate_block("A", candidates[i], with_critique=critiques),
-                second=candidate_block("B", candidates[j], with_critique=critiques))
-            messages: list[Message] = [{"role": "system", "content": SYSTEM},
-                                       {"role": "user", "content": prompt}]
-            asked = await job.ask(
-                messages, role="compare", parse=parse_better, fallback=lambda _text: 0.5,
-                fallback_name="tie", format_hint=PAIR_HINT,
-                candidates=[candidates[i].text, candidates[j].text], render=render_better,
-                order=k, subject=f"{candidates[i].id} vs {candidates[j].id}")
-            return asked.value
-
-        outcomes = await gather([lambda k=k, i=i, j=j: compare(k, i, j)
+        outcomes = await gather([functools.partial(self._compare, job, k, i, j)
                                  for k, (i, j) in enumerate(pairs)])
         wins = [0.0] * len(candidates)
-        for (i, j), a_won in zip(pairs, outcomes, strict=True):
-            wins[i] += a_won
+        read_wins = [0.0] * len(candidates)
+        read = [0] * len(candidates)
+        for (i, j), (a_won, parsed) in zip(pairs, outcomes, strict=True):
+            wins[i] += a_won  # the fallback's 0.5 for an unreadable one: a tie
             wins[j] += 1.0 - a_won
-        return wins
+            if parsed:
+                read_wins[i] += a_won
+                read_wins[j] += 1.0 - a_won
+                read[i] += 1
+                read[j] += 1
+        return wins, read_wins, read
+
+    async def _compare(self, job: Job[RankerParams], k: int, i: int, j: int
+                       ) -> tuple[float, bool]:
+        candidates = job.candidates
+        critiques = job.params.use_critiques
+        prompt = PAIR_PROMPT.format(
+            query=query_text(job.request.messages),
+            first=candidate_block("A", candidates[i], with_critique=critiques),
+            second=candidate_block("B", candidates[j], with_critique=critiques))
+        messages: list[Message] = [{"role": "system", "content": SYSTEM},
+                                   {"role": "user", "content": prompt}]
+        asked = await job.ask(
+            messages, role="compare", parse=parse_better, fallback=lambda _text: 0.5,
+            fallback_name="tie", format_hint=PAIR_HINT,
+            candidates=[candidates[i].text, candidates[j].text], render=render_better,
+            order=k, subject=f"{candidates[i].id} vs {candidates[j].id}")
+        return asked.value, asked.record.ok
+
+
+TECHNIQUE = Ranker()

@@ -1,50 +1,61 @@
 """unit_test_evaluator: scores each candidate by the unit tests it passes and keeps the best.
 
-Params: ``top_k`` (default all), ``select`` ("top_k" default, or "first_pass"),
-``task`` ("text" default, or "code"), ``temperature``, ``max_tokens``, and for
-code the execution params of ``code_tester`` (``timeout_s``, ``memory_mb``,
-``entry_point``, ``prompt``, ``setup``). The request's ``tests`` are required.
+Parameters: ``top_k`` (default all), ``first_k`` (Archon's early stop: evaluate the candidates
+in order and stop once ``first_k`` of them pass every test; Archon's ``first_pass: true`` is
+``first_k: 1``), ``task`` ("text" default, or "code"), the LLM fields (text), the execution
+fields of ``code_tester`` (code). ``tests_in_prompt`` defaults to false here: the prompt lists
+the tests on their own (Archon's ``remove_unit_tests_from_prompt``). Flow: needs candidates
+and unit tests.
 
-text: one call per candidate (concurrent) shows the tests and asks for one line
-per test, ``Test k: PASS`` or ``Test k: FAIL``. A reply that leaves a test
-without a verdict is re-asked; the fallback counts tests without a readable
-verdict as failed (``fallback: "missing_as_failed"``).
-code: the tests run in the sandbox, exactly as the code_tester runs them; no
-LLM call.
+text: one call per candidate shows the tests and asks for one line per test, ``Test k: PASS``
+or ``Test k: FAIL``. A reply that leaves a test without a verdict is re-asked; the fallback
+counts tests without a readable verdict as failed (``fallback: "missing_as_failed"``).
+code: the tests run in the sandbox, exactly as the code_tester runs them; no LLM call.
 
-Each candidate gets ``tests_passed``, ``tests_total``, ``score`` (fraction
-passed) and ``verdict`` (all passed). ``select: top_k`` keeps the ``top_k`` with
-most tests passed (ties in input order). ``select: first_pass`` keeps one: the
-first candidate in input order that passes every test, or, when none does, the
-best one, with the note ``no_full_pass``. With an empty test list nothing can
-be scored: the first ``top_k`` are kept in input order with the note ``no_tests``.
+Fan-out: one request per candidate, all at once; with ``first_k``, one request for all, which
+the agent evaluates in order and stops early, so it makes between ``first_k`` and n calls
+(Archon's pattern: a 1,000-sample config costs about 2 calls, not 1,001).
+
+Each candidate gets ``tests_passed``, ``tests_total``, ``score`` (fraction passed) and
+``verdict`` (all passed). Selection (the merge): with ``first_k``, when ``first_k`` candidates
+passed every test, those (in input order); otherwise, and without ``first_k``, the ``top_k``
+with most tests passed (ties in input order). With no tests: the first ``top_k`` in input
+order, and the trace says why.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, Literal
+
+from pydantic import StrictBool
 
 from itas.techniques.base import (
+    ArchonForm,
+    Count,
     Job,
+    LLMParams,
+    Material,
+    Merged,
     OutputFormatError,
     Parsed,
+    Shard,
+    Technique,
     gather,
+    judged_only,
     query_text,
 )
 from itas.techniques.code_tester import (
-    EXECUTION_PARAMS,
+    ExecutionFields,
     RunOptions,
-    SandboxedAgent,
-    by_tests_passed,
     execute,
+    keep_best,
     required_tests,
 )
 from itas.techniques.contract import Candidate, Message, TechniqueReply
 
-SELECTIONS = ("top_k", "first_pass")
-TASKS = ("text", "code")
 SYSTEM = (
     "You are a strict grader. You check a response against unit tests one at a time, and "
     "judge each test on its own."
@@ -64,6 +75,14 @@ Test 1: PASS
 Test 2: FAIL"""
 FORMAT_HINT = "Write exactly one line per test, 'Test <number>: PASS' or 'Test <number>: FAIL'."
 LINE_RE = re.compile(r"(?im)^\W*test\s*#?\s*(\d+)\W*?[:=-]\W*(pass|fail)\b")
+
+
+class UnitTestEvaluatorParams(LLMParams, ExecutionFields):
+    technique: Literal["unit_test_evaluator"] = "unit_test_evaluator"
+    top_k: Count | None = None
+    first_k: Count | None = None
+    task: Literal["text", "code"] = "text"
+    tests_in_prompt: StrictBool = False
 
 
 def render_results(results: Any) -> str:
@@ -99,54 +118,115 @@ def missing_as_failed(total: int) -> Callable[[str], list[bool]]:
     return fallback
 
 
-class UnitTestEvaluatorAgent(SandboxedAgent):
-    technique = "unit_test_evaluator"
-    known_params: ClassVar[frozenset[str]] = EXECUTION_PARAMS | {"top_k", "select", "task"}
+def _archon_evaluator(raw: dict[str, Any]) -> dict[str, Any]:
+    """Archon's ``first_pass`` (first_k of 1) and ``remove_unit_tests_from_prompt``."""
+    first_pass = raw.pop("first_pass", None)
+    if first_pass is not None:
+        if not isinstance(first_pass, bool):
+            raise ValueError("'first_pass' must be true or false")
+        if first_pass and raw.get("first_k") is None:
+            raw["first_k"] = 1
+    remove = raw.pop("tests_in_prompt", None)
+    if remove is not None:
+        if not isinstance(remove, bool):
+            raise ValueError("'remove_unit_tests_from_prompt' must be true or false")
+        raw["tests_in_prompt"] = not remove
+    return raw
 
-    async def run(self, job: Job) -> TechniqueReply:
-        top_k = job.params.integer("top_k", None, low=1)
-        select = job.params.choice("select", "top_k", SELECTIONS)
-        task = job.params.choice("task", "text", TASKS)
-        options = RunOptions.from_params(job.params)
-        tests = required_tests(job)
-        keep = 1 if select == "first_pass" else top_k
+
+class UnitTestEvaluator(Technique[UnitTestEvaluatorParams]):
+    name = "unit_test_evaluator"
+    params_model = UnitTestEvaluatorParams
+    summary = "scores candidates by the unit tests they pass and keeps the best"
+    needs_tests = True
+    runs_code = True
+    archon = ArchonForm(
+        renamed={"top_k": None, "first_k": None, "first_pass": None,
+                 "remove_unit_tests_from_prompt": "tests_in_prompt"},
+        ignored=frozenset({"samples", "unit_test_cap"}), convert=_archon_evaluator)
+
+    def shards(self, p: UnitTestEvaluatorParams, n: int) -> list[Shard]:
+        if p.first_k is not None:
+            return [Shard(tuple(range(n)))] if n else []
+        return [Shard((i,)) for i in range(n)]
+
+    def request_calls(self, p: UnitTestEvaluatorParams, k: int) -> int:
+        return 0 if p.task == "code" else k
+
+    def min_calls(self, p: UnitTestEvaluatorParams, n: int) -> int:
+        if p.first_k is None:
+            return self.calls(p, n)
+        return self.request_calls(p, min(p.first_k, n))
+
+    def reasks(self, p: UnitTestEvaluatorParams) -> int:
+        return 0 if p.task == "code" else p.parse_retries
+
+    def executions(self, p: UnitTestEvaluatorParams, n: int) -> int:
+        return n if p.task == "code" else 0
+
+    def out_range(self, p: UnitTestEvaluatorParams, n: int) -> tuple[int, int]:
+        kept = min(p.top_k or n, n)
+        if p.first_k is None:
+            return (kept, kept)
+        early = min(p.first_k, n)
+        return (min(kept, early), max(kept, early))
+
+    def prompt_tokens(self, p: UnitTestEvaluatorParams, n: int, m: Material) -> int:
+        if p.task == "code":
+            return 0
+        return n * (m.overhead + m.candidate + 2 * m.tests)
+
+    def merge(self, p: UnitTestEvaluatorParams, incoming: Sequence[Candidate],
+              results: Sequence[tuple[Shard, TechniqueReply | None]]) -> Merged:
+        if p.first_k is not None:
+            full = [c for c in judged_only(incoming, results)
+                    if c.tests_total and c.tests_passed == c.tests_total]
+            if len(full) >= p.first_k:
+                return Merged(full[: p.first_k])
+        return keep_best(incoming, results, p.top_k)
+
+    async def run(self, job: Job[UnitTestEvaluatorParams]) -> TechniqueReply:
+        tests = required_tests(job.request, self.name)
         if not tests:
-            job.note("no_tests", "no unit tests to evaluate against; candidates kept in "
-                                 "input order")
-            return job.reply(job.candidates[:keep])
-        if task == "code":
-            await execute(job.candidates, tests, options, self.limiter)
+            job.note("no_tests", "no unit tests to evaluate against")
+            return job.reply(job.candidates)
+        if job.params.task == "code":
+            await execute(job.candidates, tests, RunOptions.of(job.params),
+                          job.agent.run_limiter)
+        elif job.params.first_k is not None:
+            passed_all = 0
+            for i, candidate in enumerate(job.candidates):
+                await self._grade(job, tests, i, candidate)
+                passed_all += bool(candidate.verdict)
+                if passed_all >= job.params.first_k:
+                    job.note("early_stop", f"{passed_all} candidate(s) passed every test after "
+                                           f"{i + 1} of {len(job.candidates)} evaluated")
+                    break
         else:
-            await self._judge(job, tests)
+            await gather([functools.partial(self._grade, job, tests, i, c)
+                          for i, c in enumerate(job.candidates)])
         for candidate in job.candidates:
-            candidate.meta["evaluator"] = self.service
-        ranked = by_tests_passed(job.candidates)
-        if select == "first_pass":
-            first = next((c for c in job.candidates if c.verdict), None)
-            if first is None and ranked:
-                job.note("no_full_pass", f"no candidate passed all {len(tests)} tests; kept the "
-                                         f"best ({ranked[0].tests_passed} passed)")
-            return job.reply([first] if first else ranked[:1])
-        return job.reply(ranked[:keep])
+            candidate.meta["evaluator"] = job.agent.service
+        return job.reply(job.candidates)
 
-    async def _judge(self, job: Job, tests: Sequence[str]) -> None:
+    async def _grade(self, job: Job[UnitTestEvaluatorParams], tests: Sequence[str], i: int,
+                     candidate: Candidate) -> None:
         total = len(tests)
-        listed = "\n".join(f"{i}. {' '.join(t.split())}" for i, t in enumerate(tests, 1))
-        query = query_text(job.request.messages)
+        listed = "\n".join(f"{k}. {' '.join(t.split())}" for k, t in enumerate(tests, 1))
+        prompt = PROMPT.format(query=query_text(job.request.messages),
+                               response=candidate.text.strip(), tests=listed)
+        messages: list[Message] = [{"role": "system", "content": SYSTEM},
+                                   {"role": "user", "content": prompt}]
+        asked = await job.ask(
+            messages, role="run_tests", parse=results_parser(total),
+            fallback=missing_as_failed(total), fallback_name="missing_as_failed",
+            format_hint=FORMAT_HINT, candidates=[candidate.text], render=render_results,
+            extra={"tests": list(tests)}, order=i, subject=candidate.id)
+        results = asked.value
+        candidate.tests_passed, candidate.tests_total = sum(results), total
+        candidate.score = sum(results) / total
+        candidate.verdict = all(results)
+        candidate.meta["test_results"] = results
 
-        async def grade(i: int, candidate: Candidate) -> None:
-            prompt = PROMPT.format(query=query, response=candidate.text.strip(), tests=listed)
-            messages: list[Message] = [{"role": "system", "content": SYSTEM},
-                                       {"role": "user", "content": prompt}]
-            asked = await job.ask(
-                messages, role="run_tests", parse=results_parser(total),
-                fallback=missing_as_failed(total), fallback_name="missing_as_failed",
-                format_hint=FORMAT_HINT, candidates=[candidate.text], render=render_results,
-                extra={"tests": list(tests)}, order=i, subject=candidate.id)
-            results = asked.value
-            candidate.tests_passed, candidate.tests_total = sum(results), total
-            candidate.score = sum(results) / total
-            candidate.verdict = all(results)
-            candidate.meta["test_results"] = results
 
-        await gather([lambda i=i, c=c: grade(i, c) for i, c in enumerate(job.candidates)])
+TECHNIQUE = UnitTestEvaluator()

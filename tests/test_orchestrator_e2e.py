@@ -82,14 +82,29 @@ async def test_gcrf_trace_keeps_critiques_on_their_candidates(sim_stack: str) ->
     assert fused["candidates"][0]["text"] == answer.text
 
 
-async def test_budget_is_enforced_before_the_layer_that_would_exceed_it(sim_stack: str
-                                                                         ) -> None:
+async def test_a_budget_that_cannot_reach_an_answer_fails_before_any_call(sim_stack: str
+                                                                          ) -> None:
     async with client_for(sim_stack) as client:
         with pytest.raises(RemoteError) as failure:
             await client.ask("q", architecture=REPO / "configs/architectures/sim_gcrf.yaml",
                              budget={"calls": 10}, sim=KEY)
+        before = (await client.status())["counters"]["dispatched"]
     assert failure.value.code == "budget_exceeded"
-    assert "layer 2 needs 6 calls" in failure.value.message
+    assert "does not reach layer 2, which needs up to 6 more calls" in failure.value.message
+    assert "stopped before any call" in failure.value.message
+    async with client_for(sim_stack) as client:
+        assert (await client.status())["counters"]["dispatched"] == before
+
+
+async def test_a_budget_that_reaches_a_valid_answer_stops_there(sim_stack: str) -> None:
+    arch = {"name": "gr_first", "final": "first", "layers": [
+        [{"technique": "generator", "provider": "sim", "model": "strong", "samples": 3}],
+        [{"technique": "critic", "provider": "sim", "model": "medium"}],
+        [{"technique": "ranker", "provider": "sim", "model": "strong", "top_k": 1}]]}
+    async with client_for(sim_stack) as client:
+        answer = await client.ask("q", architecture=arch, budget={"calls": 4}, sim=KEY)
+    assert answer.stopped is not None and answer.stopped["layer"] == 2
+    assert answer.calls_spent == 3 and answer.usage["calls"] == 3
 
 
 async def test_bad_queries_get_errors_naming_the_field(sim_stack: str) -> None:
@@ -168,3 +183,38 @@ async def test_agent_killed_mid_query_the_replica_finishes_and_the_trace_shows_i
     assert len(generation["candidates"]) == 4
     assert generation["components"][0]["retried"] == 2
     assert not generation["components"][0]["failed"]
+
+
+async def test_generated_unit_tests_reach_every_later_prompt_that_shows_them(sim_stack: str
+                                                                             ) -> None:
+    """Archon's way: tests an earlier layer wrote are appended to the query of every later
+    generator, critic and ranker; ``tests_in_prompt: false`` leaves them out (the
+    unit_test_evaluator's default: its prompt lists them on their own)."""
+    arch = {"name": "tests_in_prompts", "final": "first", "layers": [
+        [{"technique": "unit_test_generator", "provider": "sim", "model": "strong"}],
+        [{"technique": "generator", "provider": "sim", "model": "medium", "samples": 2},
+         {"technique": "generator", "provider": "sim", "model": "weak",
+          "tests_in_prompt": False}],
+        [{"technique": "critic", "provider": "sim", "model": "medium"}],
+        [{"technique": "unit_test_evaluator", "provider": "sim", "model": "strong",
+          "top_k": 2}],
+        [{"technique": "ranker", "provider": "sim", "model": "strong", "top_k": 1}]]}
+    async with client_for(sim_stack) as client:
+        answer = await client.ask("What is six times seven?", architecture=arch, trace=True,
+                                  sim=KEY)
+    layers = answer.trace["layers"]
+    tests = layers[0]["tests"]
+    assert tests == KEY["tests"]  # the sim writes the answer key's tests
+
+    def prompts(layer: int, component: int) -> list[str]:
+        shown = layers[layer]["components"][component]["prompts"]
+        assert shown, (layer, component)
+        return [m["content"] for prompt in shown for m in prompt if m["role"] == "user"]
+
+    marker = "Your response should pass the following unit tests:\n- assert solve() == 42"
+    assert all(marker in p for p in prompts(1, 0))  # generator with tests_in_prompt
+    assert not any(marker in p for p in prompts(1, 1))  # generator without
+    assert all(marker in p for p in prompts(2, 0))  # critic
+    assert not any(marker in p for p in prompts(3, 0))  # evaluator: listed on their own
+    assert all("assert solve() == 42" in p for p in prompts(3, 0))
+    assert all(marker in p for p in prompts(4, 0))  # ranker

@@ -53,7 +53,7 @@ def test_every_valid_point_is_a_valid_spec_within_budget() -> None:
     for point in random.Random(0).sample(points, 300):
         spec = space.spec(point)
         arch = parse_architecture(spec, "check")  # validates; raises on a bad spec
-        assert estimate_cost(arch).calls_per_query <= 30
+        assert estimate_cost(arch).base_calls_per_query <= 30
         assert arch.name == point_key(point)
         generators = [c for c in arch.layers[0] if c.technique == "generator"]
         assert [g.model for g in generators] == list(MODELS[:point.models])

@@ -10,20 +10,23 @@ from typing import Any
 import pydantic
 import pytest
 
+from itas.agents.providers import PROVIDERS
 from itas.errors import ConfigError
-from itas.plan import describe, estimate_cost, layer_flows, plan_layer
+from itas.plan import REASK_TOKENS, describe, estimate_cost, layer_flows, plan_layer
 from itas.spec import (
-    PROVIDERS,
     SPEC_CLASSES,
-    TECHNIQUES,
+    TECHNIQUE_NAMES,
     Architecture,
-    CodeTesterSpec,
-    GeneratorSpec,
-    MajorityVoteSpec,
-    RankerSpec,
     load_architecture,
     parse_architecture,
 )
+from itas.techniques.base import INSTRUCTION_TOKENS
+from itas.techniques.code_tester import CodeTesterParams as CodeTesterSpec
+from itas.techniques.generator import GeneratorParams as GeneratorSpec
+from itas.techniques.majority_vote import MajorityVoteParams as MajorityVoteSpec
+from itas.techniques.ranker import RankerParams as RankerSpec
+
+TECHNIQUES = TECHNIQUE_NAMES
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "architectures"
 SRC = "arch.yaml"
@@ -284,7 +287,7 @@ def test_code_tester_needs_tests_unless_the_benchmark_ships_them() -> None:
 
 def test_top_k_larger_than_reachable_candidates() -> None:
     msg = error_of(spec([gen(samples=2), gen("weak", samples=1)], [comp("ranker", top_k=4)]))
-    assert msg == (
+    assert msg.splitlines()[0] == (
         "arch.yaml: layer 2, component 1 (ranker): 'top_k' is 4 but at most 3 "
         "candidate(s) can reach it"
     )
@@ -340,7 +343,8 @@ def test_candidate_ranges_through_a_verifier() -> None:
     flows = list(layer_flows(arch.layers))
     assert [f.candidates_in for f in flows] == [(0, 0), (4, 4), (1, 3), (1, 3), (1, 2)]
     assert [f.candidates_out for f in flows] == [(4, 4), (1, 3), (1, 3), (1, 2), (1, 1)]
-    assert [f.calls for f in flows] == [(4, 4), (4, 4), (1, 3), (1, 1), (1, 1)]
+    # a ranker given a single candidate keeps it without a call
+    assert [f.calls for f in flows] == [(4, 4), (4, 4), (1, 3), (0, 1), (1, 1)]
 
 
 def test_plan_layer_counts_calls_per_technique() -> None:
@@ -380,83 +384,107 @@ def test_plan_layer_without_producers_passes_candidates_on() -> None:
 
 
 # --- cost estimate ----------------------------------------------------------------------
+# The hand computations use parse_retries: 0 (re-asks are checked on their own below) and a
+# conversation of 10 tokens: a prompt is INSTRUCTION_TOKENS + 10 before what it shows.
+
+OVERHEAD = INSTRUCTION_TOKENS + 10
+
+
+def exact(*layers: list[dict[str, Any]], **top: Any) -> Architecture:
+    return parse_architecture(spec(*[[{**c, "parse_retries": 0} if "provider" in c else c
+                                      for c in layer] for layer in layers], **top))
 
 
 def test_cost_estimate_matches_hand_computation() -> None:
-    arch = parse_architecture(
-        spec(
-            [gen(samples=2, max_tokens=100), gen("weak", samples=1, max_tokens=50)],
-            [comp("critic", max_tokens=80)],
-            [comp("ranker", top_k=2, max_tokens=20)],
-            [comp("fuser", max_tokens=200)],
-        )
+    arch = exact(
+        [gen(samples=2, max_tokens=100), gen("weak", samples=1, max_tokens=50)],
+        [comp("critic", max_tokens=80)],
+        [comp("ranker", top_k=2, max_tokens=20)],
+        [comp("fuser", max_tokens=200)],
     )
-    cost = estimate_cost(arch, prompt_overhead_tokens=10)
-    # layer 1: 3 calls, prompts 3*10, completions 2*100 + 50 -> candidates <= 100 tokens
-    # layer 2: 3 critic calls, prompts 3*(10+100), completions 3*80 -> critiques <= 80
-    # layer 3: 1 listwise call, prompt 10 + 3*(100+80), completion 20
-    # layer 4: 1 fuser call, prompt 10 + 2*(100+80), completion 200
+    cost = estimate_cost(arch, conversation_tokens=10)
+    # layer 1: 3 calls, prompts 3*10 (the conversation alone), completions 2*100 + 50
+    # layer 2: 3 critic calls, prompts 3*(overhead+100), completions 3*80 -> critiques <= 80
+    # layer 3: 1 listwise call, prompt overhead + 3*(100+80), completion 20
+    # layer 4: 1 fuser call, prompt overhead + 2*(100+80), completion 200
     assert [(c.calls, c.prompt_tokens, c.completion_tokens) for c in cost.per_layer] == [
         (3, 30, 250),
-        (3, 330, 240),
-        (1, 550, 20),
-        (1, 370, 200),
+        (3, 3 * (OVERHEAD + 100), 240),
+        (1, OVERHEAD + 540, 20),
+        (1, OVERHEAD + 360, 200),
     ]
-    assert cost.calls_per_query == cost.min_calls_per_query == 8
-    assert cost.max_tokens_per_query == 280 + 570 + 570 + 570
+    assert cost.calls_per_query == cost.base_calls_per_query == cost.min_calls_per_query == 8
+    assert cost.max_tokens_per_query == sum(c.prompt_tokens + c.completion_tokens
+                                            for c in cost.per_layer)
     assert cost.executions_per_query == 0
     assert [c.candidates for c in cost.per_layer] == [(3, 3), (3, 3), (2, 2), (1, 1)]
 
 
+def test_re_asks_multiply_calls_and_add_their_prompts() -> None:
+    layers = ([gen(samples=2, max_tokens=100)], [comp("fuser", max_tokens=200)])
+    plain = estimate_cost(exact(*layers), conversation_tokens=10)
+    retried = estimate_cost(parse_architecture(spec(
+        [gen(samples=2, max_tokens=100, parse_retries=2)],
+        [comp("fuser", max_tokens=200, parse_retries=1)])), conversation_tokens=10)
+    assert (retried.base_calls_per_query, retried.calls_per_query) == (3, 2 * 3 + 1 * 2)
+    # a re-ask's prompt: the prompt, the output it complains about, the re-ask message
+    generator_reask = 10 + 100 + REASK_TOKENS + 100
+    fuser_reask = (OVERHEAD + 200) + 200 + REASK_TOKENS + 200
+    assert retried.max_tokens_per_query == plain.max_tokens_per_query + 4 * generator_reask \
+        + fuser_reask
+
+
 def test_cost_estimate_pairwise_tests_and_fresh_candidates() -> None:
-    arch = parse_architecture(
-        spec(
-            [gen(samples=4, max_tokens=100), comp("unit_test_generator", max_tokens=60)],
-            [comp("critic", max_tokens=30)],
-            [comp("fuser", n_outputs=2, max_tokens=300)],
-            [comp("ranker", top_k=1, mode="pairwise", max_tokens=5)],
-        )
+    arch = exact(
+        [gen(samples=4, max_tokens=100), comp("unit_test_generator", max_tokens=60)],
+        [comp("critic", max_tokens=30)],
+        [comp("fuser", n_outputs=2, max_tokens=300)],
+        [comp("ranker", top_k=1, mode="pairwise", max_tokens=5)],
     )
-    cost = estimate_cost(arch, prompt_overhead_tokens=10)
-    # layer 1: 4 + 1 calls, prompts 5*10, completions 400 + 60
-    # layer 2: 4 critic calls, prompts 4*(10+100), completions 120
-    # layer 3: 2 fuser calls over 4 candidates with critiques: 2*(10 + 4*130), completions 600
+    cost = estimate_cost(arch, conversation_tokens=10)
+    # layer 1: 4 + 1 calls, prompts 4*10 + overhead, completions 400 + 60
+    # layer 2: 4 critic calls; the critic sees the 60 tokens of tests in the query
+    # layer 3: 2 fuser calls over 4 candidates with critiques (and the tests)
     # layer 4: fused candidates are fresh (300 tokens, no critiques); 2 candidates -> 1 pair
     assert [(c.calls, c.prompt_tokens, c.completion_tokens) for c in cost.per_layer] == [
-        (5, 50, 460),
-        (4, 440, 120),
-        (2, 1060, 600),
-        (1, 610, 5),
+        (5, 40 + OVERHEAD, 460),
+        (4, 4 * (OVERHEAD + 60 + 100), 120),
+        (2, 2 * (OVERHEAD + 60 + 4 * 130), 600),
+        (1, OVERHEAD + 60 + 2 * 300, 5),
     ]
     assert cost.calls_per_query == 12
 
 
 def test_cost_estimate_with_benchmark_tests_and_code_execution() -> None:
-    arch = parse_architecture(
-        spec(
-            [gen(samples=3, max_tokens=100)],
-            [comp("unit_test_evaluator", max_tokens=40)],
-            [{"technique": "code_tester", "top_k": 1}],
-            tests="benchmark",
-        )
+    arch = exact(
+        [gen(samples=3, max_tokens=100)],
+        [comp("unit_test_evaluator", max_tokens=40)],
+        [{"technique": "code_tester", "top_k": 1}],
+        tests="benchmark",
     )
-    cost = estimate_cost(arch, prompt_overhead_tokens=10, benchmark_test_tokens=70)
-    # evaluator: 3 calls, each 10 + 100 + 70; code tester: no calls, 3 executions
-    assert [(c.calls, c.prompt_tokens, c.executions) for c in cost.per_layer] == [
-        (3, 30, 0),
-        (3, 540, 0),
-        (0, 0, 3),
-    ]
-    assert cost.max_tokens_per_query == 30 + 300 + 540 + 120
+    cost = estimate_cost(arch, conversation_tokens=10, benchmark_test_tokens=70)
+    # the generators see the benchmark's tests in no prompt of theirs (they are not generated),
+    # but the bound counts them for every component that shows tests; evaluator: 3 calls,
+    # each overhead + 100 + the tests listed and in the query
+    assert [(c.calls, c.executions) for c in cost.per_layer] == [(3, 0), (3, 0), (0, 3)]
+    assert cost.per_layer[1].prompt_tokens == 3 * (OVERHEAD + 100 + 2 * 70)
     assert cost.executions_per_query == 3
 
 
 def test_cost_estimate_min_and_max_calls_differ_after_a_verifier() -> None:
-    arch = parse_architecture(
-        spec([gen(samples=4)], [comp("verifier", top_k=3)], [comp("critic")], [comp("fuser")])
-    )
+    arch = exact([gen(samples=4)], [comp("verifier", top_k=3)], [comp("critic")],
+                 [comp("fuser")])
     cost = estimate_cost(arch)
     assert (cost.min_calls_per_query, cost.calls_per_query) == (4 + 4 + 1 + 1, 4 + 4 + 3 + 1)
+
+
+def test_early_stops_lower_the_least_calls_not_the_bound() -> None:
+    arch = exact([gen(samples=5)], [comp("verifier", first_k=1)],
+                 [comp("ranker", top_k=1)])
+    cost = estimate_cost(arch)
+    # the verifier may stop after the first candidate passes: 1 call; at most 5
+    # and it leaves one candidate, which the ranker keeps without a call
+    assert (cost.min_calls_per_query, cost.calls_per_query) == (5 + 1, 5 + 5)
 
 
 # --- loading, round trip, immutability --------------------------------------------------
@@ -484,6 +512,8 @@ def test_to_dict_keeps_explicit_values_and_drops_unset_options() -> None:
         "model": "strong",
         "temperature": 0.7,
         "max_tokens": 512,
+        "parse_retries": 2,
+        "tests_in_prompt": True,
         "samples": 2,
     }
     assert "length" not in data["layers"][1][0] and "description" not in data
@@ -532,14 +562,29 @@ def test_validation_errors_in_files_name_the_file(tmp_path: Path) -> None:
 
 def test_describe_summarizes_layers_and_totals() -> None:
     arch = load_architecture(CONFIGS / "sim_gvf.yaml")
-    text = describe(arch, estimate_cost(arch, prompt_overhead_tokens=10))
+    text = describe(arch, estimate_cost(arch, conversation_tokens=10))
     lines = text.splitlines()
     assert lines[0] == "sim_gvf: 3 layer(s), final answer: single"
-    # 4 samples of 512 tokens; verifier 4 calls of 10 + 512 prompt; fuser over <= 4 candidates
+    # 4 samples of up to 512 tokens from a 10-token conversation, 2 re-asks each allowed:
+    # 4 * (10 + 512) + 8 * (10 + 512 + REASK_TOKENS + 512)
     assert lines[1] == (
-        "  layer 1: generator@sim:medium, generator@sim:weak; candidates after "
-        "4..4; calls 4..4; tokens <= 2088"
+        "  layer 1: generator@sim:medium, generator@sim:weak; candidates after 4..4; "
+        f"calls 4..12 (4 if every output parses); tokens <= {4 * 522 + 8 * (1034 + REASK_TOKENS)}"
     )
-    assert lines[2].endswith("candidates after 1..4; calls 4..4; tokens <= 4136")
-    assert lines[3].endswith("candidates after 1..1; calls 1..1; tokens <= 2570")
-    assert lines[4] == "  per query: calls 9..9, code runs <= 0, tokens <= 8794"
+    verify = OVERHEAD + 512  # one candidate shown
+    assert lines[2].endswith(
+        "candidates after 1..4; calls 4..12 (4 if every output parses); tokens <= "
+        f"{4 * (verify + 512) + 8 * (verify + 1024 + REASK_TOKENS)}")
+    fuse = OVERHEAD + 4 * 512
+    assert lines[3].endswith(
+        "candidates after 1..1; calls 1..3 (1 if every output parses); tokens <= "
+        f"{fuse + 512 + 2 * (fuse + 1024 + REASK_TOKENS)}")
+    assert lines[4].startswith("  per query: calls 9..27 (9 if every output parses")
+    assert lines[4].endswith("(for a conversation of up to 10 tokens)")
+
+
+def test_describe_shows_warnings() -> None:
+    arch = parse_architecture(spec([gen(samples=2), comp("unit_test_generator")],
+                                   [{"technique": "majority_vote"}]))
+    assert "tests it writes are never used" in arch.warnings[0]
+    assert describe(arch).splitlines()[-1].startswith("  warning: <dict>: layer 1, component 2")
