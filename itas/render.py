@@ -1,60 +1,115 @@
-"""Terminal views of answers and traces (rich), kept apart from the data they show."""
+"""Terminal views of answers and traces (rich), kept apart from the data they show.
+
+Everything a model or an agent wrote (candidate texts, critiques, errors, parse details)
+reaches the terminal as plain ``Text``, never as rich markup, so brackets, markup-like tags
+and escape sequences render as written: ``a[i]`` stays ``a[i]``, ``[/bold]`` cannot crash the
+renderer, and an ANSI escape shows as ``\\x1b[...`` instead of recolouring the terminal.
+"""
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from rich.console import Console
+from rich.text import Text
 from rich.tree import Tree
 
 from itas.query import Answer
 
 SNIPPET_CHARS = 160
+# C0 and C1 control characters but newline and tab, and DEL.
+CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def _snippet(text: str | None) -> str:
-    flat = " ".join((text or "").split())
+def literal(text: str | None) -> str:
+    """``text`` with control characters written as escapes (``\\x1b``), so it cannot drive
+    the terminal."""
+    return CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text or "")
+
+
+def snippet(text: str | None) -> str:
+    flat = " ".join(literal(text).split())
     return flat if len(flat) <= SNIPPET_CHARS else flat[: SNIPPET_CHARS - 1] + "…"
+
+
+def _line(*parts: str | tuple[str, str]) -> Text:
+    """A label from plain pieces and (piece, style) pairs; pieces are never parsed as markup."""
+    return Text.assemble(*parts)
+
+
+def _marks(candidate: dict[str, Any]) -> str:
+    marks = []
+    if candidate.get("rank") is not None:
+        marks.append(f"rank {candidate['rank']}")
+    if candidate.get("score") is not None:
+        marks.append(f"score {candidate['score']:.2f}")
+    if candidate.get("verdict") is not None:
+        marks.append("passed" if candidate["verdict"] else "failed")
+    if candidate.get("tests_total") is not None:
+        marks.append(f"tests {candidate.get('tests_passed', 0)}/{candidate['tests_total']}")
+    if candidate.get("answer") is not None:
+        marks.append(f"answer {snippet(candidate['answer'])}")
+    return ", ".join(marks)
 
 
 def trace_tree(answer: Answer) -> Tree:
     """The flow of one query: layers, the calls each component made, the candidates left."""
     usage = answer.usage
-    root = Tree(f"[bold]{answer.architecture}[/] — {usage.get('calls', 0)} calls, "
-                f"{usage.get('tokens', 0)} tokens, ${usage.get('cost_usd', 0):.4f}, "
-                f"{answer.latency_s:.2f} s")
+    cost = (f"${usage.get('cost_usd', 0):.4f}" if usage.get("cost_known", True)
+            else f"cost unknown (${usage.get('cost_usd', 0):.4f} for priced models)")
+    root = Tree(_line((literal(answer.architecture), "bold"),
+                      f" — {usage.get('calls', 0)} calls, {usage.get('tokens', 0)} tokens, "
+                      f"{cost}, {answer.latency_s:.2f} s"))
     for layer in (answer.trace or {}).get("layers", []):
-        node = root.add(f"[bold]layer {layer['layer']}[/] ({layer['latency_s']:.2f} s) → "
-                        f"{len(layer['candidates'])} candidate(s)")
+        node = root.add(_line((f"layer {layer['layer']}", "bold"),
+                              f" ({layer['latency_s']:.2f} s) → "
+                              f"{len(layer['candidates'])} candidate(s)"))
         for component in layer["components"]:
-            u = component["usage"]
-            line = (f"{component['service']}: {component['requests']} request(s), "
-                    f"{u['calls']} call(s), {u['tokens']} tokens, "
-                    f"{component['latency_s']:.2f} s")
-            if component["retried"]:
-                line += f", [yellow]{component['retried']} retried on another replica[/]"
-            if component["failed"]:
-                line += f", [red]{len(component['failed'])} failed[/]"
-            c_node = node.add(line)
-            for failure in component["failed"]:
-                c_node.add(f"[red]{_snippet(failure)}[/]")
-            for problem in component["problems"]:
-                c_node.add(f"[yellow]{_snippet(problem)}[/]")
-            fallbacks = [p for p in component["parse"] if p.get("fallback")]
-            if fallbacks:
-                c_node.add(f"[yellow]{len(fallbacks)} unparsed output(s): "
-                           f"{_snippet(fallbacks[0]['fallback'])}[/]")
+            _component(node, component)
         for candidate in layer["candidates"]:
-            marks = []
-            for key in ("score", "verdict", "tests_passed"):
-                if candidate.get(key) is not None:
-                    marks.append(f"{key}={candidate[key]}")
-            cand = node.add(f"[cyan]{candidate['id']}[/] ({candidate.get('model', '?')}"
-                            f"{', ' + ', '.join(marks) if marks else ''}): "
-                            f"{_snippet(candidate.get('text'))}")
+            marks = _marks(candidate)
+            cand = node.add(_line((literal(candidate["id"]), "cyan"),
+                                  f" ({literal(candidate.get('model', '?'))}"
+                                  f"{', ' + marks if marks else ''}): ",
+                                  snippet(candidate.get("text"))))
             if candidate.get("critique"):
-                cand.add(f"[dim]critique: {_snippet(candidate['critique'])}[/]")
+                cand.add(_line(("critique: " + snippet(candidate["critique"]), "dim")))
         if layer.get("tests"):
-            node.add(f"{len(layer['tests'])} unit test(s) written")
+            tests = node.add(f"{len(layer['tests'])} unit test(s) written, shown to later "
+                             "components")
+            for test in layer["tests"]:
+                tests.add(_line((snippet(test), "dim")))
+    if answer.stopped:
+        reason = literal(str(answer.stopped.get("reason")))
+        root.add(_line((f"stopped before layer {answer.stopped.get('layer')}: {reason}",
+                        "yellow")))
     return root
+
+
+def _component(node: Tree, component: dict[str, Any]) -> None:
+    u = component["usage"]
+    counts = (f": {component['requests']} request(s), {u['calls']} call(s) "
+              f"(at most {component.get('calls_allowed', '?')}), {u['tokens']} tokens, "
+              f"{component['latency_s']:.2f} s")
+    parts: list[str | tuple[str, str]] = [literal(component["service"]), counts]
+    if u.get("cached_calls"):
+        parts.append(f", {u['cached_calls']} from the response cache")
+    if component["retried"]:
+        parts.append((f", {component['retried']} retried on another replica", "yellow"))
+    if component["failed"]:
+        parts.append((f", {len(component['failed'])} failed", "red"))
+    c_node = node.add(_line(*parts))
+    for failure in component["failed"]:
+        c_node.add(_line((snippet(failure), "red")))
+    for problem in component["problems"]:
+        c_node.add(_line((snippet(problem), "yellow")))
+    for note in component.get("notes", []):
+        c_node.add(_line((snippet(f"{note.get('code')}: {note.get('detail')}"), "yellow")))
+    for record in component["parse"]:
+        if record.get("fallback"):
+            c_node.add(_line((snippet(f"fallback: {record['fallback'].replace('_', ' ')} ({record['detail']})"),
+                              "yellow")))
 
 
 def print_answer(answer: Answer, *, trace: bool = False, console: Console | None = None) -> None:
@@ -62,4 +117,7 @@ def print_answer(answer: Answer, *, trace: bool = False, console: Console | None
     if trace and answer.trace:
         console.print(trace_tree(answer))
         console.print()
-    console.print(answer.text, markup=False, highlight=False)
+    if answer.stopped and not trace:
+        console.print(Text(f"(stopped early: {literal(str(answer.stopped.get('reason')))})",
+                           style="yellow"))
+    console.print(Text(literal(answer.text)), highlight=False)
