@@ -28,9 +28,11 @@ class Processes:
     def __init__(self) -> None:
         self.started: list[subprocess.Popen[str]] = []
 
-    def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    def spawn(self, *args: str, env: dict[str, str] | None = None, module: str = "itas"
+              ) -> subprocess.Popen[str]:
+        """``python -m <module> <args>`` (default: the itas CLI) in its own session."""
         proc = subprocess.Popen(
-            [sys.executable, "-m", "itas", *args],
+            [sys.executable, "-m", module, *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             start_new_session=True, cwd=REPO, env={**os.environ, **(env or {})},
         )
