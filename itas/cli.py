@@ -304,13 +304,18 @@ def demo(
 @app.command()
 def check(
     arch: Annotated[str, typer.Argument(help="Architecture file or packaged name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
-    """Validate an architecture and print its plan and static cost bound."""
-    from itas.plan import describe
+    """Validate an architecture and print its plan, call and token bounds, and warnings."""
+    from itas.plan import describe, summary_dict
     from itas.spec import load_architecture
     from itas.stack import resolve_config
 
-    print(describe(load_architecture(resolve_config("architectures", arch))))
+    architecture = load_architecture(resolve_config("architectures", arch))
+    if as_json:
+        print(json.dumps(summary_dict(architecture), indent=2))
+    else:
+        print(describe(architecture))
 
 
 @model_app.command("serve")
