@@ -3,8 +3,10 @@
 The SDKs' own retries are turned off (``max_retries=0``) so that a call is
 retried in exactly one place, with one budget, one log line per retry and one
 final error. What is retried: HTTP 408, 429 and 5xx, timeouts and connection
-errors; anything else (400, 401, 404, ...) fails at once, because repeating a
-bad request only burns quota.
+errors, and replies that cannot be read (a body that is not JSON, or lacks a
+field every reply has: ``BadReply``), which a proxy or an overloaded server
+sends now and then; anything else (400, 401, 404, ...) fails at once, because
+repeating a bad request only burns quota.
 
 Waits use exponential backoff with "equal jitter" (half fixed, half random), so
 replicas hit by the same outage do not retry in lockstep yet always wait a
@@ -42,6 +44,26 @@ MAX_DETAIL_CHARS = 300
 #: Secrets shorter than this are not redacted (would mangle ordinary words).
 MIN_SECRET_CHARS = 4
 REDACTED = "[redacted]"
+
+
+#: What SDKs raise while decoding a body they were sent: json's JSONDecodeError,
+#: UnicodeDecodeError and pydantic's ValidationError are ValueErrors; the others come
+#: from reading a field of a reply that does not have the expected shape.
+UNREADABLE_REPLY_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    IndexError,
+)
+
+
+class BadReply(Exception):
+    """A reply that came back but cannot be used: not JSON, or a required field missing.
+
+    Raised by a provider's reading of a reply; retried like a 5xx, since the next
+    reply from the same server is usually whole.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,20 +127,32 @@ def _error_detail(body: object) -> str | None:
     return message if isinstance(message, str) and message else None
 
 
+def unreadable_reply(exc: BaseException, source: str) -> Failure | None:
+    """A retryable failure for a reply from ``source`` that could not be read, else None."""
+    if isinstance(exc, BadReply):
+        detail = str(exc)
+    elif isinstance(exc, UNREADABLE_REPLY_ERRORS):
+        detail = f"{type(exc).__name__}: {exc}"
+    else:
+        return None
+    return Failure(retryable=True, message=f"unreadable reply from {source}: {detail[:MAX_DETAIL_CHARS]}")
+
+
 def sdk_failure(
     exc: BaseException,
     *,
     status_error: type[BaseException],
     connection_error: type[BaseException],
+    validation_error: type[BaseException],
     base_error: type[BaseException],
 ) -> Failure | None:
     """Classify an exception from an OpenAI-style SDK (openai and anthropic share the shape).
 
     ``status_error`` instances carry ``status_code`` and ``response``; timeouts
-    subclass ``connection_error`` in both SDKs; any other ``base_error`` (a reply
-    that does not parse, ...) fails without retry. Returns None for exceptions
-    from outside the SDK, which propagate unchanged (a bug should not look like
-    an outage).
+    subclass ``connection_error`` in both SDKs; ``validation_error`` (a reply
+    that does not match the API's schema) is retried like any unreadable reply;
+    any other ``base_error`` fails without retry. Returns None for exceptions
+    from outside the SDK, which the caller classifies further.
     """
     if isinstance(exc, status_error):
         status = int(getattr(exc, "status_code", 0))
@@ -132,6 +166,11 @@ def sdk_failure(
             message=f"HTTP {status}: {detail[:MAX_DETAIL_CHARS]}",
             status=status,
             retry_after_s=parse_retry_after(headers),
+        )
+    if isinstance(exc, validation_error):
+        return Failure(
+            retryable=True,
+            message=f"unreadable reply: {type(exc).__name__}: {str(exc)[:MAX_DETAIL_CHARS]}",
         )
     if isinstance(exc, connection_error):
         kind = "timeout" if "timeout" in type(exc).__name__.lower() else "connection error"
