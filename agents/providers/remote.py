@@ -23,9 +23,9 @@ queued behind its siblings in this process.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -161,6 +161,10 @@ class RemoteProvider(Provider):
             failure = unreadable_reply(exc, self.base_url or self.name)
         return failure
 
+    def _price_model(self, model: str) -> str:
+        """The name ``prices.price_for`` knows this model by."""
+        return model
+
     def _secrets(self) -> tuple[str, ...]:
         """Strings that must never appear in an error or a log line."""
         return (self._api_key,)
@@ -190,7 +194,7 @@ class RemoteProvider(Provider):
                 secrets=self._secrets(),
             )
             latency = time.perf_counter() - start
-        price = self._price or price_for(model)
+        price = self._price or price_for(self._price_model(model))
         usage = Usage(
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
