@@ -24,6 +24,11 @@ connect and read timeouts are set from ``timeout_s``), and an attempt that
 outlives ``timeout_s`` plus the connect timeout is treated as timed out, so a
 slow-dripping server cannot hold a call for ever.
 
+botocore's DEBUG records carry the session token (the signed request's
+headers) and raw response bodies, so this provider keeps the ``botocore``
+loggers at INFO or above: secrets stay out of logs even when an agent runs with
+debug logging.
+
 What can go wrong, and what it becomes: throttling (429), model timeouts (408),
 5xx and connection errors are retried (Retry-After honoured); other 4xx
 (ValidationException, AccessDeniedException, ...) fail at once; a reply without
@@ -34,6 +39,7 @@ filter stopped is a ``ProviderError`` at once.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -50,7 +56,6 @@ from itas.agents.providers.capabilities import FittedCall, model_key
 from itas.agents.providers.config import text
 from itas.agents.providers.remote import HttpReply, RemoteProvider, token_count
 from itas.agents.providers.retry import (
-    MAX_DETAIL_CHARS,
     RETRYABLE_STATUS,
     BadReply,
     Failure,
@@ -65,6 +70,8 @@ REGION_ENV = "AWS_REGION"
 LITELLM_PREFIX = "bedrock/"
 CONVERSATION_ROLES = ("user", "assistant")
 MAX_CONNECT_TIMEOUT_S = 10.0
+#: Below this botocore logs signed headers (session token) and bodies.
+BOTOCORE_LOG_FLOOR = logging.INFO
 #: Bedrock's version tail on model ids: "-v1:0", "-v2:0", "-v1".
 MODEL_VERSION_SUFFIX = re.compile(r"-v\d+(:\d+)?$")
 #: Stop reasons in the words the other providers use.
@@ -112,7 +119,7 @@ def _client_error_failure(exc: botocore.exceptions.ClientError) -> Failure:
     detail = f"{code}: {error.get('Message') or ''}".rstrip(": ")
     return Failure(
         retryable=status in RETRYABLE_STATUS or status >= 500,
-        message=f"HTTP {status}: {detail[:MAX_DETAIL_CHARS]}",
+        message=f"HTTP {status}: {detail}",
         status=status or None,
         retry_after_s=parse_retry_after(headers),
     )
@@ -142,6 +149,9 @@ class BedrockProvider(RemoteProvider):
                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or "
                 f"{BEARER_TOKEN_ENV} (credentials never come from pool files or specs)"
             )
+        botocore_log = logging.getLogger("botocore")
+        if botocore_log.level < BOTOCORE_LOG_FLOOR:
+            botocore_log.setLevel(BOTOCORE_LOG_FLOOR)
         self.connect_timeout_s = min(self.timeout_s, MAX_CONNECT_TIMEOUT_S)
         config = botocore.config.Config(
             retries={"total_max_attempts": 1, "mode": "standard"},
@@ -185,18 +195,22 @@ class BedrockProvider(RemoteProvider):
         if isinstance(exc, botocore.exceptions.ClientError):
             return _client_error_failure(exc)
         if isinstance(exc, botocore.exceptions.SSLError):
-            return Failure(retryable=False, message=f"TLS error: {str(exc)[:MAX_DETAIL_CHARS]}")
-        timed_out = (botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectTimeoutError)
-        if isinstance(exc, timed_out | TimeoutError):
-            return Failure(retryable=True, message=f"timeout: {str(exc)[:MAX_DETAIL_CHARS]}")
+            return Failure(retryable=False, message=f"TLS error: {exc!s}")
+        timed_out = (
+            botocore.exceptions.ReadTimeoutError,
+            botocore.exceptions.ConnectTimeoutError,
+            TimeoutError,  # the attempt's own deadline
+        )
+        if isinstance(exc, timed_out):
+            return Failure(retryable=True, message=f"timeout: {exc!s}")
         network = (botocore.exceptions.HTTPClientError, botocore.exceptions.ConnectionError)
         if isinstance(exc, network):
             return Failure(
-                retryable=True, message=f"connection error: {str(exc)[:MAX_DETAIL_CHARS]}"
+                retryable=True, message=f"connection error: {exc!s}"
             )
         if isinstance(exc, botocore.exceptions.BotoCoreError):
             return Failure(
-                retryable=False, message=f"{type(exc).__name__}: {str(exc)[:MAX_DETAIL_CHARS]}"
+                retryable=False, message=f"{type(exc).__name__}: {exc!s}"
             )
         return None
 

@@ -48,7 +48,6 @@ from itas.agents.providers.capabilities import FittedCall
 from itas.agents.providers.config import text
 from itas.agents.providers.remote import HttpReply, RemoteProvider, token_count
 from itas.agents.providers.retry import (
-    MAX_DETAIL_CHARS,
     RETRYABLE_STATUS,
     BadReply,
     Failure,
@@ -134,7 +133,7 @@ def _transport_failure(exc: BaseException) -> Failure | None:
         return None
     kind = "timeout" if "timeout" in type(exc).__name__.lower() else "connection error"
     detail = str(exc) or type(exc).__name__
-    return Failure(retryable=True, message=f"{kind}: {detail[:MAX_DETAIL_CHARS]}")
+    return Failure(retryable=True, message=f"{kind}: {detail}")
 
 
 class GeminiProvider(RemoteProvider):
@@ -169,7 +168,7 @@ class GeminiProvider(RemoteProvider):
             detail = str(exc.message or exc.status or exc)
             return Failure(
                 retryable=status in RETRYABLE_STATUS or status >= 500,
-                message=f"HTTP {status}: {detail[:MAX_DETAIL_CHARS]}",
+                message=f"HTTP {status}: {detail}",
                 status=status,
                 retry_after_s=delay,
             )

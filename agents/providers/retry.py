@@ -16,7 +16,8 @@ wait longer than ``max_retry_after_s`` ends the call at once instead, since
 sleeping less than asked would only waste an attempt.
 
 Error text can echo request details, so every message that leaves this module
-is passed through ``redact`` with the provider's secrets.
+is passed through ``redact`` with the provider's secrets, and only then cut to
+``MAX_MESSAGE_CHARS`` (cutting first could keep half a key).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ T = TypeVar("T")
 
 #: HTTP statuses worth another attempt besides 5xx.
 RETRYABLE_STATUS = frozenset({408, 429})
-#: Longest error detail kept in a message (bodies can be large HTML pages).
-MAX_DETAIL_CHARS = 300
+#: Longest failure message kept (bodies can be large HTML pages); cut after redaction, so
+#: a secret is never half-kept where the cut falls.
+MAX_MESSAGE_CHARS = 400
 #: Secrets shorter than this are not redacted (would mangle ordinary words).
 MIN_SECRET_CHARS = 4
 REDACTED = "[redacted]"
@@ -135,7 +137,7 @@ def unreadable_reply(exc: BaseException, source: str) -> Failure | None:
         detail = f"{type(exc).__name__}: {exc}"
     else:
         return None
-    return Failure(retryable=True, message=f"unreadable reply from {source}: {detail[:MAX_DETAIL_CHARS]}")
+    return Failure(retryable=True, message=f"unreadable reply from {source}: {detail}")
 
 
 def sdk_failure(
@@ -163,21 +165,21 @@ def sdk_failure(
         )
         return Failure(
             retryable=status in RETRYABLE_STATUS or status >= 500,
-            message=f"HTTP {status}: {detail[:MAX_DETAIL_CHARS]}",
+            message=f"HTTP {status}: {detail}",
             status=status,
             retry_after_s=parse_retry_after(headers),
         )
     if isinstance(exc, validation_error):
         return Failure(
             retryable=True,
-            message=f"unreadable reply: {type(exc).__name__}: {str(exc)[:MAX_DETAIL_CHARS]}",
+            message=f"unreadable reply: {type(exc).__name__}: {exc!s}",
         )
     if isinstance(exc, connection_error):
         kind = "timeout" if "timeout" in type(exc).__name__.lower() else "connection error"
-        return Failure(retryable=True, message=f"{kind}: {str(exc)[:MAX_DETAIL_CHARS]}")
+        return Failure(retryable=True, message=f"{kind}: {exc!s}")
     if isinstance(exc, base_error):
         return Failure(
-            retryable=False, message=f"{type(exc).__name__}: {str(exc)[:MAX_DETAIL_CHARS]}"
+            retryable=False, message=f"{type(exc).__name__}: {exc!s}"
         )
     return None
 
@@ -205,7 +207,7 @@ async def call_with_retries(
                 raise
         # Decide outside the except block: the SDK exception may quote a secret, so it
         # must not ride along as __context__ of what we raise or log.
-        message = redact(failure.message, secrets)
+        message = redact(failure.message, secrets)[:MAX_MESSAGE_CHARS]
         if not failure.retryable:
             raise ProviderError(provider, message, failure.status)
         if attempt >= policy.max_attempts:

@@ -304,9 +304,13 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             if plan is not None:
                 message = f"simulated failure {plan.status}"
                 if plan.echo_credentials:
-                    sent = [record.headers.get(h) for h in ("authorization", "x-api-key")]
-                    sent.append(record.headers.get("x-goog-api-key"))
-                    message += f"; you sent {' '.join(str(v) for v in sent)}"
+                    sent = []
+                    if server.aws_credentials is not None and converse is not None:
+                        # a server quoting the secret it checks signatures with
+                        sent.append(server.aws_credentials.secret)
+                    names = ("x-amz-security-token", "x-goog-api-key", "x-api-key", "authorization")
+                    sent += [record.headers[name] for name in names if name in record.headers]
+                    message += f"; you sent {' '.join(sent)}"
                 self._error(plan.status, message, plan.headers)
                 return
             if server.answer_delay_s:
