@@ -136,9 +136,8 @@ async def test_keys_never_in_errors_or_logs(
 ) -> None:
     vendor = VENDORS[name]
     server.fail(500, times=10, echo_credentials=True)  # the server quotes what we sent back
-    with caplog.at_level(logging.DEBUG):
-        with pytest.raises(ProviderError) as caught:
-            await ask(vendor, server, max_attempts=2, **FAST_RETRIES)
+    with caplog.at_level(logging.DEBUG), pytest.raises(ProviderError) as caught:
+        await ask(vendor, server, max_attempts=2, **FAST_RETRIES)
     message = str(caught.value)
     assert "you sent" in message and "[redacted]" in message  # the echo reached the error...
     for secret in vendor.secrets:
@@ -208,9 +207,11 @@ async def test_persistently_bad_bodies_end_in_a_provider_error(
     server: FakeLLMServer, caplog: pytest.LogCaptureFixture, name: str
 ) -> None:
     server.send_body(b"<<not json>>", times=10)
-    with caplog.at_level(logging.WARNING, logger="itas.providers"):
-        with pytest.raises(ProviderError) as caught:
-            await ask(VENDORS[name], server, max_attempts=3, **FAST_RETRIES)
+    with (
+        caplog.at_level(logging.WARNING, logger="itas.providers"),
+        pytest.raises(ProviderError) as caught,
+    ):
+        await ask(VENDORS[name], server, max_attempts=3, **FAST_RETRIES)
     assert len(server.posts()) == 3
     message = str(caught.value)
     assert message.startswith("provider_error: ") and "gave up after 3 attempts" in message

@@ -75,7 +75,7 @@ async def test_no_part_of_a_secret_survives_wherever_the_message_is_cut(seed: in
         padding = "x" * rng.randrange(MAX_MESSAGE_CHARS - len(SECRET), MAX_MESSAGE_CHARS + 5)
         text = f"{padding}{SECRET} and again {SECRET}"
 
-        async def fail() -> None:
+        async def fail(text: str = text) -> None:
             raise RuntimeError(text)
 
         with pytest.raises(ProviderError) as caught:
