@@ -29,32 +29,26 @@ import anthropic
 from itas.agents.providers.base import Message
 from itas.agents.providers.capabilities import FittedCall
 from itas.agents.providers.config import flag
-from itas.agents.providers.remote import HttpReply, RemoteProvider, token_count
+from itas.agents.providers.remote import (
+    HttpReply,
+    RemoteProvider,
+    split_conversation,
+    token_count,
+)
 from itas.agents.providers.retry import BadReply, Failure, sdk_failure
 from itas.errors import ProviderError
 
-CONVERSATION_ROLES = ("user", "assistant")
+CONVERSATION_ROLES = {"user": "user", "assistant": "assistant"}
 API_DEFAULT_TEMPERATURE = 1.0
 
 
 def to_messages_api(messages: Sequence[Message]) -> tuple[str | None, list[dict[str, Any]]]:
     """Split ``messages`` into (system text or None, alternating user/assistant turns)."""
-    system: list[str] = []
-    turns: list[dict[str, Any]] = []
-    for index, message in enumerate(messages):
-        role, content = message.get("role"), message.get("content", "")
-        if role == "system":
-            system.append(content)
-        elif role in CONVERSATION_ROLES:
-            if turns and turns[-1]["role"] == role:
-                turns[-1]["content"] += "\n\n" + content
-            else:
-                turns.append({"role": role, "content": content})
-        else:
-            raise ProviderError("anthropic", f"message {index} has unknown role {role!r}")
+    system, turns = split_conversation("anthropic", messages, CONVERSATION_ROLES)
     if not turns:
         raise ProviderError("anthropic", "the Messages API needs at least one user message")
-    return ("\n\n".join(system) if system else None), turns
+    merged = [{"role": role, "content": "\n\n".join(texts)} for role, texts in turns]
+    return ("\n\n".join(system) if system else None), merged
 
 
 class AnthropicProvider(RemoteProvider):

@@ -54,7 +54,12 @@ import botocore.exceptions
 from itas.agents.providers.base import Message
 from itas.agents.providers.capabilities import FittedCall, model_key
 from itas.agents.providers.config import text
-from itas.agents.providers.remote import HttpReply, RemoteProvider, token_count
+from itas.agents.providers.remote import (
+    HttpReply,
+    RemoteProvider,
+    split_conversation,
+    token_count,
+)
 from itas.agents.providers.retry import (
     RETRYABLE_STATUS,
     BadReply,
@@ -68,7 +73,7 @@ SERVICE = "bedrock-runtime"
 BEARER_TOKEN_ENV = "AWS_BEARER_TOKEN_BEDROCK"
 REGION_ENV = "AWS_REGION"
 LITELLM_PREFIX = "bedrock/"
-CONVERSATION_ROLES = ("user", "assistant")
+CONVERSATION_ROLES = {"user": "user", "assistant": "assistant"}
 MAX_CONNECT_TIMEOUT_S = 10.0
 #: Below this botocore logs signed headers (session token) and bodies.
 BOTOCORE_LOG_FLOOR = logging.INFO
@@ -88,25 +93,14 @@ MALFORMED_STOPS = frozenset({"malformed_model_output", "malformed_tool_use"})
 
 def to_converse(messages: Sequence[Message]) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
     """Split ``messages`` into (system blocks, Converse messages of merged same-role turns)."""
-    system: list[dict[str, str]] = []
-    turns: list[dict[str, Any]] = []
-    for index, message in enumerate(messages):
-        role, content = message.get("role"), message.get("content", "")
-        if role == "system":
-            if content.strip():  # Converse refuses blank system text
-                system.append({"text": content})
-        elif role in CONVERSATION_ROLES:
-            if turns and turns[-1]["role"] == role:
-                turns[-1]["content"].append({"text": content})
-            else:
-                turns.append({"role": role, "content": [{"text": content}]})
-        else:
-            raise ProviderError("bedrock", f"message {index} has unknown role {role!r}")
-    if not turns or turns[0]["role"] != "user":
+    system, turns = split_conversation("bedrock", messages, CONVERSATION_ROLES)
+    if not turns or turns[0][0] != "user":
         raise ProviderError(
             "bedrock", "the Converse API needs the conversation to start with a user message"
         )
-    return system, turns
+    blocks = [{"text": text} for text in system if text.strip()]  # Converse refuses blank ones
+    converse = [{"role": role, "content": [{"text": t} for t in texts]} for role, texts in turns]
+    return blocks, converse
 
 
 def _client_error_failure(exc: botocore.exceptions.ClientError) -> Failure:

@@ -46,7 +46,12 @@ from google.genai import types as genai_types
 from itas.agents.providers.base import Message
 from itas.agents.providers.capabilities import FittedCall
 from itas.agents.providers.config import text
-from itas.agents.providers.remote import HttpReply, RemoteProvider, token_count
+from itas.agents.providers.remote import (
+    HttpReply,
+    RemoteProvider,
+    split_conversation,
+    token_count,
+)
 from itas.agents.providers.retry import (
     RETRYABLE_STATUS,
     BadReply,
@@ -81,22 +86,10 @@ MS_PER_S = 1000
 
 def to_gemini_contents(messages: Sequence[Message]) -> tuple[str | None, list[dict[str, Any]]]:
     """Split ``messages`` into (system instruction or None, Gemini contents)."""
-    system: list[str] = []
-    contents: list[dict[str, Any]] = []
-    for index, message in enumerate(messages):
-        role, content = message.get("role"), message.get("content", "")
-        if role == "system":
-            system.append(content)
-            continue
-        gemini_role = ROLE_NAMES.get(str(role))
-        if gemini_role is None:
-            raise ProviderError("gemini", f"message {index} has unknown role {role!r}")
-        if contents and contents[-1]["role"] == gemini_role:
-            contents[-1]["parts"].append({"text": content})
-        else:
-            contents.append({"role": gemini_role, "parts": [{"text": content}]})
-    if not any(c["role"] == "user" for c in contents):
+    system, turns = split_conversation("gemini", messages, ROLE_NAMES)
+    if not any(role == "user" for role, _ in turns):
         raise ProviderError("gemini", "the Gemini API needs at least one user message")
+    contents = [{"role": role, "parts": [{"text": t} for t in texts]} for role, texts in turns]
     return ("\n\n".join(system) if system else None), contents
 
 

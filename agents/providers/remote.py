@@ -43,7 +43,7 @@ from itas.agents.providers.retry import (
     call_with_retries,
     unreadable_reply,
 )
-from itas.errors import ConfigError
+from itas.errors import ConfigError, ProviderError
 
 log = logging.getLogger("itas.providers")
 
@@ -78,6 +78,32 @@ class HttpReply:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None
+
+
+def split_conversation(
+    provider: str, messages: Sequence[Message], roles: Mapping[str, str]
+) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """System texts in order, and the other turns as (vendor role, texts).
+
+    ``roles`` maps our roles ("user", "assistant") to the vendor's; consecutive
+    turns of one role are merged (several vendors insist on alternating turns).
+    A role outside ``roles`` and "system" is a ProviderError naming the message.
+    """
+    system: list[str] = []
+    turns: list[tuple[str, list[str]]] = []
+    for index, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content", "")
+        if role == "system":
+            system.append(content)
+            continue
+        vendor_role = roles.get(str(role))
+        if vendor_role is None:
+            raise ProviderError(provider, f"message {index} has unknown role {role!r}")
+        if turns and turns[-1][0] == vendor_role:
+            turns[-1][1].append(content)
+        else:
+            turns.append((vendor_role, [content]))
+    return system, turns
 
 
 def token_count(value: object, name: str) -> int:
