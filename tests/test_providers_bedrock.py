@@ -240,3 +240,36 @@ async def test_a_cancelled_call_returns_at_once_and_its_thread_ends_by_the_timeo
         assert _threads_inside_botocore() == 0
     finally:
         await p.aclose()
+
+
+def test_the_fake_servers_signature_check_catches_tampering() -> None:
+    """The check the fake Bedrock applies is strict: any change after signing is caught."""
+    from urllib.parse import urlsplit
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from tests.servers.sigv4 import signature_problem
+
+    body = b'{"messages": []}'
+    request = AWSRequest(method="POST", url="http://127.0.0.1:9/model/m%3A0/converse", data=body,
+                         headers={"Content-Type": "application/json"})
+    SigV4Auth(Credentials(AWS.key_id, AWS.secret), "bedrock", AWS.region).add_auth(request)
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    headers["host"] = "127.0.0.1:9"
+    good = {"method": "POST", "raw_path": urlsplit(request.url).path, "headers": headers,
+            "body": body, "key_id": AWS.key_id, "secret": AWS.secret, "region": AWS.region,
+            "service": "bedrock"}
+    assert signature_problem(**good) is None
+    tampered = [
+        {"body": b'{"messages": [1]}'},
+        {"raw_path": "/model/other%3A0/converse"},
+        {"method": "PUT"},
+        {"headers": {**headers, "content-type": "text/plain"}},
+        {"headers": {**headers, "authorization": "Bearer x"}},
+        {"secret": "another-secret"},
+        {"service": "s3"},
+    ]
+    for change in tampered:
+        assert signature_problem(**{**good, **change}) is not None, change
