@@ -238,4 +238,8 @@ async def test_a_models_prefix_is_priced_and_routed_as_the_bare_name(
     if price is None:
         assert result.usage.cost_usd == 0
     assert server.posts()[0].path.endswith("/models/gemini-1.5-pro-001:generateContent")
-    assert provider(server)._price_model("models/gemini-2.0-flash") == "gemini-2.0-flash"
+    unused = provider(server)
+    try:
+        assert unused._price_model("models/gemini-2.0-flash") == "gemini-2.0-flash"
+    finally:
+        await unused.aclose()

@@ -225,4 +225,8 @@ class GeminiProvider(RemoteProvider):
         )
 
     async def aclose(self) -> None:
-        await self._client.aio.aclose()
+        # The SDK keeps a sync and an async HTTP client; each has its own close.
+        try:
+            await self._client.aio.aclose()
+        finally:
+            self._client.close()
