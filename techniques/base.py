@@ -544,6 +544,9 @@ class Job(Generic[P]):
                 conversation, model=model, temperature=self.params.temperature,
                 max_tokens=self.params.max_tokens, sample_index=index, sim=sim)
             self.usage.add(completion.usage)
+            for adjustment in completion.adjustments:  # what the provider changed to fit
+                if not any(n["detail"] == adjustment for n in self.notes):
+                    self.note("adjusted", adjustment)
             text, finish = completion.text, completion.finish_reason
             try:
                 parsed = parse(text)

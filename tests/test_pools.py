@@ -9,6 +9,7 @@ from itas.errors import ConfigError
 from itas.spec import load_architecture
 from itas.stack import packaged_config, service_names
 from tests.helpers import REPO
+from tests.provider_vendors import set_test_credentials
 
 POOLS = {path.stem: path for path in (REPO / "configs" / "pools").glob("*.yaml")}
 SERVED_BY = {"local_gcrf": "local", "openai_gcrf": "openai", "anthropic_gcrf": "anthropic",
@@ -21,6 +22,8 @@ def placeholder_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     """Agents refuse to start without their provider's key; these never reach a server."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-placeholder")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-placeholder")
+    set_test_credentials(monkeypatch)  # AWS credentials and region, nothing from this machine
+    monkeypatch.setenv("GEMINI_API_KEY", "gemini-placeholder")
 
 
 @pytest.mark.parametrize("name", sorted(POOLS))

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from itas.agents.providers import make_provider
+from itas.agents.providers.capabilities import fit_call
 from itas.agents.providers.openai import OpenAIProvider
 from itas.agents.providers.prices import price_for
 from itas.errors import ConfigError, ProviderError
@@ -257,7 +258,13 @@ def test_missing_key_for_the_openai_api_is_a_config_error(monkeypatch: pytest.Mo
 def test_token_limit_param_defaults_by_host(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    assert OpenAIProvider({})._token_limit_param == "max_completion_tokens"
-    assert OpenAIProvider({"base_url": "http://127.0.0.1:1/v1"})._token_limit_param == "max_tokens"
+    plain = fit_call("openai", "gpt-4o", MESSAGES, 0.5, 100)
+    reasoning = fit_call("openai", "o1-mini", MESSAGES, 0.5, 100)
+    assert OpenAIProvider({}).token_limit_param(plain) == "max_completion_tokens"
+    local = OpenAIProvider({"base_url": "http://127.0.0.1:1/v1"})
+    assert local.token_limit_param(plain) == "max_tokens"
+    assert local.token_limit_param(reasoning) == "max_completion_tokens"  # the model needs it
+    forced = OpenAIProvider({"base_url": "http://127.0.0.1:1/v1", "token_limit_param": "max_tokens"})
+    assert forced.token_limit_param(reasoning) == "max_tokens"  # the setting wins
     with pytest.raises(ConfigError, match="token_limit_param"):
         OpenAIProvider({"token_limit_param": "max_toks"})

@@ -9,7 +9,17 @@ from email.utils import formatdate
 import pytest
 
 from itas.agents.providers.prices import price_for
-from itas.agents.providers.retry import RetryPolicy, parse_retry_after, redact
+from itas.agents.providers.retry import (
+    MAX_MESSAGE_CHARS,
+    BadReply,
+    Failure,
+    RetryPolicy,
+    call_with_retries,
+    parse_retry_after,
+    redact,
+    unreadable_reply,
+)
+from itas.errors import ProviderError
 
 
 def test_retry_after_seconds_ms_and_dates() -> None:
@@ -50,3 +60,58 @@ def test_price_lookup_allows_snapshot_suffixes_only() -> None:
     # An unlisted newer version is unknown, not priced as its older sibling.
     assert price_for("claude-opus-4-7") is None and price_for("gpt-4o-audio-preview") is None
     assert price_for("gpt-4oo") is None and price_for("smollm2") is None
+
+
+SECRET = "sk-live-0123456789abcdefSECRET"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("seed", range(3))
+async def test_no_part_of_a_secret_survives_wherever_the_message_is_cut(seed: int) -> None:
+    """A secret quoted anywhere in a long failure text, even across the cut, never leaks."""
+    rng = random.Random(seed)
+    print(f"seed {seed}")
+    for _ in range(150):
+        padding = "x" * rng.randrange(MAX_MESSAGE_CHARS - len(SECRET), MAX_MESSAGE_CHARS + 5)
+        text = f"{padding}{SECRET} and again {SECRET}"
+
+        async def fail(text: str = text) -> None:
+            raise RuntimeError(text)
+
+        with pytest.raises(ProviderError) as caught:
+            await call_with_retries(
+                fail,
+                provider="p",
+                policy=RetryPolicy(max_attempts=1),
+                classify=lambda exc: Failure(retryable=False, message=str(exc)),
+                secrets=[SECRET],
+            )
+        message = str(caught.value)
+        assert len(message) <= MAX_MESSAGE_CHARS + len("provider_error: p: ")
+        pieces = {SECRET[i : i + 8] for i in range(len(SECRET) - 7)}
+        assert not any(piece in message for piece in pieces), (len(padding), message[-60:])
+
+
+@pytest.mark.anyio
+async def test_unreadable_replies_are_retried_and_named() -> None:
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise BadReply("no 'choices' in the reply")
+        if calls == 2:
+            raise ValueError("Expecting value: line 1 column 1 (char 0)")
+        return "ok"
+
+    def classify(exc: BaseException) -> Failure | None:
+        return unreadable_reply(exc, "http://127.0.0.1:1/v1")
+
+    policy = RetryPolicy(max_attempts=3, base_delay_s=0.0, max_delay_s=0.0)
+    assert await call_with_retries(flaky, provider="p", policy=policy, classify=classify) == "ok"
+    assert calls == 3
+    assert unreadable_reply(RuntimeError("a bug"), "x") is None  # bugs are not outages
+    failure = unreadable_reply(BadReply("no 'usage'"), "http://h")
+    assert failure is not None and failure.retryable
+    assert failure.message == "unreadable reply from http://h: no 'usage'"

@@ -7,8 +7,9 @@ message lists, so ``to_messages_api`` moves every system message into
 the same role. The key comes from ``api_key_env`` (default
 ``ANTHROPIC_API_KEY``) and travels only in the SDK's auth header
 (``Authorization: Bearer`` in SDK 2.x, ``x-api-key`` before).
-Temperatures above 1 (valid for OpenAI, up to 2) are clamped to 1, the Messages
-API maximum, so one architecture can run on either vendor.
+The capability table clamps temperatures above 1 (valid for OpenAI, up to 2) to
+1, the Messages API maximum, so one architecture can run on either vendor, and
+clamps ``max_tokens`` to each model's output cap (Archon asks for 200000).
 
 Anthropic deprecated sampling parameters for its newer models (they reject any
 temperature but the default 1.0), and the SDK (1.x and later) no longer takes
@@ -26,39 +27,33 @@ from typing import Any
 import anthropic
 
 from itas.agents.providers.base import Message
+from itas.agents.providers.capabilities import FittedCall
 from itas.agents.providers.config import flag
-from itas.agents.providers.remote import HttpReply, RemoteProvider
-from itas.agents.providers.retry import Failure, sdk_failure
+from itas.agents.providers.remote import (
+    HttpReply,
+    RemoteProvider,
+    split_conversation,
+    token_count,
+)
+from itas.agents.providers.retry import BadReply, Failure, sdk_failure
 from itas.errors import ProviderError
 
-CONVERSATION_ROLES = ("user", "assistant")
-MAX_TEMPERATURE = 1.0
+CONVERSATION_ROLES = {"user": "user", "assistant": "assistant"}
 API_DEFAULT_TEMPERATURE = 1.0
 
 
 def to_messages_api(messages: Sequence[Message]) -> tuple[str | None, list[dict[str, Any]]]:
     """Split ``messages`` into (system text or None, alternating user/assistant turns)."""
-    system: list[str] = []
-    turns: list[dict[str, Any]] = []
-    for index, message in enumerate(messages):
-        role, content = message.get("role"), message.get("content", "")
-        if role == "system":
-            system.append(content)
-        elif role in CONVERSATION_ROLES:
-            if turns and turns[-1]["role"] == role:
-                turns[-1]["content"] += "\n\n" + content
-            else:
-                turns.append({"role": role, "content": content})
-        else:
-            raise ProviderError("anthropic", f"message {index} has unknown role {role!r}")
+    system, turns = split_conversation("anthropic", messages, CONVERSATION_ROLES)
     if not turns:
         raise ProviderError("anthropic", "the Messages API needs at least one user message")
-    return ("\n\n".join(system) if system else None), turns
+    merged = [{"role": role, "content": "\n\n".join(texts)} for role, texts in turns]
+    return ("\n\n".join(system) if system else None), merged
 
 
 class AnthropicProvider(RemoteProvider):
     name = "anthropic"
-    default_key_env = "ANTHROPIC_API_KEY"
+    default_key_envs = ("ANTHROPIC_API_KEY",)
     extra_keys = frozenset({"send_temperature"})
 
     def __init__(self, settings: Any) -> None:
@@ -77,34 +72,44 @@ class AnthropicProvider(RemoteProvider):
         sdk_failure,
         status_error=anthropic.APIStatusError,
         connection_error=anthropic.APIConnectionError,
+        validation_error=anthropic.APIResponseValidationError,
         base_error=anthropic.AnthropicError,
     )
 
     def _classify(self, exc: BaseException) -> Failure | None:
         return AnthropicProvider._classify_sdk(exc)
 
-    async def _request(
-        self, messages: Sequence[Message], model: str, temperature: float, max_tokens: int
-    ) -> HttpReply:
-        system, turns = to_messages_api(messages)
-        extra: dict[str, Any] = {"system": system} if system is not None else {}
-        temperature = min(temperature, MAX_TEMPERATURE)
-        if self._send_temperature and temperature != API_DEFAULT_TEMPERATURE:
-            extra["extra_body"] = {"temperature": temperature}
-        response = await self._client.messages.create(
-            model=model,
-            max_tokens=max_tokens,
-            messages=turns,  # type: ignore[arg-type]
-            **extra,
+    def _prepare(self, model: str, call: FittedCall) -> dict[str, Any]:
+        system, turns = to_messages_api(call.messages)
+        request: dict[str, Any] = {"model": model, "max_tokens": call.max_tokens, "messages": turns}
+        if system is not None:
+            request["system"] = system
+        temperature = call.temperature
+        if self._send_temperature and temperature not in (None, API_DEFAULT_TEMPERATURE):
+            request["extra_body"] = {"temperature": temperature}
+        return request
+
+    async def _send(self, request: dict[str, Any]) -> HttpReply:
+        response = await self._client.messages.create(**request)
+        # Replies are built without validation: check what we read.
+        content = getattr(response, "content", None)
+        if not isinstance(content, list):
+            raise BadReply("no 'content' list in the reply")
+        usage = getattr(response, "usage", None)
+        if usage is None:
+            raise BadReply("no 'usage' in the reply")
+        prompt = sum(
+            token_count(getattr(usage, name, None), name)
+            for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
         )
-        usage = response.usage
-        prompt = usage.input_tokens + (usage.cache_creation_input_tokens or 0)
-        prompt += usage.cache_read_input_tokens or 0
+        texts = [getattr(block, "text", None) for block in content if block.type == "text"]
+        if not all(isinstance(t, str) for t in texts):
+            raise BadReply("a text block of the reply has no text")
         return HttpReply(
-            text="".join(block.text for block in response.content if block.type == "text"),
+            text="".join(t for t in texts if isinstance(t, str)),
             prompt_tokens=prompt,
-            completion_tokens=usage.output_tokens,
-            finish_reason=response.stop_reason,
+            completion_tokens=token_count(getattr(usage, "output_tokens", None), "output_tokens"),
+            finish_reason=getattr(response, "stop_reason", None),
         )
 
     async def aclose(self) -> None:

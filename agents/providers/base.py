@@ -40,9 +40,19 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Completion:
+    """One reply.
+
+    ``adjustments`` lists, in plain words, every change the provider made to the
+    call so the API would take it (``capabilities.py``), such as
+    "max_tokens 200000 clamped to 8192 for claude-3-5-sonnet-20240620"; empty when
+    the call went out as asked. Traces and technique replies carry it, so a
+    result is never silently produced under other settings than the spec's.
+    """
+
     text: str
     usage: Usage
     finish_reason: str | None = None
+    adjustments: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,11 @@ per cache, so the event loop never blocks on disk.
 On by default at ``~/.cache/itas/responses.sqlite`` (``ITAS_CACHE_DIR`` moves
 it); ``ITAS_CACHE=off`` or the provider setting ``cache: false`` turns it off.
 The cache holds prompts and replies, so its directory is created readable by
-its owner only. Errors are never cached. A cache that cannot be opened is a
-ConfigError at start; one that fails later (disk full, file removed) only logs
-a warning, since a cache must never fail a call that the provider could answer.
+its owner only. A reply keeps its ``adjustments`` (what its call was changed to
+fit the model), so a replayed reply says what the original said. Errors are
+never cached. A cache that cannot be opened is a ConfigError at start; one that
+fails later (disk full, file removed) only logs a warning, since a cache must
+never fail a call that the provider could answer.
 """
 
 from __future__ import annotations
@@ -58,9 +60,13 @@ CREATE TABLE IF NOT EXISTS responses (
     completion_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
     cost_known INTEGER NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    adjustments TEXT
 )
 """
+#: Added after the first release: files made before it get the column, NULL for old rows
+#: (their calls went out as asked, since nothing was adjusted then).
+_ADD_ADJUSTMENTS = "ALTER TABLE responses ADD COLUMN adjustments TEXT"
 
 
 def cache_enabled_by_env() -> bool:
@@ -117,6 +123,9 @@ class ResponseCache:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(responses)")}
+            if "adjustments" not in columns:
+                self._db.execute(_ADD_ADJUSTMENTS)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(
                 f"response cache {self.path}: {exc}; point {CACHE_DIR_ENV} at a writable "
@@ -127,13 +136,13 @@ class ResponseCache:
 
     def get(self, key: str) -> Completion | None:
         row = self._db.execute(
-            "SELECT text, finish_reason, prompt_tokens, completion_tokens, cost_usd, cost_known "
-            "FROM responses WHERE key = ?",
+            "SELECT text, finish_reason, prompt_tokens, completion_tokens, cost_usd, cost_known, "
+            "adjustments FROM responses WHERE key = ?",
             (key,),
         ).fetchone()
         if row is None:
             return None
-        text, finish_reason, prompt_tokens, completion_tokens, cost_usd, cost_known = row
+        text, finish_reason, prompt_tokens, completion_tokens, cost_usd, cost_known, notes = row
         usage = Usage(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
@@ -142,12 +151,19 @@ class ResponseCache:
             cached=True,
             cost_known=bool(cost_known),
         )
-        return Completion(text=text, usage=usage, finish_reason=finish_reason)
+        return Completion(
+            text=text,
+            usage=usage,
+            finish_reason=finish_reason,
+            adjustments=tuple(json.loads(notes)) if notes else (),
+        )
 
     def put(self, key: str, completion: Completion) -> None:
         usage = completion.usage
         self._db.execute(
-            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO responses (key, text, finish_reason, prompt_tokens, "
+            "completion_tokens, cost_usd, cost_known, created_at, adjustments) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 completion.text,
@@ -157,6 +173,7 @@ class ResponseCache:
                 usage.cost_usd,
                 int(usage.cost_known),
                 time.time(),
+                json.dumps(list(completion.adjustments)) if completion.adjustments else None,
             ),
         )
 

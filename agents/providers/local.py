@@ -317,7 +317,7 @@ class LocalProvider(OpenAIProvider):
     """The ``openai`` provider aimed at the embedded model server; calls are free."""
 
     name = "local"
-    default_key_env = "ITAS_LOCAL_MODEL_KEY"
+    default_key_envs = ("ITAS_LOCAL_MODEL_KEY",)
     default_timeout_s = LOCAL_TIMEOUT_S
 
     def __init__(self, settings: Mapping[str, Any]) -> None:

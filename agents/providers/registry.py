@@ -1,7 +1,9 @@
 """Building a provider from a pool file's settings: ``make_provider(name, settings)``.
 
 Providers are named by "module:class" strings and imported on demand, so an
-agent that uses the simulated models never imports the vendor SDKs. The
+agent that uses the simulated models never imports the vendor SDKs. The Gemini
+and Bedrock SDKs are optional extras; asking for their provider without them is
+a ConfigError that names the extra to install. The
 factory also decides on the response cache: on for real providers (calls cost
 money and time), off for ``sim`` (deterministic and free), with the setting
 ``cache`` overriding that and ``ITAS_CACHE=off`` overriding everything.
@@ -10,6 +12,7 @@ money and time), off for ``sim`` (deterministic and free), with the setting
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,10 +23,14 @@ from itas.errors import ConfigError
 PROVIDERS: dict[str, str] = {
     "openai": "itas.agents.providers.openai:OpenAIProvider",
     "anthropic": "itas.agents.providers.anthropic:AnthropicProvider",
+    "gemini": "itas.agents.providers.gemini:GeminiProvider",
+    "bedrock": "itas.agents.providers.bedrock:BedrockProvider",
     "local": "itas.agents.providers.local:LocalProvider",
     "sim": "itas.agents.providers.sim:SimProvider",
 }
-CACHED_BY_DEFAULT = frozenset({"openai", "anthropic", "local"})
+CACHED_BY_DEFAULT = frozenset({"openai", "anthropic", "gemini", "bedrock", "local"})
+#: The pip extra that brings a provider's SDK, for providers whose SDK is optional.
+SDK_EXTRAS = {"gemini": ("google.genai", "gemini"), "bedrock": ("boto3", "bedrock")}
 
 
 def make_provider(name: str, settings: Mapping[str, Any] | None = None) -> Provider:
@@ -39,6 +46,12 @@ def make_provider(name: str, settings: Mapping[str, Any] | None = None) -> Provi
             f"unknown provider {name!r}; known providers: {', '.join(sorted(PROVIDERS))}"
         )
     module_name, _, class_name = target.partition(":")
+    sdk, extra = SDK_EXTRAS.get(name, (None, None))
+    if sdk is not None and importlib.util.find_spec(sdk.partition(".")[0]) is None:
+        raise ConfigError(
+            f"provider {name!r} needs its SDK ({sdk}), which is not installed: "
+            f"pip install 'itas[{extra}]'"
+        )
     provider_class = getattr(importlib.import_module(module_name), class_name)
     use_cache = flag(name, settings, "cache", None)
     provider: Provider = provider_class(settings)

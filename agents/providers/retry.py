@@ -3,8 +3,10 @@
 The SDKs' own retries are turned off (``max_retries=0``) so that a call is
 retried in exactly one place, with one budget, one log line per retry and one
 final error. What is retried: HTTP 408, 429 and 5xx, timeouts and connection
-errors; anything else (400, 401, 404, ...) fails at once, because repeating a
-bad request only burns quota.
+errors, and replies that cannot be read (a body that is not JSON, or lacks a
+field every reply has: ``BadReply``), which a proxy or an overloaded server
+sends now and then; anything else (400, 401, 404, ...) fails at once, because
+repeating a bad request only burns quota.
 
 Waits use exponential backoff with "equal jitter" (half fixed, half random), so
 replicas hit by the same outage do not retry in lockstep yet always wait a
@@ -14,7 +16,8 @@ wait longer than ``max_retry_after_s`` ends the call at once instead, since
 sleeping less than asked would only waste an attempt.
 
 Error text can echo request details, so every message that leaves this module
-is passed through ``redact`` with the provider's secrets.
+is passed through ``redact`` with the provider's secrets, and only then cut to
+``MAX_MESSAGE_CHARS`` (cutting first could keep half a key).
 """
 
 from __future__ import annotations
@@ -37,11 +40,32 @@ T = TypeVar("T")
 
 #: HTTP statuses worth another attempt besides 5xx.
 RETRYABLE_STATUS = frozenset({408, 429})
-#: Longest error detail kept in a message (bodies can be large HTML pages).
-MAX_DETAIL_CHARS = 300
+#: Longest failure message kept (bodies can be large HTML pages); cut after redaction, so
+#: a secret is never half-kept where the cut falls.
+MAX_MESSAGE_CHARS = 400
 #: Secrets shorter than this are not redacted (would mangle ordinary words).
 MIN_SECRET_CHARS = 4
 REDACTED = "[redacted]"
+
+
+#: What SDKs raise while decoding a body they were sent: json's JSONDecodeError,
+#: UnicodeDecodeError and pydantic's ValidationError are ValueErrors; the others come
+#: from reading a field of a reply that does not have the expected shape.
+UNREADABLE_REPLY_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    IndexError,
+)
+
+
+class BadReply(Exception):
+    """A reply that came back but cannot be used: not JSON, or a required field missing.
+
+    Raised by a provider's reading of a reply; retried like a 5xx, since the next
+    reply from the same server is usually whole.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,20 +129,32 @@ def _error_detail(body: object) -> str | None:
     return message if isinstance(message, str) and message else None
 
 
+def unreadable_reply(exc: BaseException, source: str) -> Failure | None:
+    """A retryable failure for a reply from ``source`` that could not be read, else None."""
+    if isinstance(exc, BadReply):
+        detail = str(exc)
+    elif isinstance(exc, UNREADABLE_REPLY_ERRORS):
+        detail = f"{type(exc).__name__}: {exc}"
+    else:
+        return None
+    return Failure(retryable=True, message=f"unreadable reply from {source}: {detail}")
+
+
 def sdk_failure(
     exc: BaseException,
     *,
     status_error: type[BaseException],
     connection_error: type[BaseException],
+    validation_error: type[BaseException],
     base_error: type[BaseException],
 ) -> Failure | None:
     """Classify an exception from an OpenAI-style SDK (openai and anthropic share the shape).
 
     ``status_error`` instances carry ``status_code`` and ``response``; timeouts
-    subclass ``connection_error`` in both SDKs; any other ``base_error`` (a reply
-    that does not parse, ...) fails without retry. Returns None for exceptions
-    from outside the SDK, which propagate unchanged (a bug should not look like
-    an outage).
+    subclass ``connection_error`` in both SDKs; ``validation_error`` (a reply
+    that does not match the API's schema) is retried like any unreadable reply;
+    any other ``base_error`` fails without retry. Returns None for exceptions
+    from outside the SDK, which the caller classifies further.
     """
     if isinstance(exc, status_error):
         status = int(getattr(exc, "status_code", 0))
@@ -129,16 +165,21 @@ def sdk_failure(
         )
         return Failure(
             retryable=status in RETRYABLE_STATUS or status >= 500,
-            message=f"HTTP {status}: {detail[:MAX_DETAIL_CHARS]}",
+            message=f"HTTP {status}: {detail}",
             status=status,
             retry_after_s=parse_retry_after(headers),
         )
+    if isinstance(exc, validation_error):
+        return Failure(
+            retryable=True,
+            message=f"unreadable reply: {type(exc).__name__}: {exc!s}",
+        )
     if isinstance(exc, connection_error):
         kind = "timeout" if "timeout" in type(exc).__name__.lower() else "connection error"
-        return Failure(retryable=True, message=f"{kind}: {str(exc)[:MAX_DETAIL_CHARS]}")
+        return Failure(retryable=True, message=f"{kind}: {exc!s}")
     if isinstance(exc, base_error):
         return Failure(
-            retryable=False, message=f"{type(exc).__name__}: {str(exc)[:MAX_DETAIL_CHARS]}"
+            retryable=False, message=f"{type(exc).__name__}: {exc!s}"
         )
     return None
 
@@ -166,7 +207,7 @@ async def call_with_retries(
                 raise
         # Decide outside the except block: the SDK exception may quote a secret, so it
         # must not ride along as __context__ of what we raise or log.
-        message = redact(failure.message, secrets)
+        message = redact(failure.message, secrets)[:MAX_MESSAGE_CHARS]
         if not failure.retryable:
             raise ProviderError(provider, message, failure.status)
         if attempt >= policy.max_attempts:
