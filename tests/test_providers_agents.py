@@ -81,9 +81,10 @@ async def test_answers_through_the_mesh_with_retries(
 ) -> None:
     async with AsyncClient(mesh) as client:
         before = len(llm.posts())
-        reply = await client.request(service, {"messages": QUESTION, "params": {"n": 2}},
-                                     timeout=TIMEOUT_S)
-        assert [c["text"] for c in reply["candidates"]] == ["Paris", "Paris"]
+        for sample in (0, 1):  # a generator request is one sample
+            reply = await client.request(service, {"messages": QUESTION,
+                                                   "sample_index": sample}, timeout=TIMEOUT_S)
+            assert [c["text"] for c in reply["candidates"]] == ["Paris"]
         assert len(llm.posts()) - before == 2
         llm.fail(503)
         llm.fail(429, headers={"Retry-After": "0.2"})
