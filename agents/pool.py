@@ -30,8 +30,9 @@ import anyio
 import anyio.abc
 import yaml
 
-from itas.agents.kinds import KINDS
+from itas.agents.kinds import KINDS, build_agent
 from itas.errors import ConfigError
+from itas.lifecycle import EXIT_USER_ERROR, child_environment, itas_command
 
 log = logging.getLogger("itas.pool")
 
@@ -39,6 +40,8 @@ RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
 HEALTHY_AFTER_S = 10.0  # a replica that ran this long resets its backoff
 STOP_GRACE_S = 10.0
+ERROR_PREFIX = "itas: error: "
+LAST_LINE_BYTES = 2000
 
 
 @dataclass(frozen=True)
@@ -86,11 +89,26 @@ def load_pool(path: str | Path) -> list[PoolEntry]:
     return parse_pool(data, str(path))
 
 
+def service_names(entries: Sequence[PoolEntry], source: str = "pool") -> tuple[str, ...]:
+    """The broker services a pool registers, building every entry's agent in this
+    process first (nothing is started), so any bad setting is found before a replica
+    starts; the error names the entry."""
+    names = []
+    for i, entry in enumerate(entries, 1):
+        try:
+            agent = build_agent(entry.kind, entry.settings)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: agents[{i}] ({entry.kind}): {exc}") from exc
+        if entry.replicas:
+            names.append(agent.service)
+    return tuple(dict.fromkeys(names))
+
+
 def agent_command(entry: PoolEntry, broker: str, extra_args: Sequence[str] = ()) -> list[str]:
-    """The replica's argv; it exits with this process, even if this one is killed outright."""
-    return [sys.executable, "-m", "itas", "agent", "--kind", entry.kind, "--broker", broker,
-            "--settings", json.dumps(dict(entry.settings)), "--parent-pid", str(os.getpid()),
-            *extra_args]
+    """The replica's argv: its settings come on stdin, and it exits with this process,
+    even if this one is killed outright."""
+    return itas_command("agent", "--kind", entry.kind, "--broker", broker, "--settings", "-",
+                        "--parent-pid", str(os.getpid()), *extra_args)
 
 
 class Supervisor:
@@ -119,14 +137,21 @@ class Supervisor:
     async def _keep_running(self, index: int, replica: int, entry: PoolEntry) -> None:
         backoff = RESTART_MIN_S
         command = agent_command(entry, self.broker, self.extra_args)
+        settings = json.dumps(dict(entry.settings)).encode()
         while True:
             started = anyio.current_time()
-            process = await anyio.open_process(command, stdin=subprocess.DEVNULL,
-                                               stdout=None, stderr=None)
+            process = await anyio.open_process(command, stdin=subprocess.PIPE, stdout=None,
+                                               stderr=subprocess.PIPE, env=child_environment())
             self.processes[(index, replica)] = process
+            await _hand_over(process, settings)
+            last_line = await _forward_stderr(process)
             code = await process.wait()
             del self.processes[(index, replica)]
-            if anyio.current_time() - started > HEALTHY_AFTER_S:
+            ran = anyio.current_time() - started
+            if code == EXIT_USER_ERROR and ran < HEALTHY_AFTER_S:
+                raise ConfigError(f"agent {entry.kind} #{replica} exited at start: "
+                                  f"{last_line or f'exit status {code}'}")
+            if ran > HEALTHY_AFTER_S:
                 backoff = RESTART_MIN_S
             log.warning("agent %s #%d exited with %s; restarting in %.1f s",
                         entry.kind, replica, code, backoff)
@@ -146,3 +171,32 @@ class Supervisor:
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+async def _hand_over(process: anyio.abc.Process, settings: bytes) -> None:
+    """Write the settings to the replica's stdin and close it; a replica that died
+    before reading them is reported by its exit status instead."""
+    assert process.stdin is not None  # opened with stdin=PIPE
+    try:
+        await process.stdin.send(settings)
+        await process.stdin.aclose()
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass
+
+
+async def _forward_stderr(process: anyio.abc.Process) -> str:
+    """Copy the replica's stderr to ours until it closes; return its last line, without
+    the CLI's "itas: error: " prefix (the supervisor's own message names the replica)."""
+    assert process.stderr is not None  # opened with stderr=PIPE
+    pending, last = b"", ""
+    async for chunk in process.stderr:
+        sys.stderr.write(chunk.decode(errors="replace"))
+        sys.stderr.flush()
+        *lines, pending = (pending + chunk).split(b"\n")
+        pending = pending[-LAST_LINE_BYTES:]  # a line without end costs no memory
+        for line in lines:
+            if line.strip():
+                last = line[-LAST_LINE_BYTES:].decode(errors="replace").strip()
+    if pending.strip():
+        last = pending.decode(errors="replace").strip()
+    return last.removeprefix(ERROR_PREFIX)
