@@ -161,6 +161,7 @@ class Supervisor:
 
     async def _stop_all(self) -> None:
         processes = list(self.processes.values())
+        self.processes.clear()
         for process in processes:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)

@@ -101,12 +101,12 @@ async def run_stack(pool: str | os.PathLike[str], *, bind: str = "tcp://127.0.0.
     key pair made for this run only, in a private temporary directory that is removed
     when the stack stops; the broker allows it beside the keys in ``keys.allow``.
     """
-    path = resolve_config("pools", pool)
-    entries = with_orchestrator(load_pool(path))
-    services = service_names(entries, str(path))
     check_bind(bind, curve=keys is not None, insecure=insecure)
     if keys is not None:
         keys.check()
+    path = resolve_config("pools", pool)
+    entries = with_orchestrator(load_pool(path))
+    services = service_names(entries, str(path))
     uses_local = any(e.settings.get("provider") == "local" for e in entries)
     async with contextlib.AsyncExitStack() as stack:
         broker_args: list[str] = ["--insecure"] if insecure else []
