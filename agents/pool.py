@@ -144,17 +144,17 @@ class Supervisor:
                                                stderr=subprocess.PIPE, env=child_environment())
             self.processes[(index, replica)] = process
             await _hand_over(process, settings)
-            last_line = await _forward_stderr(process)
+            error = await _forward_stderr(process)
             code = await process.wait()
             del self.processes[(index, replica)]
             ran = anyio.current_time() - started
             if code == EXIT_USER_ERROR and ran < HEALTHY_AFTER_S:
                 raise ConfigError(f"agent {entry.kind} #{replica} exited at start: "
-                                  f"{last_line or f'exit status {code}'}")
+                                  f"{error or f'exit status {code}'}")
             if ran > HEALTHY_AFTER_S:
                 backoff = RESTART_MIN_S
-            log.warning("agent %s #%d exited with %s; restarting in %.1f s",
-                        entry.kind, replica, code, backoff)
+            log.warning("agent %s #%d exited with %s%s; restarting in %.1f s",
+                        entry.kind, replica, code, f" ({error})" if error else "", backoff)
             self.restarts += 1
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, RESTART_MAX_S)
@@ -186,18 +186,28 @@ async def _hand_over(process: anyio.abc.Process, settings: bytes) -> None:
 
 
 async def _forward_stderr(process: anyio.abc.Process) -> str:
-    """Copy the replica's stderr to ours until it closes; return its last line, without
-    the CLI's "itas: error: " prefix (the supervisor's own message names the replica)."""
+    """Copy the replica's stderr to ours line by line until it closes, except its
+    "itas: error: ..." line: that one is returned (without the prefix), and the supervisor
+    reports it once, naming the replica."""
     assert process.stderr is not None  # opened with stderr=PIPE
-    pending, last = b"", ""
+    pending, error = b"", ""
+
+    def take(line: bytes) -> None:
+        nonlocal error
+        text = line.decode(errors="replace")
+        if text.startswith(ERROR_PREFIX):
+            error = text.removeprefix(ERROR_PREFIX).strip()
+        else:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+
     async for chunk in process.stderr:
-        sys.stderr.write(chunk.decode(errors="replace"))
-        sys.stderr.flush()
         *lines, pending = (pending + chunk).split(b"\n")
-        pending = pending[-LAST_LINE_BYTES:]  # a line without end costs no memory
         for line in lines:
-            if line.strip():
-                last = line[-LAST_LINE_BYTES:].decode(errors="replace").strip()
-    if pending.strip():
-        last = pending.decode(errors="replace").strip()
-    return last.removeprefix(ERROR_PREFIX)
+            take(line)
+        if len(pending) > LAST_LINE_BYTES:  # a line without end costs no memory
+            take(pending)
+            pending = b""
+    if pending:
+        take(pending)
+    return error

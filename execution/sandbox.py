@@ -333,8 +333,8 @@ def _plan(host: _Host) -> list[list[str | int]]:
     bound: list[str] = []
 
     def expose(path: str) -> None:
-        if any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound):
-            return
+        if path in ("", "/") or any(path == b or path.startswith(b + "/") for b in bound):
+            return  # never the whole host (an interpreter installed at /)
         if os.path.islink(path):
             plan.append(["symlink", os.readlink(path), path])
         elif os.path.exists(path):

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 import zmq
 from hypothesis import given, settings
@@ -26,7 +27,7 @@ from hypothesis import strategies as st
 
 from itas import validate
 from itas.agents.pool import PoolEntry, Supervisor
-from itas.client import Client
+from itas.client import AsyncClient, Client
 from itas.errors import ConfigError
 from itas.lifecycle import child_environment, itas_command
 from itas.security import generate_keys
@@ -178,7 +179,8 @@ def test_pool_settings_reach_replicas_off_the_command_line(tmp_path: Path,
         assert service not in _cmdlines()
 
 
-async def test_a_replica_failing_on_its_configuration_is_not_restarted() -> None:
+async def test_a_replica_failing_on_its_configuration_is_not_restarted(
+        capsys: pytest.CaptureFixture[str]) -> None:
     supervisor = Supervisor([PoolEntry("echo", 2)], "tcp://127.0.0.1:9",
                             ["--curve-secret", "/no/such.key_secret", "--curve-server", "/no/x"])
     with pytest.raises(ExceptionGroup) as caught:
@@ -187,6 +189,32 @@ async def test_a_replica_failing_on_its_configuration_is_not_restarted() -> None
     assert isinstance(error, ConfigError)
     assert "agent echo #" in str(error) and "'--curve-secret'" in str(error)
     assert supervisor.restarts == 0 and supervisor.processes == {}
+    assert "itas: error" not in capsys.readouterr().err  # said once, by the supervisor
+
+
+async def test_a_crashed_replica_is_restarted_with_its_settings(procs: Processes) -> None:
+    broker = procs.broker()
+    service = f"echo-{uuid.uuid4().hex}"
+    supervisor = Supervisor([PoolEntry("echo", 1, {"service": service})], broker.endpoint)
+
+    async def workers() -> list[dict[str, object]]:
+        async with AsyncClient(broker.endpoint) as client:
+            return [w for w in (await client.status())["workers"] if w["service"] == service]
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(supervisor.run)
+        with anyio.fail_after(HANG_LIMIT_S):
+            while len(before := await workers()) != 1:
+                await anyio.sleep(0.1)
+            (first,) = supervisor.processes.values()
+            first.kill()
+            while supervisor.restarts == 0 or [w for w in await workers() if w not in before
+                                               ] == []:
+                await anyio.sleep(0.1)
+        (second,) = supervisor.processes.values()
+        assert second.pid != first.pid
+        tg.cancel_scope.cancel()
+    assert supervisor.processes == {} and second.returncode is not None
 
 
 # -- children run the parent's code, wherever they are started ----------------------------------
