@@ -134,6 +134,29 @@ def test_a_secret_never_goes_on_a_command_line() -> None:
     assert "nested.api_key looks like a secret" in line and secret not in line
 
 
+def test_settings_on_stdin_are_logged_redacted(free_port: int) -> None:
+    secret = f"tok-{uuid.uuid4().hex}"
+    agent = subprocess.Popen([ITAS, "agent", "--kind", "echo", "--settings", "-", "-v",
+                              "--broker", f"tcp://127.0.0.1:{free_port}"],
+                             stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        assert agent.stdin is not None and agent.stderr is not None
+        agent.stdin.write(json.dumps({"service": "echo-x", "auth_token": secret}))
+        agent.stdin.close()
+        line = ""
+        while "settings" not in line:
+            line = agent.stderr.readline()
+            assert line, "the agent ended without logging its settings"
+        assert '"auth_token": "***"' in line and '"service": "echo-x"' in line
+        assert secret not in line
+    finally:
+        os.killpg(agent.pid, signal.SIGTERM)
+        agent.wait(timeout=HANG_LIMIT_S)
+        if agent.stderr is not None:
+            agent.stderr.close()
+
+
 def test_itas_agents_checks_every_entry_before_starting_any(tmp_path: Path,
                                                             procs: Processes) -> None:
     broker = procs.broker()
