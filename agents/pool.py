@@ -32,7 +32,7 @@ import yaml
 
 from itas.agents.kinds import KINDS, build_agent
 from itas.errors import ConfigError
-from itas.lifecycle import EXIT_USER_ERROR, child_environment, itas_command
+from itas.lifecycle import ERROR_PREFIX, EXIT_USER_ERROR, child_environment, itas_command
 
 log = logging.getLogger("itas.pool")
 
@@ -40,7 +40,6 @@ RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
 HEALTHY_AFTER_S = 10.0  # a replica that ran this long resets its backoff
 STOP_GRACE_S = 10.0
-ERROR_PREFIX = "itas: error: "
 LAST_LINE_BYTES = 2000
 
 

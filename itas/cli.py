@@ -23,7 +23,7 @@ import typer
 
 from itas import validate
 from itas.errors import ConfigError, ItasError, leaf_exceptions
-from itas.lifecycle import EXIT_USER_ERROR
+from itas.lifecycle import ERROR_PREFIX, EXIT_USER_ERROR
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Inference-time architectures over LLMs as a mesh of ZeroMQ agents.")
@@ -531,7 +531,7 @@ def main() -> None:
         if type(exc).__name__ == "NoArgsIsHelpError":  # `itas` alone: the help, as before
             exc.show()  # type: ignore[attr-defined]
             raise SystemExit(EXIT_USER_ERROR) from None
-        print(f"itas: error: {_usage_error(exc)}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{_usage_error(exc)}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
     except typer.Abort:
         print("itas: aborted", file=sys.stderr)
@@ -541,7 +541,7 @@ def main() -> None:
         if errors is None:
             raise
         for error in errors:
-            print(f"itas: error: {error}", file=sys.stderr)
+            print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
     if isinstance(code, int) and code:
         raise SystemExit(code)

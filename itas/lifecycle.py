@@ -24,6 +24,7 @@ from collections.abc import Mapping
 
 PR_SET_PDEATHSIG = 1
 EXIT_USER_ERROR = 2
+ERROR_PREFIX = "itas: error: "  # how the CLI starts its one line about such an error
 
 
 def die_with_parent(parent_pid: int, sig: signal.Signals = signal.SIGTERM) -> None:

@@ -26,7 +26,7 @@ import anyio.abc
 from itas.agents.pool import PoolEntry, Supervisor, load_pool, service_names
 from itas.client import AsyncClient
 from itas.errors import ConfigError
-from itas.lifecycle import child_environment, itas_command
+from itas.lifecycle import ERROR_PREFIX, child_environment, itas_command
 from itas.security import CurveKeys, check_bind, generate_keys
 
 READY_TIMEOUT_S = 120.0
@@ -163,7 +163,7 @@ async def broker_process(bind: str, output: anyio.abc.TaskGroup,
             with anyio.move_on_after(BROKER_STOP_S):
                 await process.wait()
             error = (await _read_all(process.stderr)).strip().splitlines()
-            why = error[-1].removeprefix("itas: error: ") if error else (
+            why = error[-1].removeprefix(ERROR_PREFIX) if error else (
                 f"exit status {process.returncode}")
             raise ConfigError(f"the broker did not start: {why}")
         output.start_soon(_copy_to_stderr, process.stderr)
