@@ -30,8 +30,9 @@ import anyio
 import anyio.abc
 import yaml
 
-from itas.agents.kinds import KINDS
+from itas.agents.kinds import KINDS, build_agent
 from itas.errors import ConfigError
+from itas.lifecycle import ERROR_PREFIX, EXIT_USER_ERROR, child_environment, itas_command
 
 log = logging.getLogger("itas.pool")
 
@@ -39,6 +40,7 @@ RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
 HEALTHY_AFTER_S = 10.0  # a replica that ran this long resets its backoff
 STOP_GRACE_S = 10.0
+LAST_LINE_BYTES = 2000
 
 
 @dataclass(frozen=True)
@@ -86,11 +88,26 @@ def load_pool(path: str | Path) -> list[PoolEntry]:
     return parse_pool(data, str(path))
 
 
+def service_names(entries: Sequence[PoolEntry], source: str = "pool") -> tuple[str, ...]:
+    """The broker services a pool registers, building every entry's agent in this
+    process first (nothing is started), so any bad setting is found before a replica
+    starts; the error names the entry."""
+    names = []
+    for i, entry in enumerate(entries, 1):
+        try:
+            agent = build_agent(entry.kind, entry.settings)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: agents[{i}] ({entry.kind}): {exc}") from exc
+        if entry.replicas:
+            names.append(agent.service)
+    return tuple(dict.fromkeys(names))
+
+
 def agent_command(entry: PoolEntry, broker: str, extra_args: Sequence[str] = ()) -> list[str]:
-    """The replica's argv; it exits with this process, even if this one is killed outright."""
-    return [sys.executable, "-m", "itas", "agent", "--kind", entry.kind, "--broker", broker,
-            "--settings", json.dumps(dict(entry.settings)), "--parent-pid", str(os.getpid()),
-            *extra_args]
+    """The replica's argv: its settings come on stdin, and it exits with this process,
+    even if this one is killed outright."""
+    return itas_command("agent", "--kind", entry.kind, "--broker", broker, "--settings", "-",
+                        "--parent-pid", str(os.getpid()), *extra_args)
 
 
 class Supervisor:
@@ -119,23 +136,31 @@ class Supervisor:
     async def _keep_running(self, index: int, replica: int, entry: PoolEntry) -> None:
         backoff = RESTART_MIN_S
         command = agent_command(entry, self.broker, self.extra_args)
+        settings = json.dumps(dict(entry.settings)).encode()
         while True:
             started = anyio.current_time()
-            process = await anyio.open_process(command, stdin=subprocess.DEVNULL,
-                                               stdout=None, stderr=None)
+            process = await anyio.open_process(command, stdin=subprocess.PIPE, stdout=None,
+                                               stderr=subprocess.PIPE, env=child_environment())
             self.processes[(index, replica)] = process
+            await _hand_over(process, settings)
+            error = await _forward_stderr(process)
             code = await process.wait()
             del self.processes[(index, replica)]
-            if anyio.current_time() - started > HEALTHY_AFTER_S:
+            ran = anyio.current_time() - started
+            if code == EXIT_USER_ERROR and ran < HEALTHY_AFTER_S:
+                raise ConfigError(f"agent {entry.kind} #{replica} exited at start: "
+                                  f"{error or f'exit status {code}'}")
+            if ran > HEALTHY_AFTER_S:
                 backoff = RESTART_MIN_S
-            log.warning("agent %s #%d exited with %s; restarting in %.1f s",
-                        entry.kind, replica, code, backoff)
+            log.warning("agent %s #%d exited with %s%s; restarting in %.1f s",
+                        entry.kind, replica, code, f" ({error})" if error else "", backoff)
             self.restarts += 1
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, RESTART_MAX_S)
 
     async def _stop_all(self) -> None:
         processes = list(self.processes.values())
+        self.processes.clear()
         for process in processes:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
@@ -146,3 +171,42 @@ class Supervisor:
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+async def _hand_over(process: anyio.abc.Process, settings: bytes) -> None:
+    """Write the settings to the replica's stdin and close it; a replica that died
+    before reading them is reported by its exit status instead."""
+    assert process.stdin is not None  # opened with stdin=PIPE
+    try:
+        await process.stdin.send(settings)
+        await process.stdin.aclose()
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass
+
+
+async def _forward_stderr(process: anyio.abc.Process) -> str:
+    """Copy the replica's stderr to ours line by line until it closes, except its
+    "itas: error: ..." line: that one is returned (without the prefix), and the supervisor
+    reports it once, naming the replica."""
+    assert process.stderr is not None  # opened with stderr=PIPE
+    pending, error = b"", ""
+
+    def take(line: bytes) -> None:
+        nonlocal error
+        text = line.decode(errors="replace")
+        if text.startswith(ERROR_PREFIX):
+            error = text.removeprefix(ERROR_PREFIX).strip()
+        else:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+
+    async for chunk in process.stderr:
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            take(line)
+        if len(pending) > LAST_LINE_BYTES:  # a line without end costs no memory
+            take(pending)
+            pending = b""
+    if pending:
+        take(pending)
+    return error

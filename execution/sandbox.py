@@ -1,40 +1,57 @@
-"""Run untrusted Python (model-written code) against tests in a throw-away subprocess.
+"""Run untrusted Python (model-written code) against tests in a throw-away sandbox.
 
-Why a separate process per run: model code can loop forever, allocate without
-bound, fork, write files, open sockets or call ``os._exit``. None of that may
-reach the caller, so every run gets a fresh interpreter, a fresh empty temp
-directory as its working directory, a minimal environment, and a wall-clock
-deadline after which its whole process group is killed.
+Why: model code can loop forever, allocate without bound, fork, write files,
+open sockets, read other processes' environments (API keys) or leave daemons
+behind. None of that may reach the caller, so every run gets a fresh
+interpreter in a fresh sandbox, and a wall-clock deadline after which all of
+it is killed.
 
-The limits are set by a small stdlib-only harness (``_HARNESS``, written into
-the run's control directory) before it executes the candidate, not by a
-``preexec_fn``: anyio's process API has none, and ``preexec_fn`` is unsafe in
-a parent that runs threads. The harness applies, where the OS allows, and
-reports back which of these it could (``SandboxResult.isolation``):
+How it is confined depends on what the machine allows; the first tier that
+works is used, and the tier is detected once per process (a probe run):
 
-==============  ==============================================================
-``memory``      RLIMIT_AS: allocations beyond ``memory_mb`` raise MemoryError
-``cpu``         RLIMIT_CPU: a busy loop is killed by SIGXCPU
-``fsize``       RLIMIT_FSIZE: no file larger than ``FILE_SIZE_LIMIT``
-``nofile``      RLIMIT_NOFILE: at most ``OPEN_FILES_LIMIT`` open files
-``no_core``     RLIMIT_CORE 0: no core dumps
-``netns``       a new, empty network namespace (root only): no network at all
-``pidns``       a new PID namespace (root only): every process the candidate
-                starts dies with it, even one that escapes the process group
-``uid``         runs as the unprivileged ``nobody`` user (root only, when an
-                interpreter that user may execute exists): the candidate
-                cannot touch the caller's files
-``nproc``       RLIMIT_NPROC (not as root: the kernel never applies it to
-                root): a fork bomb stops after ``max_processes`` more processes
-``socket_guard`` fallback without ``netns``: ``socket`` connect/bind/DNS raise
-                PermissionError (in-process, so code that imports ``_socket``
-                directly can get around it)
-==============  ==============================================================
+``bwrap``
+    bubblewrap (``bwrap`` >= 0.8, Debian package ``bubblewrap``) builds the
+    sandbox: new user, mount, PID, network, IPC and UTS namespaces.
+``unshare``
+    No bwrap, but the kernel allows unprivileged user namespaces: the harness
+    (``itas.execution.harness``) makes the same namespaces and the same
+    filesystem itself.
+``unconfined``
+    Neither works: **fail closed** by default (``run_tests`` raises
+    ConfigError, so a code_tester agent answers with an error instead of
+    running code unprotected). Only with ``ITAS_SANDBOX=unconfined`` does code
+    run anyway, with rlimits, seccomp and a clean environment but without
+    namespaces; every result then says ``unconfined`` in ``isolation``, and the
+    first such run logs a warning.
+
+``ITAS_SANDBOX`` (``auto``, the default, or one of the tier names) picks a
+tier; asking for one that does not work here is a ConfigError naming why.
+
+In both namespaced tiers the candidate sees only: ``/usr`` and the other
+system directories, a few files of ``/etc`` (the dynamic linker's cache,
+``passwd``, ``group``, time zone), the interpreter's own installation and the
+caller's site-packages, all read-only; its own ``/proc`` (only its own
+processes), a minimal ``/dev``, and private tmpfs for ``/tmp`` (its working
+directory and ``HOME``; ``/var/tmp`` points there) and ``/dev/shm``, each
+capped at ``TMP_SPACE_MB``. Nothing else of the host: no home directories, no
+``/run``, no sockets of other programs, no other processes. As root, runs
+also drop to the user ``nobody`` first (``uid``), so the fork bomb limit
+applies and no host file is accessible as its owner.
+
+Reported in ``SandboxResult.isolation``: the tier; ``userns``, ``mountns``,
+``pidns``, ``netns``, ``ipcns`` and ``private_tmp`` (namespaced tiers);
+``uid`` (root only); ``seccomp`` (no ``socket()`` of any family, no io_uring,
+namespaces, mounts, ptrace, keyrings, bpf); ``die_with_parent`` (the run is
+killed if this process dies); and the rlimits applied: ``memory``
+(RLIMIT_AS), ``cpu`` (SIGXCPU, reported as a timeout), ``fsize``
+(``FILE_SIZE_LIMIT`` per file), ``nofile``, ``nproc`` (a fork bomb stops after
+``max_processes`` more processes; never as root, whom the kernel does not
+limit), ``no_core``.
 
 What this does not protect: the integrity of the score against code written to
 cheat on purpose (the candidate runs in the harness's process and could forge
-its result records). Model output is not adversarial in that way; the host is
-what is protected.
+its result records); memory used by files in the private tmpfs counts against
+``TMP_SPACE_MB``, not against ``memory_mb``.
 
 Tests are either one script (optionally followed by ``check(entry_point)``, the
 HumanEval harness) or a list of statements (MBPP's asserts), each run on its
@@ -46,6 +63,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -65,20 +83,37 @@ import anyio.abc
 
 from itas.errors import ConfigError
 
+log = logging.getLogger("itas.sandbox")
+
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MEMORY_MB = 512
 DEFAULT_MAX_PROCESSES = 64
 MIN_MEMORY_MB = 64
+TMP_SPACE_MB = 64
 FILE_SIZE_LIMIT = 16 * 1024 * 1024
 OPEN_FILES_LIMIT = 256
 OUTPUT_TAIL_BYTES = 4096
 ERROR_CHARS = 300
 DRAIN_GRACE_S = 1.0
 REAP_GRACE_S = 5.0
+PROBE_TIMEOUT_S = 60.0
 UNPRIVILEGED_USER = "nobody"
-# Minimal environment: no API keys or proxies of the caller leak into model code.
+SANDBOX_ENV = "ITAS_SANDBOX"
 CHILD_PATH = "/usr/local/bin:/usr/bin:/bin"
-PROBE_IMPORTS = "import ctypes, json, resource"
+# Inside the namespaced tiers: the control directory (harness, job) and the work dir.
+CONTROL_INSIDE = "/.itas"
+WORK_INSIDE = "/tmp"
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+ETC_ENTRIES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "passwd", "group",
+               "nsswitch.conf", "alternatives")
+HARNESS_SOURCE = Path(__file__).with_name("harness.py")
+# Runs as the sandbox's user, unconfined: what the interpreter is, what it may read.
+PROBE_SCRIPT = (
+    "import json, os, sys\n"
+    "print(json.dumps({'version': list(sys.version_info[:2]),\n"
+    "    'prefixes': [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix],\n"
+    "    'readable': [d for d in json.loads(sys.argv[1]) if os.access(d, os.R_OK | os.X_OK)]}))\n"
+)
 
 
 class Status(enum.StrEnum):
@@ -87,6 +122,12 @@ class Status(enum.StrEnum):
     TIMEOUT = "timeout"  # wall-clock or CPU limit reached
     CRASHED = "crashed"  # the process died without finishing (signal, os._exit, ...)
     MEMORY = "memory"  # the memory limit was hit
+
+
+class Tier(enum.StrEnum):
+    BWRAP = "bwrap"
+    UNSHARE = "unshare"
+    UNCONFINED = "unconfined"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,13 +183,24 @@ class _Tail:
 
 
 @dataclass(frozen=True, slots=True)
-class _Interpreter:
+class _Host:
+    """Who runs the sandbox and with which interpreter, and what that one may bind."""
+
     python: str
-    uid: int | None = None
-    gid: int | None = None
+    uid: int | None  # set (with gid) when root hands runs to ``nobody``
+    gid: int | None
+    prefixes: tuple[str, ...]  # the interpreter's installation
+    site_dirs: tuple[str, ...]  # the caller's site-packages it can use
 
 
-_interpreter_cache: list[_Interpreter] = []
+@dataclass(slots=True)
+class _Detected:
+    host: _Host | None = None
+    unavailable: dict[Tier, str | None] = field(default_factory=dict)  # None: it works
+    warned: bool = False
+
+
+_detected = _Detected()
 
 
 async def run_tests(
@@ -165,7 +217,8 @@ async def run_tests(
     ``tests``: a list of statements (each one test, run separately in order), or
     one script (one test). With ``entry_point`` the script must define
     ``check(candidate)`` and is called as ``check(<entry_point>)``.
-    Never raises for anything the code does; raises ConfigError for bad limits.
+    Never raises for anything the code does; raises ConfigError for bad limits,
+    a bad ``ITAS_SANDBOX``, or when no isolation works here (fail closed).
     """
     if timeout_s <= 0:
         raise ConfigError(f"sandbox: timeout_s must be > 0, got {timeout_s}")
@@ -174,32 +227,15 @@ async def run_tests(
     if max_processes < 1:
         raise ConfigError(f"sandbox: max_processes must be >= 1, got {max_processes}")
     sources = [tests] if isinstance(tests, str) else [str(t) for t in tests]
-    interpreter = await _interpreter()
-    root = Path(tempfile.mkdtemp(prefix="itas-sandbox-"))
-    try:
-        ctl, cwd, results = _prepare(root, interpreter)
-        job = {
-            "code": code,
-            "tests": sources,
-            "check": entry_point if isinstance(tests, str) else None,
-            "results": str(results),
-            "cpu_s": int(timeout_s) + 1,
-            "memory": memory_mb * 1024 * 1024,
-            "fsize": FILE_SIZE_LIMIT,
-            "nofile": OPEN_FILES_LIMIT,
-            "nproc": max_processes,
-            "error_chars": ERROR_CHARS,
-            "uid": interpreter.uid,
-            "gid": interpreter.gid,
-        }
-        (ctl / "job.json").write_text(json.dumps(job), encoding="utf-8")
-        (ctl / "harness.py").write_text(_HARNESS, encoding="utf-8")
-        run = await _execute(interpreter.python, ctl, cwd, timeout_s)
-        records = _read_records(results)
-        return _result(sources, records, run)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(partial(shutil.rmtree, root, ignore_errors=True))
+    host = await _host()
+    tier = await _tier(host)
+    job = _Job(code, sources, entry_point if isinstance(tests, str) else None,
+               timeout_s, memory_mb, max_processes)
+    run, records = await _run(host, tier, job)
+    setup = _setup_error(records)
+    if setup is not None:
+        raise ConfigError(f"sandbox ({tier}): could not set up isolation: {setup}")
+    return _result(sources, records, run)
 
 
 def run_tests_sync(code: str, tests: str | Sequence[str], **options: Any) -> SandboxResult:
@@ -207,22 +243,14 @@ def run_tests_sync(code: str, tests: str | Sequence[str], **options: Any) -> San
     return anyio.run(partial(run_tests, code, tests, **options))
 
 
-def _prepare(root: Path, interpreter: _Interpreter) -> tuple[Path, Path, Path]:
-    """Control dir (harness, job, results; not visible as cwd) and an empty work dir.
-
-    The results file is created here and opened by the harness before it drops
-    privileges, so the unprivileged candidate needs no write access to it.
-    """
-    ctl, cwd = root / "ctl", root / "cwd"
-    ctl.mkdir()
-    cwd.mkdir()
-    results = ctl / "results.jsonl"
-    results.touch(mode=0o600)
-    root.chmod(0o755)
-    ctl.chmod(0o755)
-    if interpreter.uid is not None and interpreter.gid is not None:
-        os.chown(cwd, interpreter.uid, interpreter.gid)
-    return ctl, cwd, results
+@dataclass(frozen=True, slots=True)
+class _Job:
+    code: str
+    tests: list[str]
+    check: str | None
+    timeout_s: float
+    memory_mb: int
+    max_processes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,17 +262,127 @@ class _Run:
     stderr: _Tail
 
 
-async def _execute(python: str, ctl: Path, cwd: Path, timeout_s: float) -> _Run:
-    env = {"PATH": CHILD_PATH, "LANG": "C.UTF-8", "HOME": str(cwd), "TMPDIR": str(cwd)}
+async def _run(host: _Host, tier: Tier, job: _Job) -> tuple[_Run, list[dict[str, Any]]]:
+    """One run in ``tier``: control dir, job file, the command, the records it wrote."""
+    root = Path(tempfile.mkdtemp(prefix="itas-sandbox-"))
+    results_fd = -1
+    try:
+        ctl, work, sysroot = root / "ctl", root / "work", root / "sysroot"
+        for directory in (ctl, work, sysroot):
+            directory.mkdir()
+        root.chmod(0o755)
+        ctl.chmod(0o755)
+        sysroot.chmod(0o755)
+        if host.uid is not None and host.gid is not None:
+            os.chown(work, host.uid, host.gid)
+        results = ctl / "results.jsonl"
+        # Opened here and inherited: nothing inside needs write access to a host file.
+        results_fd = os.open(results, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                             0o600)
+        isolation = [str(tier), "die_with_parent"]
+        if host.uid is not None:
+            isolation.append("uid")
+        if tier is Tier.BWRAP:
+            isolation += ["userns", "mountns", "pidns", "netns", "ipcns", "private_tmp"]
+        spec = {
+            "code": job.code,
+            "tests": job.tests,
+            "check": job.check,
+            "tier": str(tier),
+            "isolation": isolation,
+            "results_fd": results_fd,
+            "parent_pid": None if tier is Tier.BWRAP else os.getpid(),
+            "plan": _plan(host) if tier is Tier.UNSHARE else [],
+            "sysroot": str(sysroot),
+            "cwd": str(work) if tier is Tier.UNCONFINED else WORK_INSIDE,
+            "site_dirs": list(host.site_dirs),
+            "cpu_s": int(job.timeout_s) + 1,
+            "memory": job.memory_mb * 1024 * 1024,
+            "fsize": FILE_SIZE_LIMIT,
+            "nofile": OPEN_FILES_LIMIT,
+            "nproc": job.max_processes,
+            "error_chars": ERROR_CHARS,
+        }
+        (ctl / "job.json").write_text(json.dumps(spec), encoding="utf-8")
+        (ctl / "harness.py").write_text(_harness_source(), encoding="utf-8")
+        inside = Path(CONTROL_INSIDE) if tier is Tier.BWRAP else ctl
+        command = [host.python, "-I", "-B", str(inside / "harness.py"), str(inside / "job.json")]
+        if tier is Tier.BWRAP:
+            command = _bwrap_command(host, ctl) + command
+        home = WORK_INSIDE if tier is not Tier.UNCONFINED else str(work)
+        env = {"PATH": CHILD_PATH, "LANG": "C.UTF-8", "HOME": home, "TMPDIR": home}
+        run = await _execute(command, ctl, env, host, results_fd, job.timeout_s)
+        return run, _read_records(results)
+    finally:
+        with anyio.CancelScope(shield=True):
+            if results_fd >= 0:
+                os.close(results_fd)
+            await anyio.to_thread.run_sync(partial(shutil.rmtree, root, ignore_errors=True))
+
+
+def _harness_source() -> str:
+    return HARNESS_SOURCE.read_text(encoding="utf-8")
+
+
+def _plan(host: _Host) -> list[list[str | int]]:
+    """The filesystem the candidate sees, as steps both namespaced tiers carry out:
+    ``["ro-bind", source, target]``, ``["symlink", link_text, target]``,
+    ``["dir", target]``, ``["tmpfs", bytes, target]``, ``["proc", target]``,
+    ``["dev", target]``."""
+    plan: list[list[str | int]] = []
+    bound: list[str] = []
+
+    def expose(path: str) -> None:
+        if path in ("", "/") or any(path == b or path.startswith(b + "/") for b in bound):
+            return  # never the whole host (an interpreter installed at /)
+        if os.path.islink(path):
+            plan.append(["symlink", os.readlink(path), path])
+        elif os.path.exists(path):
+            plan.append(["ro-bind", path, path])
+            bound.append(path)
+
+    cap = TMP_SPACE_MB * 1024 * 1024
+    plan += [["proc", "/proc"], ["dev", "/dev"], ["tmpfs", cap, "/dev/shm"],
+             ["tmpfs", cap, WORK_INSIDE], ["dir", "/var"], ["symlink", WORK_INSIDE, "/var/tmp"]]
+    # After the private mounts, so an interpreter installed under /tmp stays visible.
+    for path in SYSTEM_DIRS:
+        expose(path)
+    for name in ETC_ENTRIES:
+        expose(f"/etc/{name}")
+    for path in (*host.prefixes, *host.site_dirs):
+        expose(os.path.realpath(path))
+        if os.path.realpath(path) != path:
+            expose(path)
+    return plan
+
+
+def _bwrap_command(host: _Host, ctl: Path) -> list[str]:
+    """bubblewrap's options for the same plan, plus the control dir and a read-only root."""
+    bwrap = shutil.which("bwrap") or shutil.which("bwrap", path=CHILD_PATH) or "bwrap"
+    args = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+            "--new-session", "--hostname", "sandbox"]
+    for step in _plan(host):
+        kind, target = str(step[0]), str(step[-1])
+        if kind in ("ro-bind", "symlink"):
+            args += [f"--{kind}", str(step[1]), target]
+        elif kind == "tmpfs":
+            args += ["--size", str(step[1]), "--tmpfs", target]
+        else:
+            args += [f"--{kind}", target]
+    return [*args, "--ro-bind", str(ctl), CONTROL_INSIDE, "--remount-ro", "/",
+            "--chdir", WORK_INSIDE, "--"]
+
+
+async def _execute(command: list[str], cwd: Path, env: dict[str, str], host: _Host,
+                   results_fd: int, timeout_s: float) -> _Run:
     out, err = _Tail(), _Tail()
     started = time.monotonic()
+    as_user: dict[str, Any] = {}
+    if host.uid is not None:
+        as_user = {"user": host.uid, "group": host.gid, "extra_groups": []}
     process = await anyio.open_process(
-        [python, "-I", "-B", str(ctl / "harness.py"), str(ctl / "job.json")],
-        stdin=subprocess.DEVNULL,
-        cwd=cwd,
-        env=env,
-        start_new_session=True,
-    )
+        command, stdin=subprocess.DEVNULL, cwd=cwd, env=env, start_new_session=True,
+        pass_fds=(results_fd,), **as_user)
     timed_out = False
     try:
         async with anyio.create_task_group() as tg:
@@ -282,16 +420,74 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-async def _interpreter() -> _Interpreter:
-    """Pick the interpreter, and whether runs drop to ``nobody``.
+async def _tier(host: _Host) -> Tier:
+    """The tier ``ITAS_SANDBOX`` asks for (default: the best that works), or ConfigError."""
+    wanted = os.environ.get(SANDBOX_ENV, "auto").strip().lower() or "auto"
+    names = ["auto", *(str(t) for t in Tier)]
+    if wanted not in names:
+        raise ConfigError(f"{SANDBOX_ENV}={wanted!r}: expected one of {', '.join(names)}")
+    if wanted == Tier.UNCONFINED:
+        if not _detected.warned:
+            _detected.warned = True
+            log.warning("%s=unconfined: model-written code runs without namespaces; it can "
+                        "read this user's files and other processes and reach the network",
+                        SANDBOX_ENV)
+        return Tier.UNCONFINED
+    order = [Tier.BWRAP, Tier.UNSHARE] if wanted == "auto" else [Tier(wanted)]
+    reasons = []
+    for tier in order:
+        if tier not in _detected.unavailable:
+            _detected.unavailable[tier] = await _probe(host, tier)
+        reason = _detected.unavailable[tier]
+        if reason is None:
+            return tier
+        reasons.append(f"{tier}: {reason}")
+    raise ConfigError(
+        f"sandbox: no isolation for model-written code here ({'; '.join(reasons)}); install "
+        f"bubblewrap or allow unprivileged user namespaces, or set {SANDBOX_ENV}=unconfined "
+        "to run it without (it could then read this user's files and reach the network)")
 
-    Only as root: the first interpreter that ``nobody`` can start (a venv whose
-    base lives under /root cannot be), probed once per process. Otherwise the
-    caller's own interpreter, unprivileged or not as the caller is.
+
+async def _probe(host: _Host, tier: Tier) -> str | None:
+    """None if an empty run works in ``tier``, else why not (one line)."""
+    if tier is Tier.BWRAP and shutil.which("bwrap") is None and shutil.which(
+            "bwrap", path=CHILD_PATH) is None:
+        return "bwrap is not installed (Debian: apt-get install bubblewrap)"
+    try:
+        run, records = await _run(host, tier, _Job("", [], None, PROBE_TIMEOUT_S,
+                                                   DEFAULT_MEMORY_MB, DEFAULT_MAX_PROCESSES))
+    except OSError as exc:
+        return f"cannot start ({exc})"
+    if any(r.get("kind") == "done" for r in records):
+        return None
+    setup = _setup_error(records)
+    if setup is not None:
+        return setup
+    lines = run.stderr.text().strip().splitlines()
+    return lines[-1] if lines else f"exit status {run.returncode}"
+
+
+def _setup_error(records: list[dict[str, Any]]) -> str | None:
+    """The harness's own setup failure; a record after ``start`` could be the candidate's."""
+    for record in records:
+        if record.get("kind") == "start":
+            return None
+        if record.get("kind") == "setup":
+            return str(record.get("error"))
+    return None
+
+
+async def _host() -> _Host:
+    """The interpreter and user for runs, probed once per process.
+
+    As root, runs go to ``nobody``, with the first interpreter that user can
+    start (a venv whose base lives under /root cannot be); elsewhere the
+    caller's own interpreter, as the caller.
     """
-    if _interpreter_cache:
-        return _interpreter_cache[0]
-    chosen = _Interpreter(sys.executable)
+    if _detected.host is not None:
+        return _detected.host
+    site_dirs = _site_dirs()
+    chosen = None
     if os.geteuid() == 0:
         try:
             user = pwd.getpwnam(UNPRIVILEGED_USER)
@@ -299,27 +495,45 @@ async def _interpreter() -> _Interpreter:
             user = None
         if user is not None:
             for python in _candidate_interpreters():
-                if await _runs_as(python, user.pw_uid, user.pw_gid):
-                    chosen = _Interpreter(python, user.pw_uid, user.pw_gid)
+                chosen = await _describe(python, site_dirs, user.pw_uid, user.pw_gid)
+                if chosen is not None:
                     break
-    _interpreter_cache[:] = [chosen]
+    if chosen is None:
+        chosen = await _describe(sys.executable, site_dirs, None, None)
+    if chosen is None:
+        raise ConfigError(f"sandbox: the interpreter {sys.executable} does not start")
+    _detected.host = chosen
     return chosen
 
 
-async def _runs_as(python: str, uid: int, gid: int) -> bool:
+async def _describe(python: str, site_dirs: list[str], uid: int | None,
+                    gid: int | None) -> _Host | None:
+    """Run the probe script as the sandbox's user; None if it cannot."""
+    as_user: dict[str, Any] = {}
+    if uid is not None:
+        as_user = {"user": uid, "group": gid, "extra_groups": []}
     try:
-        probe = await anyio.run_process(
-            [python, "-I", "-c", PROBE_IMPORTS],
-            check=False,
-            cwd="/",
-            env={"PATH": CHILD_PATH},
-            user=uid,
-            group=gid,
-            extra_groups=[],
-        )
-    except OSError:  # not executable for that user
-        return False
-    return probe.returncode == 0
+        probe = await anyio.run_process([python, "-I", "-c", PROBE_SCRIPT, json.dumps(site_dirs)],
+                                        check=False, cwd="/", env={"PATH": CHILD_PATH},
+                                        **as_user)
+        facts = json.loads(probe.stdout)
+    except (OSError, ValueError):  # not executable for that user, or no answer
+        return None
+    if probe.returncode != 0:
+        return None
+    same_version = tuple(facts["version"]) == sys.version_info[:2]
+    usable = [d for d in facts["readable"] if same_version]
+    prefixes = tuple(dict.fromkeys(str(p) for p in facts["prefixes"]))
+    return _Host(python, uid, gid, prefixes, tuple(usable))
+
+
+def _site_dirs() -> list[str]:
+    """The caller's site-packages: the candidate gets the same libraries, read-only."""
+    found = []
+    for entry in sys.path:
+        if os.path.basename(entry) in ("site-packages", "dist-packages") and os.path.isdir(entry):
+            found.append(os.path.abspath(entry))
+    return list(dict.fromkeys(found))
 
 
 def _candidate_interpreters() -> list[str]:
@@ -412,149 +626,3 @@ def _result(sources: list[str], records: list[dict[str, Any]], run: _Run) -> San
         stderr_tail=stderr,
         output_truncated=max(run.stdout.seen, run.stderr.seen) > OUTPUT_TAIL_BYTES,
     )
-
-
-# The child side. Stdlib only, Python >= 3.8; runs as ``python -I -B harness.py job.json``.
-_HARNESS = r'''
-import json, os, resource, sys, time
-
-CLONE_NEWNET = 0x40000000
-CLONE_NEWPID = 0x20000000
-
-
-def describe(exc, chars):
-    text = str(exc)
-    name = type(exc).__name__
-    return (name + ": " + text if text else name)[:chars]
-
-
-def limit(applied, which, value, name, hard=None):
-    try:
-        resource.setrlimit(which, (value, value if hard is None else hard))
-        applied.append(name)
-    except (ValueError, OSError):
-        pass
-
-
-def namespaces(applied):
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-    except (ImportError, OSError):
-        return
-    for flag, name in ((CLONE_NEWNET, "netns"), (CLONE_NEWPID, "pidns")):
-        if libc.unshare(flag) == 0:
-            applied.append(name)
-
-
-def forward(out, pid):
-    """PID-namespace parent: wait for the namespace's init (the candidate's
-    process), report how it ended, exit."""
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
-    sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
-    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + sig
-    out.write(json.dumps({"kind": "exit", "signal": sig, "code": code}) + "\n")
-    out.flush()
-    os._exit(code)
-
-
-def processes_of(uid):
-    """How many processes ``uid`` runs now: RLIMIT_NPROC counts them all, so the
-    candidate's allowance comes on top (other sandboxes may run as the same user)."""
-    count = 0
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                count += os.stat("/proc/" + name).st_uid == uid
-            except OSError:
-                pass
-    return count
-
-
-def block_network():
-    import socket
-
-    def refuse(*args, **kwargs):
-        raise PermissionError("network access is disabled in the sandbox")
-
-    for name in ("connect", "connect_ex", "bind", "sendto"):
-        setattr(socket.socket, name, refuse)
-    socket.getaddrinfo = refuse
-    socket.create_connection = refuse
-
-
-def main():
-    with open(sys.argv[1], encoding="utf-8") as f:
-        job = json.load(f)
-    out = open(job["results"], "a", encoding="utf-8")
-    applied = []
-    limit(applied, resource.RLIMIT_CORE, 0, "no_core")
-    limit(applied, resource.RLIMIT_FSIZE, job["fsize"], "fsize")
-    limit(applied, resource.RLIMIT_NOFILE, job["nofile"], "nofile")
-    if os.geteuid() == 0:
-        namespaces(applied)
-        if "pidns" in applied:
-            pid = os.fork()
-            if pid:
-                forward(out, pid)
-        if job["uid"] is not None:
-            try:
-                os.setgroups([])
-                os.setgid(job["gid"])
-                os.setuid(job["uid"])
-                applied.append("uid")
-            except OSError:
-                pass
-    if os.geteuid() != 0:  # the kernel never limits root's processes
-        limit(applied, resource.RLIMIT_NPROC, processes_of(os.getuid()) + job["nproc"], "nproc")
-    # Hard above soft: SIGXCPU (reported as a timeout) comes before SIGKILL.
-    limit(applied, resource.RLIMIT_CPU, job["cpu_s"], "cpu", job["cpu_s"] + 1)
-    limit(applied, resource.RLIMIT_AS, job["memory"], "memory")
-    if "netns" not in applied:
-        block_network()
-        applied.append("socket_guard")
-
-    me = os.getpid()
-
-    def emit(**record):
-        if os.getpid() == me:  # not from processes the candidate forked
-            out.write(json.dumps(record) + "\n")
-            out.flush()
-
-    emit(kind="start", isolation=applied)
-    namespace = {"__name__": "__candidate__"}
-    try:
-        exec(compile(job["code"], "<candidate>", "exec"), namespace)
-    except BaseException as exc:
-        emit(kind="load", error=describe(exc, job["error_chars"]))
-    else:
-        for index, source in enumerate(job["tests"]):
-            started = time.monotonic()
-            try:
-                exec(compile(source, "<test " + str(index) + ">", "exec"), namespace)
-                if job["check"] is not None:
-                    if job["check"] not in namespace:
-                        raise NameError("entry point " + repr(job["check"]) + " is not defined")
-                    namespace["check"](namespace[job["check"]])
-                passed, error = True, None
-            except BaseException as exc:
-                passed, error = False, describe(exc, job["error_chars"])
-            emit(kind="test", index=index, passed=passed, error=error,
-                 duration_s=round(time.monotonic() - started, 6))
-    emit(kind="done")
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
-    # Skip interpreter shutdown: candidate threads or atexit hooks could hang it.
-    os._exit(0)
-
-
-main()
-'''

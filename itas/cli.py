@@ -1,4 +1,12 @@
-"""The ``itas`` command line: thin wrappers that parse options and call the library."""
+"""The ``itas`` command line: thin wrappers that parse options and call the library.
+
+One error boundary (``main``): every option is checked while it is parsed
+(``itas.validate``: endpoints, ports, ranges, files), before a verb starts a
+socket or a process; a bad value, a missing file, an ItasError from the library
+or a zmq/OS error it let through ends as one line on stderr, ``itas: error:
+...``, naming the option, with exit status 2 (``EXIT_USER_ERROR``). Anything
+else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +14,16 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from itas import validate
 from itas.errors import ConfigError, ItasError, leaf_exceptions
+from itas.lifecycle import ERROR_PREFIX, EXIT_USER_ERROR
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Inference-time architectures over LLMs as a mesh of ZeroMQ agents.")
@@ -20,16 +32,54 @@ app.add_typer(keys_app, name="keys")
 model_app = typer.Typer(no_args_is_help=True, help="The embedded local model.")
 app.add_typer(model_app, name="model")
 
-BrokerOpt = Annotated[str, typer.Option("--broker", "-b", envvar="ITAS_BROKER",
+
+def _checked(check: Callable[[Any], Any]) -> Callable[..., Any]:
+    """An option callback running ``check``; its ConfigError becomes click's
+    "Invalid value for '--option': ..." (one line, from ``main``)."""
+
+    def callback(ctx: typer.Context, value: Any) -> Any:
+        if value is None or ctx.resilient_parsing:
+            return value
+        try:
+            if isinstance(value, list):
+                return [check(v) for v in value]
+            return check(value)
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    return callback
+
+
+CONNECT = _checked(partial(validate.endpoint, bind=False))
+BIND = _checked(partial(validate.endpoint, bind=True))
+POSITIVE = _checked(validate.positive)
+AT_LEAST_1 = _checked(partial(validate.at_least, low=1))
+FILE = _checked(validate.existing_file)
+DIRECTORY = _checked(validate.existing_dir)
+
+BrokerOpt = Annotated[str, typer.Option("--broker", "-b", envvar="ITAS_BROKER", callback=CONNECT,
                                         help="Broker endpoint to connect to.")]
 CurveSecretOpt = Annotated[Path | None, typer.Option(
-    "--curve-secret", envvar="ITAS_CURVE_SECRET", help="This side's CURVE .key_secret file.")]
+    "--curve-secret", envvar="ITAS_CURVE_SECRET", callback=FILE,
+    help="This side's CURVE .key_secret file.")]
 CurveServerOpt = Annotated[Path | None, typer.Option(
-    "--curve-server", envvar="ITAS_CURVE_SERVER", help="The broker's public .key file.")]
+    "--curve-server", envvar="ITAS_CURVE_SERVER", callback=FILE,
+    help="The broker's public .key file.")]
+BrokerSecretOpt = Annotated[Path | None, typer.Option(
+    "--curve-secret", callback=FILE, help="The broker's .key_secret file.")]
+CurveAllowOpt = Annotated[Path | None, typer.Option(
+    "--curve-allow", callback=DIRECTORY,
+    help="Directory of allowed client/agent public .key files.")]
+InsecureOpt = Annotated[bool, typer.Option(
+    help="Allow binding beyond loopback without CURVE.")]
+HeartbeatOpt = Annotated[float, typer.Option(callback=POSITIVE,
+                                             help="Heartbeat interval, seconds.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v")]
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 ParentPidOpt = Annotated[int | None, typer.Option(
     hidden=True, help="Exit when this process (the one that started us) dies.")]
 DEMO_TIMEOUT_S = 900.0
+SETTINGS_FROM_STDIN = "-"
 
 
 def _client_keys(secret: Path | None, server: Path | None) -> Any:
@@ -54,25 +104,37 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 
 
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{option}: not valid JSON ({exc})") from exc
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{option}: expected a JSON object")
+    return parsed
+
+
 @app.command()
 def broker(
-    bind: Annotated[str, typer.Option(help="Endpoint to bind; port 0 picks a free port.")] =
+    bind: Annotated[str, typer.Option(callback=BIND,
+                                      help="Endpoint to bind; port 0 picks a free port.")] =
     "tcp://127.0.0.1:5555",
-    heartbeat: Annotated[float, typer.Option(help="Heartbeat interval, seconds.")] = 1.0,
-    liveness: Annotated[int, typer.Option(help="Heartbeats missed before a worker is dropped.")
+    heartbeat: HeartbeatOpt = 1.0,
+    liveness: Annotated[int, typer.Option(callback=AT_LEAST_1,
+                                          help="Heartbeats missed before a worker is dropped.")
                         ] = 3,
-    max_attempts: Annotated[int, typer.Option(help="Workers tried per request before failing.")
+    max_attempts: Annotated[int, typer.Option(callback=AT_LEAST_1,
+                                              help="Workers tried per request before failing.")
                             ] = 3,
-    curve_secret: Annotated[Path | None, typer.Option(help="Broker's .key_secret file.")
-                            ] = None,
-    curve_allow: Annotated[Path | None, typer.Option(
-        help="Directory of allowed client/agent public .key files.")] = None,
-    insecure: Annotated[bool, typer.Option(help="Allow binding beyond loopback without CURVE.")
-                        ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    curve_secret: BrokerSecretOpt = None,
+    curve_allow: CurveAllowOpt = None,
+    insecure: InsecureOpt = False,
+    verbose: VerboseOpt = False,
     parent_pid: ParentPidOpt = None,
 ) -> None:
     """Run the ZeroMQ broker until SIGINT/SIGTERM."""
+    import zmq
+
     from itas.broker.server import BrokerServer, run_broker
     from itas.security import CurveKeys
 
@@ -81,9 +143,12 @@ def broker(
     if (curve_secret is None) != (curve_allow is None):
         raise ConfigError("CURVE needs both --curve-secret and --curve-allow")
     keys = CurveKeys.load(curve_secret) if curve_secret else None
-    server = BrokerServer(bind, curve=keys, curve_allow=curve_allow, insecure=insecure,
-                          heartbeat_interval=heartbeat, liveness=liveness,
-                          max_attempts=max_attempts)
+    try:
+        server = BrokerServer(bind, curve=keys, curve_allow=curve_allow, insecure=insecure,
+                              heartbeat_interval=heartbeat, liveness=liveness,
+                              max_attempts=max_attempts)
+    except zmq.ZMQError as exc:  # the address is taken, or not this machine's
+        raise ConfigError(f"--bind {bind}: cannot bind ({exc.strerror})") from exc
     run_broker(server)
 
 
@@ -91,12 +156,14 @@ def broker(
 def agent(
     kind: Annotated[str, typer.Option(help="Agent kind, e.g. echo, sleep, generator.")],
     broker: BrokerOpt = DEFAULT_BROKER,
-    settings: Annotated[str, typer.Option(help="Agent settings as a JSON object.")] = "{}",
+    settings: Annotated[str, typer.Option(
+        help="Agent settings as a JSON object, or '-' to read them from stdin (for anything "
+             "secret: a command line is visible to every user).")] = "{}",
     name: Annotated[str | None, typer.Option(help="Worker name shown in status.")] = None,
-    heartbeat: Annotated[float, typer.Option(help="Heartbeat interval, seconds.")] = 1.0,
+    heartbeat: HeartbeatOpt = 1.0,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
     parent_pid: ParentPidOpt = None,
 ) -> None:
     """Run one agent process until SIGINT/SIGTERM."""
@@ -107,36 +174,45 @@ def agent(
 
     _setup_logging(verbose)
     _follow_parent(parent_pid)
-    try:
-        parsed = json.loads(settings)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--settings: not valid JSON ({exc})") from exc
-    if not isinstance(parsed, dict):
-        raise ConfigError("--settings: expected a JSON object")
-    worker = Worker(build_agent(kind, parsed), broker, name=name, heartbeat_interval=heartbeat,
+    if settings == SETTINGS_FROM_STDIN:
+        parsed = _json_object(sys.stdin.read(), "--settings (stdin)")
+    else:
+        parsed = _json_object(settings, "--settings")
+        secrets = validate.secret_names(parsed)
+        if secrets:
+            raise ConfigError(f"--settings: {', '.join(secrets)} looks like a secret, and a "
+                              "command line is visible to every user; pass settings on stdin "
+                              "(--settings -) or keys in the provider's environment variable")
+    built = build_agent(kind, parsed)
+    logging.getLogger("itas.agent").info("agent %s, settings %s", kind,
+                                         json.dumps(validate.redacted(parsed)))
+    worker = Worker(built, broker, name=name, heartbeat_interval=heartbeat,
                     curve=_client_keys(curve_secret, curve_server))
     anyio.run(worker.run)
 
 
 @app.command()
 def agents(
-    pool: Annotated[Path, typer.Option(help="Pool file (YAML) listing agent kinds and replicas.")],
+    pool: Annotated[Path, typer.Option(callback=FILE,
+                                       help="Pool file (YAML) listing agent kinds and replicas.")],
     broker: BrokerOpt = DEFAULT_BROKER,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Start and supervise a pool of agent processes until SIGINT/SIGTERM."""
     import anyio
 
-    from itas.agents.pool import Supervisor, load_pool
+    from itas.agents.pool import Supervisor, load_pool, service_names
 
     _setup_logging(verbose)
+    entries = load_pool(pool)
+    service_names(entries, str(pool))  # every entry's settings, before any process starts
     extra = []
     if curve_secret or curve_server:
         _client_keys(curve_secret, curve_server)  # validate before starting anything
         extra = ["--curve-secret", str(curve_secret), "--curve-server", str(curve_server)]
-    supervisor = Supervisor(load_pool(pool), broker, extra)
+    supervisor = Supervisor(entries, broker, extra)
 
     async def main() -> None:
         import signal
@@ -177,7 +253,8 @@ def request(
     service: Annotated[str, typer.Argument(help="Service name, e.g. echo.")],
     body: Annotated[str, typer.Argument(help="Request body as JSON.")] = "null",
     broker: BrokerOpt = DEFAULT_BROKER,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 30.0,
+    timeout: Annotated[float, typer.Option(callback=POSITIVE,
+                                           help="Seconds to wait for the reply.")] = 30.0,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
 ) -> None:
@@ -196,10 +273,11 @@ def request(
 @app.command()
 def orchestrator(
     broker: BrokerOpt = DEFAULT_BROKER,
-    credit: Annotated[int, typer.Option(help="Queries this process runs at once.")] = 32,
+    credit: Annotated[int, typer.Option(callback=AT_LEAST_1,
+                                        help="Queries this process runs at once.")] = 32,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run an orchestrator (the service that runs architectures) until SIGINT/SIGTERM."""
     import anyio
@@ -221,9 +299,12 @@ def ask(
     trace: Annotated[bool, typer.Option(help="Show the flow: layers, calls, candidates.")
                      ] = False,
     broker: BrokerOpt = DEFAULT_BROKER,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 600.0,
-    calls: Annotated[int | None, typer.Option(help="Budget: most LLM calls.")] = None,
-    tokens: Annotated[int | None, typer.Option(help="Budget: most tokens.")] = None,
+    timeout: Annotated[float, typer.Option(callback=POSITIVE,
+                                           help="Seconds to wait for the answer.")] = 600.0,
+    calls: Annotated[int | None, typer.Option(callback=AT_LEAST_1,
+                                              help="Budget: most LLM calls.")] = None,
+    tokens: Annotated[int | None, typer.Option(callback=AT_LEAST_1,
+                                               help="Budget: most tokens.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole answer as JSON.")
                        ] = False,
     curve_secret: CurveSecretOpt = None,
@@ -234,10 +315,11 @@ def ask(
     from itas.render import print_answer
     from itas.stack import resolve_config
 
+    architecture = resolve_config("architectures", arch)
     budget = {k: v for k, v in (("calls", calls), ("tokens", tokens)) if v is not None}
     with Client(broker, curve=_client_keys(curve_secret, curve_server)) as client:
-        answer = client.ask(prompt, architecture=resolve_config("architectures", arch),
-                            trace=trace, budget=budget or None, timeout=timeout)
+        answer = client.ask(prompt, architecture=architecture, trace=trace,
+                            budget=budget or None, timeout=timeout)
     if as_json:
         print(json.dumps(dataclasses.asdict(answer), indent=2, default=repr))
     else:
@@ -248,21 +330,30 @@ def ask(
 def up(
     pool: Annotated[str, typer.Option(help="Pool file, or the name of a packaged pool.")
                     ] = "local",
-    bind: Annotated[str, typer.Option(help="Broker endpoint.")] = DEFAULT_BROKER,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    bind: Annotated[str, typer.Option(callback=BIND, help="Broker endpoint.")] = DEFAULT_BROKER,
+    insecure: InsecureOpt = False,
+    curve_secret: BrokerSecretOpt = None,
+    curve_allow: CurveAllowOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Start broker, embedded model server, agent pool and orchestrator; Ctrl-C stops all."""
+    """Start broker, embedded model server, agent pool and orchestrator; Ctrl-C stops all.
+
+    With --curve-secret (the broker's key; its .key file beside it) and --curve-allow,
+    the broker admits the keys in that directory and the stack's own processes."""
     import signal
 
     import anyio
 
-    from itas.stack import run_stack
+    from itas.stack import StackKeys, run_stack
 
     _setup_logging(verbose)
+    if (curve_secret is None) != (curve_allow is None):
+        raise ConfigError("CURVE needs both --curve-secret and --curve-allow")
+    keys = StackKeys(curve_secret, curve_allow) if curve_secret and curve_allow else None
 
     async def main() -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with run_stack(pool, bind=bind) as stack:
+            async with run_stack(pool, bind=bind, insecure=insecure, keys=keys) as stack:
                 print(f"itas up: broker {stack.broker}; services: {', '.join(stack.services)}"
                       + (f"; model server {stack.model_url}" if stack.model_url else ""),
                       flush=True)
@@ -280,7 +371,8 @@ def demo(
     arch: Annotated[str, typer.Option(help="Architecture file or packaged name.")] =
     "local_gcrf",
     pool: Annotated[str, typer.Option(help="Pool file or packaged name.")] = "local",
-    bind: Annotated[str, typer.Option(help="Broker endpoint.")] = "tcp://127.0.0.1:0",
+    bind: Annotated[str, typer.Option(callback=BIND, help="Broker endpoint.")] =
+    "tcp://127.0.0.1:0",
 ) -> None:
     """The main job in one command: start the local stack, answer one prompt with a trace, stop."""
     import anyio
@@ -289,13 +381,14 @@ def demo(
     from itas.render import print_answer
     from itas.stack import resolve_config, run_stack
 
+    architecture = resolve_config("architectures", arch)
+
     async def main() -> None:
         async with run_stack(pool, bind=bind) as stack:
             print(f"itas demo: stack up (broker {stack.broker}, "
                   f"{len(stack.services)} services); asking {arch}...", flush=True)
             async with AsyncClient(stack.broker, timeout=DEMO_TIMEOUT_S) as client:
-                answer = await client.ask(prompt, architecture=resolve_config("architectures",
-                                                                              arch), trace=True)
+                answer = await client.ask(prompt, architecture=architecture, trace=True)
         print_answer(answer, trace=True)
 
     anyio.run(main)
@@ -321,12 +414,24 @@ def check(
 @model_app.command("serve")
 def model_serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
-    threads: Annotated[int, typer.Option(help="CPU threads for generation.")] = 2,
+    port: Annotated[int, typer.Option(
+        callback=_checked(partial(validate.port, allow_zero=True)),
+        help="Port to listen on; 0 picks a free one.")] = 8765,
+    threads: Annotated[int, typer.Option(callback=AT_LEAST_1,
+                                         help="CPU threads for generation.")] = 2,
 ) -> None:
     """Serve the embedded SmolLM2-135M-Instruct over an OpenAI-compatible HTTP API."""
+    import socket
+
     from itas.agents.providers.local import serve_model
 
+    if port:  # the server would only say so after loading the model, in many lines
+        try:
+            with socket.create_server((host, port)):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"--host {host} --port {port}: cannot listen ({exc.strerror})"
+                              ) from exc
     serve_model(host, port, threads,
                 on_ready=lambda s: print(f"itas model server ready at {s.base_url}", flush=True))
 
@@ -348,11 +453,14 @@ def eval_(
     arch: Annotated[list[str], typer.Option(
         "--arch", help="Architecture file or packaged name; repeat to compare several.")],
     benchmark: Annotated[str, typer.Option(help="Benchmark name, e.g. gsm8k, humaneval.")],
-    split: Annotated[str | None, typer.Option(help="search or heldout (default: all).")
+    split: Annotated[str | None, typer.Option(
+        callback=_checked(partial(validate.one_of, choices=("search", "heldout"))),
+        help="search or heldout (default: all).")] = None,
+    limit: Annotated[int | None, typer.Option(callback=AT_LEAST_1,
+                                              help="A seeded sample of at most N questions.")
                      ] = None,
-    limit: Annotated[int | None, typer.Option(help="A seeded sample of at most N questions.")
-                     ] = None,
-    concurrency: Annotated[int, typer.Option(help="Questions in flight at once.")] = 8,
+    concurrency: Annotated[int, typer.Option(callback=AT_LEAST_1,
+                                             help="Questions in flight at once.")] = 8,
     broker: BrokerOpt = DEFAULT_BROKER,
     out: Annotated[Path | None, typer.Option(
         help="Output directory (default runs/eval-<timestamp>); reuse it to resume.")] = None,
@@ -360,9 +468,11 @@ def eval_(
         help="Judge for judge-scored benchmarks: PROVIDER:MODEL (service judge@...).")] = None,
     baseline: Annotated[str | None, typer.Option(
         help="Pairwise benchmarks: architecture whose answers are the baseline.")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Benchmark data directory.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(callback=DIRECTORY,
+                                                  help="Benchmark data directory.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split and the sample.")] = 0,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for one query.")] = 300.0,
+    timeout: Annotated[float, typer.Option(callback=POSITIVE,
+                                           help="Seconds to wait for one query.")] = 300.0,
     retry_errors: Annotated[bool, typer.Option(help="Rerun questions that failed before.")
                             ] = False,
     curve_secret: CurveSecretOpt = None,
@@ -383,7 +493,7 @@ def eval_(
 
 @app.command()
 def search(
-    config: Annotated[Path, typer.Argument(help="Search config (YAML).")],
+    config: Annotated[Path, typer.Argument(callback=FILE, help="Search config (YAML).")],
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Output folder (default search-runs/<name>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the search in the output folder.")
@@ -397,22 +507,46 @@ def search(
     print(f"best architecture: {result['files']['best_spec']}")
 
 
-def _itas_errors(exc: BaseException) -> list[ItasError] | None:
-    """The ItasErrors inside an exception (groups from task groups included), or None
-    when anything else is in there too (a bug, which keeps its traceback)."""
+def _user_errors(exc: BaseException) -> list[str] | None:
+    """One line per error meant for the user (ItasErrors, and zmq or OS errors the library
+    let through), task-group groups flattened; None when anything else is in there too
+    (a bug, which keeps its traceback)."""
+    import zmq
+
     leaves = list(leaf_exceptions(exc))
-    if all(isinstance(e, ItasError) for e in leaves):
-        return [e for e in leaves if isinstance(e, ItasError)]
-    return None
+    if not all(isinstance(e, ItasError | zmq.ZMQError | OSError) for e in leaves):
+        return None
+    return [" ".join(str(e).split()) if isinstance(e, ConfigError) else str(e) for e in leaves]
+
+
+def _usage_error(exc: typer.TyperException) -> str:
+    """click's message on one line, with the verb whose --help explains it."""
+    format_message = getattr(exc, "format_message", None)
+    message = " ".join((format_message() if format_message else str(exc)).split())
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        message += f" (see: {ctx.command_path} --help)"
+    return message
 
 
 def main() -> None:
     try:
-        app()
-    except (ItasError, BaseExceptionGroup) as exc:
-        errors = _itas_errors(exc)
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors, as typer re-exports them
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `itas` alone: the help, as before
+            exc.show()  # type: ignore[attr-defined]
+            raise SystemExit(EXIT_USER_ERROR) from None
+        print(f"{ERROR_PREFIX}{_usage_error(exc)}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except typer.Abort:
+        print("itas: aborted", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception as exc:  # ItasError, zmq.ZMQError, OSError, or a group of them
+        errors = _user_errors(exc)
         if errors is None:
             raise
         for error in errors:
-            print(f"itas: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+            print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    if isinstance(code, int) and code:
+        raise SystemExit(code)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -21,11 +23,14 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from itas.agents.pool import PoolEntry, Supervisor, load_pool
+from itas.agents.pool import PoolEntry, Supervisor, load_pool, service_names
 from itas.client import AsyncClient
-from itas.errors import ConfigError, ItasError
+from itas.errors import ConfigError
+from itas.lifecycle import ERROR_PREFIX, child_environment, itas_command
+from itas.security import CurveKeys, check_bind, generate_keys
 
 READY_TIMEOUT_S = 120.0
+BROKER_START_S = 30.0
 BROKER_STOP_S = 5.0
 
 
@@ -54,21 +59,28 @@ class Stack:
     model_url: str | None
 
 
+@dataclass(frozen=True)
+class StackKeys:
+    """CURVE for a whole stack: the broker's secret key file (its public ``.key`` file lies
+    beside it, as ``itas keys generate`` writes them) and the allow-list directory."""
+
+    broker_secret: Path
+    allow: Path
+
+    @property
+    def broker_public(self) -> Path:
+        return self.broker_secret.with_suffix(".key")
+
+    def check(self) -> None:
+        CurveKeys.load(self.broker_secret, self.broker_public)
+        if not self.allow.is_dir():
+            raise ConfigError(f"--curve-allow {self.allow}: no such directory")
+
+
 def with_orchestrator(entries: Sequence[PoolEntry]) -> list[PoolEntry]:
     if any(e.kind == "orchestrator" for e in entries):
         return list(entries)
     return [*entries, PoolEntry("orchestrator", 1, {})]
-
-
-def service_names(entries: Sequence[PoolEntry]) -> tuple[str, ...]:
-    """The broker services a pool registers (the techniques' one naming rule)."""
-    from itas.agents.kinds import build_agent
-
-    names = []
-    for entry in entries:
-        if entry.replicas:
-            names.append(build_agent(entry.kind, entry.settings).service)
-    return tuple(dict.fromkeys(names))
 
 
 def _at_model(entry: PoolEntry, model_url: str) -> PoolEntry:
@@ -80,12 +92,42 @@ def _at_model(entry: PoolEntry, model_url: str) -> PoolEntry:
 
 @contextlib.asynccontextmanager
 async def run_stack(pool: str | os.PathLike[str], *, bind: str = "tcp://127.0.0.1:5555",
-                    model_threads: int = 2) -> AsyncIterator[Stack]:
-    entries = with_orchestrator(load_pool(resolve_config("pools", pool)))
-    services = service_names(entries)
+                    model_threads: int = 2, insecure: bool = False,
+                    keys: StackKeys | None = None) -> AsyncIterator[Stack]:
+    """Everything is checked before the first process starts: the pool (every entry's
+    settings), the bind rule (beyond loopback only with CURVE or ``insecure``), the keys.
+
+    With ``keys``, the stack's own agents and its readiness check authenticate with a
+    key pair made for this run only, in a private temporary directory that is removed
+    when the stack stops; the broker allows it beside the keys in ``keys.allow``.
+    """
+    check_bind(bind, curve=keys is not None, insecure=insecure)
+    if keys is not None:
+        keys.check()
+    path = resolve_config("pools", pool)
+    entries = with_orchestrator(load_pool(path))
+    services = service_names(entries, str(path))
     uses_local = any(e.settings.get("provider") == "local" for e in entries)
     async with contextlib.AsyncExitStack() as stack:
-        broker = await stack.enter_async_context(broker_process(bind))
+        broker_args: list[str] = ["--insecure"] if insecure else []
+        agent_args: list[str] = []
+        client_keys = None
+        if keys is not None:
+            own = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="itas-stack-")))
+            allow = own / "allow"
+            allow.mkdir()
+            for public in keys.allow.glob("*.key"):
+                shutil.copy(public, allow / public.name)
+            _, own_secret = generate_keys(own, "itas-stack-own")
+            shutil.copy(own_secret.with_suffix(".key"), allow / "itas-stack-own.key")
+            broker_args += ["--curve-secret", str(keys.broker_secret), "--curve-allow",
+                            str(allow)]
+            agent_args = ["--curve-secret", str(own_secret), "--curve-server",
+                          str(keys.broker_public)]
+            client_keys = CurveKeys.load(own_secret, keys.broker_public)
+        output = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(output.cancel_scope.cancel)
+        broker = await stack.enter_async_context(broker_process(bind, output, broker_args))
         model_url = None
         if uses_local:
             from itas.agents.providers.local import local_model_server
@@ -93,30 +135,38 @@ async def run_stack(pool: str | os.PathLike[str], *, bind: str = "tcp://127.0.0.
             server = await stack.enter_async_context(local_model_server(threads=model_threads))
             model_url = server.base_url
             entries = [_at_model(e, model_url) for e in entries]
-        supervisor = Supervisor(entries, broker)
+        supervisor = Supervisor(entries, broker, agent_args)
         tg = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tg.cancel_scope.cancel)
         await tg.start(supervisor.run)
-        await wait_for_services(broker, services)
+        await wait_for_services(broker, services, curve=client_keys)
         yield Stack(broker, services, model_url)
 
 
 @contextlib.asynccontextmanager
-async def broker_process(bind: str) -> AsyncIterator[str]:
+async def broker_process(bind: str, output: anyio.abc.TaskGroup,
+                         extra_args: Sequence[str] = ()) -> AsyncIterator[str]:
+    """A broker child; yields its endpoint once it listens. Its stderr is copied to ours
+    by a task in ``output``; if it exits before listening, ConfigError quotes its error."""
     process = await anyio.open_process(
-        [sys.executable, "-m", "itas", "broker", "--bind", bind, "--parent-pid",
-         str(os.getpid())],
-        stdin=subprocess.DEVNULL, stderr=None, start_new_session=True)
+        itas_command("broker", "--bind", bind, "--parent-pid", str(os.getpid()), *extra_args),
+        stdin=subprocess.DEVNULL, start_new_session=True, env=child_environment())
     try:
-        assert process.stdout is not None
+        assert process.stdout is not None and process.stderr is not None  # both piped
         line = b""
-        with anyio.fail_after(30):
-            while not line.endswith(b"\n"):
-                chunk = await process.stdout.receive(1)
-                line += chunk
+        with anyio.fail_after(BROKER_START_S):
+            with contextlib.suppress(anyio.EndOfStream):
+                while not line.endswith(b"\n"):
+                    line += await process.stdout.receive(1)
         match = re.search(rb"listening on (\S+)", line)
         if not match:
-            raise ItasError(f"broker did not start: {line!r}")
+            with anyio.move_on_after(BROKER_STOP_S):
+                await process.wait()
+            error = (await _read_all(process.stderr)).strip().splitlines()
+            why = error[-1].removeprefix(ERROR_PREFIX) if error else (
+                f"exit status {process.returncode}")
+            raise ConfigError(f"the broker did not start: {why}")
+        output.start_soon(_copy_to_stderr, process.stderr)
         yield match.group(1).decode()
     finally:
         with anyio.CancelScope(shield=True):
@@ -129,9 +179,26 @@ async def broker_process(bind: str) -> AsyncIterator[str]:
             await process.aclose()
 
 
+async def _read_all(stream: anyio.abc.ByteReceiveStream) -> str:
+    data = b""
+    with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError,
+                             anyio.BrokenResourceError):
+        async for chunk in stream:
+            data += chunk
+    return data.decode(errors="replace")
+
+
+async def _copy_to_stderr(stream: anyio.abc.ByteReceiveStream) -> None:
+    with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+        async for chunk in stream:
+            sys.stderr.write(chunk.decode(errors="replace"))
+            sys.stderr.flush()
+
+
 async def wait_for_services(broker: str, services: Sequence[str],
-                            timeout: float = READY_TIMEOUT_S) -> None:
-    async with AsyncClient(broker) as client:
+                            timeout: float = READY_TIMEOUT_S, *,
+                            curve: CurveKeys | None = None) -> None:
+    async with AsyncClient(broker, curve=curve) as client:
         with anyio.fail_after(timeout):
             while True:
                 known = (await client.status())["services"]

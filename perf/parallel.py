@@ -70,14 +70,16 @@ class OneAtATime:
 
 
 async def with_pool(entries: Sequence[PoolEntry], work: Any) -> Any:
-    async with broker_process("tcp://127.0.0.1:0") as endpoint:
-        supervisor = Supervisor(entries, endpoint)
-        async with anyio.create_task_group() as tg:
-            await tg.start(supervisor.run)
-            await wait_for_services(endpoint, service_names(entries))
-            async with AsyncClient(endpoint, timeout=120) as client:
-                result = await work(client)
-            tg.cancel_scope.cancel()
+    async with anyio.create_task_group() as output:
+        async with broker_process("tcp://127.0.0.1:0", output) as endpoint:
+            supervisor = Supervisor(entries, endpoint)
+            async with anyio.create_task_group() as tg:
+                await tg.start(supervisor.run)
+                await wait_for_services(endpoint, service_names(entries))
+                async with AsyncClient(endpoint, timeout=120) as client:
+                    result = await work(client)
+                tg.cancel_scope.cancel()
+        output.cancel_scope.cancel()
     return result
 
 

@@ -41,7 +41,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -56,6 +55,7 @@ import openai
 from itas.agents.providers.openai import OpenAIProvider
 from itas.agents.providers.prices import Price
 from itas.errors import ConfigError, ProviderError
+from itas.lifecycle import child_environment, python_command
 
 log = logging.getLogger("itas.providers.local")
 
@@ -110,7 +110,7 @@ def llama_cpp_available() -> bool:
 def server_command(model_path: Path, host: str, port: int, threads: int, n_ctx: int) -> list[str]:
     """The child's argv: the bootstrap above, then llama_cpp.server's own options."""
     return [
-        sys.executable, "-c", _CHILD_BOOTSTRAP, str(os.getpid()),
+        *python_command(), "-c", _CHILD_BOOTSTRAP, str(os.getpid()),
         "--model", str(model_path),
         "--model_alias", MODEL_ALIAS,
         "--host", host,
@@ -227,6 +227,7 @@ async def local_model_server(
                 stdout=log_file if log_file else STDERR_FD,
                 stderr=log_file if log_file else STDERR_FD,
                 start_new_session=True,
+                env=child_environment(),
             )
             try:
                 ready = await _ready(process, base_url, startup_timeout_s)
