@@ -93,6 +93,12 @@ class TechniqueAgent(Agent):
         """The factory ``itas.agents.kinds`` registers for a technique's kind."""
         return lambda settings: cls(technique_named(kind), settings)
 
+    async def start(self) -> None:
+        if self.technique.runs_code and not self.technique.uses_llm:
+            from itas.execution.sandbox import check_isolation
+
+            await check_isolation()  # fail closed at start, not per request
+
     async def aclose(self) -> None:
         if self.provider is not None:
             await self.provider.aclose()

@@ -238,6 +238,13 @@ async def run_tests(
     return _result(sources, records, run)
 
 
+async def check_isolation() -> Tier:
+    """The tier runs will use here, probed now; ConfigError (fail closed) when none works.
+    Agents that only run code call it at start, so a machine that cannot isolate code is
+    one clear error at start instead of one per request."""
+    return await _tier(await _host())
+
+
 def run_tests_sync(code: str, tests: str | Sequence[str], **options: Any) -> SandboxResult:
     """``run_tests`` for callers without an event loop (scripts, the CLI)."""
     return anyio.run(partial(run_tests, code, tests, **options))

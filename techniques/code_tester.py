@@ -12,7 +12,9 @@ Tests (request ``tests``): a list of statements (asserts), each one test; or, wi
 ``entry_point`` set, a single script defining ``check(candidate)``, run as
 ``check(<entry_point>)`` (HumanEval), one test.
 
-Every run is a fresh sandboxed interpreter (``itas.execution.sandbox``), so failing code,
+Every run is a fresh sandboxed interpreter (``itas.execution.sandbox``: namespaces,
+seccomp without sockets, private capped temp space, every process killed at the end; it fails
+closed where no isolation works, and the agent checks that at start), so failing code,
 crashes and infinite loops become results, never agent failures. At most
 ``max_parallel_runs`` (agent setting, default the CPU count) run at once per agent process.
 Each candidate gets ``tests_passed``, ``tests_total``, ``score`` (fraction passed),

@@ -380,3 +380,11 @@ def test_redaction_leaves_no_secret_value(tree: object) -> None:
     assert ("***" in text) == bool(names)
     for key in ("api_key_env", "model", "base_url"):
         assert not any(n.split(".")[-1].split("[")[0] == key for n in names)
+
+
+def test_a_code_running_agent_checks_its_sandbox_at_start(free_port: int) -> None:
+    """A sandbox the agent cannot use is one clear line when it starts (before it ever
+    reaches a broker), not an error per request."""
+    out = itas("agent", "--kind", "code_tester", "--broker", f"tcp://127.0.0.1:{free_port}",
+               env={"ITAS_SANDBOX": "chroot"})
+    assert "ITAS_SANDBOX='chroot': expected one of" in one_error_line(out)
