@@ -71,7 +71,9 @@ class TechniqueAgent(Agent):
                               "(e.g. provider: sim, model: strong)")
         if (self.provider_name is None) != (self.model is None):
             raise ConfigError(f"{where}: give both 'provider' and 'model', or neither")
-        self.service = service_name(technique.name, self.provider_name, self.model)
+        endpoint = {k: settings.get(k) for k in ("base_url", "api_key_env")
+                    if isinstance(settings.get(k), str)}
+        self.service = service_name(technique.name, self.provider_name, self.model, **endpoint)
         default_credit = DEFAULT_CREDIT if technique.uses_llm else TOOL_CREDIT
         self.credit = _int_setting(settings, "credit", default_credit, 1, MAX_CREDIT, where)
         own = AGENT_KEYS | (RUN_KEYS if technique.runs_code else frozenset())

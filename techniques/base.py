@@ -31,8 +31,10 @@ retries) fails the request with ``provider_error``.
 from __future__ import annotations
 
 import abc
+import hashlib
 import logging
 import os
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
@@ -83,6 +85,8 @@ TOKENS_PER_MESSAGE = 8
 #: Bound on a technique's own prompt text (system message, instructions, format hints): every
 #: template is checked against it by the test suite.
 INSTRUCTION_TOKENS = 600
+#: Providers whose services are named without an endpoint (see ``endpoint_tag``).
+ENDPOINTLESS = frozenset({"local", "sim"})
 
 REASK = (
     "I could not use your reply: {problem}.\n{format_hint}\n"
@@ -96,13 +100,30 @@ Url = Annotated[str, Field(pattern=r"^https?://\S+$")]
 Count = Annotated[int, Field(ge=1, strict=True)]
 
 
-def service_name(technique: str, provider: str | None, model: str | None) -> str:
-    """The one naming rule for technique services: ``technique@provider:model``, or the bare
-    technique for tools run without a model. Specs and agents both use it, so what an
-    architecture calls is exactly what an agent registers."""
-    if model is None:
-        return technique
-    return f"{technique}@{provider}:{model}"
+def service_name(technique: str, provider: str | None, model: str | None, *,
+                 base_url: str | None = None, api_key_env: str | None = None) -> str:
+    """The one naming rule for technique services: ``technique@provider:model``, the bare
+    technique for tools run without a model, and ``#<endpoint tag>`` after it when the
+    component names an endpoint (``endpoint_tag``). Specs and agents both use it, so what an
+    architecture calls is exactly what an agent registers, endpoint included: one model on
+    two servers is two services."""
+    name = technique if model is None else f"{technique}@{provider}:{model}"
+    tag = endpoint_tag(provider, base_url, api_key_env)
+    return f"{name}#{tag}" if tag else name
+
+
+def endpoint_tag(provider: str | None, base_url: str | None, api_key_env: str | None
+                 ) -> str | None:
+    """``<host>-<8 hex>`` naming a non-default endpoint (its URL and the *name* of its key
+    variable, never the key), or None for the provider's default. The embedded model and the
+    simulated ones have no endpoints to tell apart: whatever URL a deployment gives the local
+    model server is the local model."""
+    if provider in ENDPOINTLESS or (base_url is None and api_key_env is None):
+        return None
+    url = (base_url or "").rstrip("/")
+    digest = hashlib.blake2b(f"{url}\n{api_key_env or ''}".encode(), digest_size=4).hexdigest()
+    host = urllib.parse.urlsplit(url).hostname if url else "default"
+    return f"{host}-{digest}"
 
 
 def estimate_tokens(text: str) -> int:
@@ -145,7 +166,9 @@ class ComponentParams(BaseModel):
     @property
     def service_name(self) -> str:
         """The broker service that serves this component: ``technique@provider:model``."""
-        return service_name(self.technique, self.provider, self.model)
+        return service_name(self.technique, self.provider, self.model,
+                            base_url=getattr(self, "base_url", None),
+                            api_key_env=getattr(self, "api_key_env", None))
 
     def wire_params(self) -> dict[str, Any]:
         """The parameters a request carries: every field but the placement ones."""

@@ -17,6 +17,7 @@ import pytest
 
 from itas.client import AsyncClient
 from itas.errors import RemoteError
+from itas.techniques.base import service_name
 from tests.helpers import FAST_HEARTBEAT, Processes
 from tests.provider_vendors import AWS, AWS_SESSION_TOKEN, GEMINI_SECRET
 from tests.servers.fake_llm import FakeLLMServer
@@ -24,9 +25,8 @@ from tests.test_techniques_agents import wait_for_services
 
 pytestmark = pytest.mark.anyio
 
-GEMINI = "generator@gemini:gemini-1.5-pro-001"
-BEDROCK = "generator@bedrock:bedrock/meta.llama3-70b-instruct-v1:0"
-OPENAI = "generator@openai:fake"
+MODELS = {"gemini": "gemini-1.5-pro-001", "bedrock": "bedrock/meta.llama3-70b-instruct-v1:0",
+          "openai": "fake"}
 TIMEOUT_S = 60.0
 FAST = {"retry_base_delay_s": 0.01, "retry_max_delay_s": 0.05, "cache": False}
 QUESTION = [{"role": "user", "content": "Capital of France?"}]
@@ -54,6 +54,15 @@ def llm() -> Iterator[FakeLLMServer]:
         yield server
 
 
+def services(llm: FakeLLMServer) -> dict[str, str]:
+    """The agents' service names: each serves its own endpoint, the fake server."""
+    return {
+        "gemini": service_name("generator", "gemini", MODELS["gemini"], base_url=llm.url,
+                               api_key_env="ITAS_TEST_GEMINI_KEY"),
+        "bedrock": service_name("generator", "bedrock", MODELS["bedrock"], base_url=llm.url),
+        "openai": service_name("generator", "openai", "fake", base_url=llm.url + "/v1")}
+
+
 @pytest.fixture(scope="module")
 def mesh(llm: FakeLLMServer) -> Iterator[str]:
     processes = Processes()
@@ -69,16 +78,17 @@ def mesh(llm: FakeLLMServer) -> Iterator[str]:
         generator(processes, broker.endpoint, {
             "provider": "openai", "model": "fake", "base_url": llm.url + "/v1",
             "max_attempts": 2, **FAST})
-        wait_for_services(broker.endpoint, {GEMINI: 1, BEDROCK: 1, OPENAI: 1})
+        wait_for_services(broker.endpoint, dict.fromkeys(services(llm).values(), 1))
         yield broker.endpoint
     finally:
         processes.stop_all()
 
 
-@pytest.mark.parametrize("service", [GEMINI, BEDROCK])
+@pytest.mark.parametrize("provider", ["gemini", "bedrock"])
 async def test_answers_through_the_mesh_with_retries(
-    mesh: str, llm: FakeLLMServer, service: str
+    mesh: str, llm: FakeLLMServer, provider: str
 ) -> None:
+    service = services(llm)[provider]
     async with AsyncClient(mesh) as client:
         before = len(llm.posts())
         for sample in (0, 1):  # a generator request is one sample
@@ -101,7 +111,8 @@ async def test_an_unreadable_provider_body_is_a_provider_error(
     llm.send_body(b"<html>502 Bad Gateway</html>", times=2, headers={"content-type": "text/html"})
     async with AsyncClient(mesh) as client:
         with pytest.raises(RemoteError) as caught:
-            await client.request(OPENAI, {"messages": QUESTION}, timeout=TIMEOUT_S)
+            await client.request(services(llm)["openai"], {"messages": QUESTION},
+                                 timeout=TIMEOUT_S)
     assert caught.value.code == "provider_error"
     assert "gave up after 2 attempts" in caught.value.message
     assert "unreadable reply" in caught.value.message

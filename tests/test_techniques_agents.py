@@ -118,7 +118,7 @@ async def ask(client: AsyncClient, service: str, body: dict[str, Any]
     name, _, placement = service.partition("@")
     technique = TECHNIQUES[name]
     provider, _, model = placement.partition(":")
-    fields = {"provider": provider, "model": model} if placement else {}
+    fields = {"provider": provider, "model": model.partition("#")[0]} if placement else {}
     params = technique.params_model.model_validate(
         {"technique": name, **fields, **body.get("params", {})})
     request = TechniqueRequest.from_body(body)

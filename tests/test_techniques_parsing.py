@@ -24,6 +24,7 @@ import pytest
 
 from itas.client import AsyncClient
 from itas.errors import RemoteError
+from itas.techniques.base import endpoint_tag
 from itas.techniques.critic import BATCH_HINT
 from itas.techniques.verifier import FORMAT_HINT as VERDICT_HINT
 from tests.helpers import Processes
@@ -71,24 +72,38 @@ def script_used_up(llm: ScriptedLLM) -> Iterator[None]:
     assert not llm.script, f"unused scripted replies: {list(llm.script)}"
 
 
+class TaggedClient(AsyncClient):
+    """Services here are on the scripted server's endpoint: ``x@openai:fake#<tag>``; the
+    tests name them ``x@openai:fake``."""
+
+    def __init__(self, broker: str, tag: str) -> None:
+        super().__init__(broker)
+        self.tag = tag
+
+    async def request(self, service: str, body: Any, *, timeout: float | None = None) -> Any:
+        return await super().request(f"{service}#{self.tag}", body, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
-def mesh(llm: ScriptedLLM) -> Iterator[str]:
+def mesh(llm: ScriptedLLM) -> Iterator[tuple[str, str]]:
     processes = Processes()
-    settings = {"provider": "openai", "model": "fake", "base_url": llm.url + "/v1",
-                "cache": False}
+    base_url = llm.url + "/v1"
+    settings = {"provider": "openai", "model": "fake", "base_url": base_url, "cache": False}
+    tag = endpoint_tag("openai", base_url, None)
+    assert tag is not None
     try:
         broker = processes.broker()
         for kind in KINDS:
             processes.agent(broker.endpoint, kind, settings)
-        wait_for_services(broker.endpoint, {f"{kind}@openai:fake": 1 for kind in KINDS})
-        yield broker.endpoint
+        wait_for_services(broker.endpoint, {f"{kind}@openai:fake#{tag}": 1 for kind in KINDS})
+        yield broker.endpoint, tag
     finally:
         processes.stop_all()
 
 
 @pytest.fixture
-def client(mesh: str) -> AsyncClient:
-    return AsyncClient(mesh)
+def client(mesh: tuple[str, str]) -> AsyncClient:
+    return TaggedClient(*mesh)
 
 
 def cands(*texts: str) -> list[dict[str, Any]]:
@@ -451,7 +466,7 @@ async def test_free_text_techniques_accept_text_and_re_ask_empty_output(
             "messages": QUERY, "candidates": cands("It is 42.", "42")})
     assert generated["candidates"][0]["text"] == GARBAGE
     assert generated["parse"][0]["method"] == "text" and generated["parse"][0]["ok"]
-    assert generated["candidates"][0]["id"] == "generator@openai:fake#0"
+    assert generated["candidates"][0]["id"] == f"generator@openai:fake#{client.tag}#0"
     assert retried["parse"][0]["retries"] == 2 and retried["parse"][0]["ok"]
     assert retried["candidates"][0]["text"] == GARBAGE
     assert fused["parse"][0]["fallback"] == "first_candidate"

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from itas.query import Answer
 from itas.render import print_answer
+from itas.techniques.base import service_name
 from tests.helpers import REPO, Processes, wait_for_workers
 from tests.servers.fake_llm import FakeLLMServer
 
@@ -25,29 +26,32 @@ SHOWN = ["x = a[i] + b[j]", "[/tag]", "[bold]not bold[/bold]", "[link=x]y[/link]
 
 
 @pytest.fixture(scope="module")
-def mesh() -> Iterator[str]:
+def mesh() -> Iterator[tuple[str, str]]:
     with FakeLLMServer(reply_text=NASTY) as llm:
         procs = Processes()
+        base_url = llm.url + "/v1"
         try:
             broker = procs.broker()
             procs.agent(broker.endpoint, "generator", {
-                "provider": "openai", "model": "fake", "base_url": llm.url + "/v1",
-                "cache": False})
+                "provider": "openai", "model": "fake", "base_url": base_url, "cache": False})
             procs.agent(broker.endpoint, "orchestrator")
-            wait_for_workers(broker.endpoint, "generator@openai:fake", 1)
+            wait_for_workers(broker.endpoint, service_name("generator", "openai", "fake",
+                                                           base_url=base_url), 1)
             wait_for_workers(broker.endpoint, "orchestrator", 1)
-            yield broker.endpoint
+            yield broker.endpoint, base_url
         finally:
             procs.stop_all()
 
 
-def test_itas_ask_trace_renders_model_text_literally(mesh: str, tmp_path: Path) -> None:
+def test_itas_ask_trace_renders_model_text_literally(mesh: tuple[str, str],
+                                                     tmp_path: Path) -> None:
+    endpoint, base_url = mesh
     arch = tmp_path / "one.yaml"
     arch.write_text("name: one\nlayers:\n  - - {technique: generator, provider: openai, "
-                    "model: fake}\n")
+                    f"model: fake, base_url: '{base_url}'}}\n")
     done = subprocess.run(
         [sys.executable, "-m", "itas", "ask", "q", "--arch", str(arch), "--trace",
-         "--broker", mesh, "--timeout", "60"],
+         "--broker", endpoint, "--timeout", "60"],
         check=False, capture_output=True, text=True, cwd=REPO, timeout=120,
         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
