@@ -75,6 +75,10 @@ InsecureOpt = Annotated[bool, typer.Option(
 HeartbeatOpt = Annotated[float, typer.Option(callback=POSITIVE,
                                              help="Heartbeat interval, seconds.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v")]
+ArchOpt = Annotated[str | None, typer.Option(
+    "--arch", help="Architecture file or packaged name: start the agents it needs.")]
+SimOpt = Annotated[bool, typer.Option(
+    "--sim", help="Dry run: every model replaced by a simulated one of the same name.")]
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 ParentPidOpt = Annotated[int | None, typer.Option(
     hidden=True, help="Exit when this process (the one that started us) dies.")]
@@ -193,21 +197,34 @@ def agent(
 
 @app.command()
 def agents(
-    pool: Annotated[Path, typer.Option(callback=FILE,
-                                       help="Pool file (YAML) listing agent kinds and replicas.")],
+    pool: Annotated[Path | None, typer.Option(
+        callback=FILE, help="Pool file (YAML) listing agent kinds and replicas.")] = None,
+    arch: ArchOpt = None,
+    sim: SimOpt = False,
     broker: BrokerOpt = DEFAULT_BROKER,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Start and supervise a pool of agent processes until SIGINT/SIGTERM."""
+    """Start and supervise agent processes until SIGINT/SIGTERM: a pool file's, and every
+    agent an architecture needs that the pool does not already run (--arch)."""
     import anyio
 
     from itas.agents.pool import Supervisor, load_pool, service_names
+    from itas.deploy import serving, simulated, simulated_pool
+    from itas.spec import load_architecture
+    from itas.stack import resolve_config
 
     _setup_logging(verbose)
-    entries = load_pool(pool)
-    service_names(entries, str(pool))  # every entry's settings, before any process starts
+    if pool is None and arch is None:
+        raise ConfigError("itas agents: give --pool FILE, --arch FILE, or both")
+    entries = load_pool(pool) if pool is not None else []
+    spec = load_architecture(resolve_config("architectures", arch)) if arch else None
+    if sim:
+        entries = simulated_pool(entries)
+        spec = simulated(spec) if spec is not None else None
+    entries = serving(entries, spec)
+    service_names(entries, str(pool or arch))  # every entry's settings, before any starts
     extra = []
     if curve_secret or curve_server:
         _client_keys(curve_secret, curve_server)  # validate before starting anything
@@ -219,8 +236,9 @@ def agents(
 
         async with anyio.create_task_group() as tg:
             await tg.start(supervisor.run)
-            print(f"itas pool: {sum(e.replicas for e in supervisor.entries)} agent processes "
-                  f"started against {broker}", flush=True)
+            print(f"itas agents: {sum(e.replicas for e in supervisor.entries)} agent "
+                  f"processes started against {broker}"
+                  + (" (simulated models)" if sim else ""), flush=True)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     tg.cancel_scope.cancel()
@@ -293,9 +311,14 @@ def orchestrator(
 
 @app.command()
 def ask(
-    prompt: Annotated[str, typer.Argument(help="The question.")],
+    prompt: Annotated[str | None, typer.Argument(
+        help="The question (or --messages FILE for a conversation).")] = None,
     arch: Annotated[str, typer.Option(help="Architecture file, or the name of a packaged one.")
                     ] = "local_gcrf",
+    messages: Annotated[Path | None, typer.Option(
+        callback=FILE, help="A conversation as JSON: [{role, content}, ...], the last "
+                            "message the user's.")] = None,
+    sim: SimOpt = False,
     trace: Annotated[bool, typer.Option(help="Show the flow: layers, calls, candidates.")
                      ] = False,
     broker: BrokerOpt = DEFAULT_BROKER,
@@ -310,15 +333,26 @@ def ask(
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
 ) -> None:
-    """Answer a prompt with an architecture, through the orchestrator."""
+    """Answer a prompt (or a conversation) with an architecture, through the orchestrator;
+    with --sim, on simulated models of the same names (start them with
+    `itas up --arch FILE --sim`)."""
     from itas.client import Client
+    from itas.deploy import simulated
+    from itas.query import load_messages
     from itas.render import print_answer
+    from itas.spec import load_architecture
     from itas.stack import resolve_config
 
-    architecture = resolve_config("architectures", arch)
+    if (prompt is None) == (messages is None):
+        raise ConfigError("itas ask: give the question, or --messages FILE, not both")
+    conversation = load_messages(messages) if messages is not None else prompt
+    assert conversation is not None
+    architecture = load_architecture(resolve_config("architectures", arch))
+    if sim:
+        architecture = simulated(architecture)
     budget = {k: v for k, v in (("calls", calls), ("tokens", tokens)) if v is not None}
     with Client(broker, curve=_client_keys(curve_secret, curve_server)) as client:
-        answer = client.ask(prompt, architecture=architecture, trace=trace,
+        answer = client.ask(conversation, architecture=architecture, trace=trace,
                             budget=budget or None, timeout=timeout)
     if as_json:
         print(json.dumps(dataclasses.asdict(answer), indent=2, default=repr))
@@ -328,8 +362,11 @@ def ask(
 
 @app.command()
 def up(
-    pool: Annotated[str, typer.Option(help="Pool file, or the name of a packaged pool.")
-                    ] = "local",
+    pool: Annotated[str | None, typer.Option(
+        help="Pool file, or the name of a packaged pool (default: local, unless --arch).")
+                    ] = None,
+    arch: ArchOpt = None,
+    sim: SimOpt = False,
     bind: Annotated[str, typer.Option(callback=BIND, help="Broker endpoint.")] = DEFAULT_BROKER,
     insecure: InsecureOpt = False,
     curve_secret: BrokerSecretOpt = None,
@@ -344,7 +381,8 @@ def up(
 
     import anyio
 
-    from itas.stack import StackKeys, run_stack
+    from itas.spec import load_architecture
+    from itas.stack import StackKeys, resolve_config, run_stack
 
     _setup_logging(verbose)
     if (curve_secret is None) != (curve_allow is None):
@@ -353,8 +391,12 @@ def up(
 
     async def main() -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with run_stack(pool, bind=bind, insecure=insecure, keys=keys) as stack:
+            spec = load_architecture(resolve_config("architectures", arch)) if arch else None
+            chosen = pool if pool is not None or spec is not None else "local"
+            async with run_stack(chosen, arch=spec, sim=sim, bind=bind, insecure=insecure,
+                                 keys=keys) as stack:
                 print(f"itas up: broker {stack.broker}; services: {', '.join(stack.services)}"
+                      + (" (simulated models)" if sim else "")
                       + (f"; model server {stack.model_url}" if stack.model_url else ""),
                       flush=True)
                 async for _ in signals:

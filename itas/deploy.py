@@ -16,10 +16,12 @@ model's skill comes from its name (``sim_skill``), so a dry run is repeatable.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
-from itas.agents.pool import PoolEntry
+from itas.agents.pool import PoolEntry, service_names
 from itas.spec import Architecture, parse_architecture
+from itas.techniques import SPEC_TECHNIQUES
 from itas.techniques.base import LLMParams
 
 SIMULATED_SUFFIX = " [simulated]"
@@ -52,6 +54,32 @@ def pool_for(arch: Architecture, *, replicas: int = 1) -> list[PoolEntry]:
                     settings[key] = value
         entries[component.service_name] = PoolEntry(component.technique, replicas, settings)
     return list(entries.values())
+
+
+def simulated_pool(entries: Sequence[PoolEntry]) -> list[PoolEntry]:
+    """A pool with every LLM agent on a simulated model of the same name (``--sim`` on a
+    pool): it serves what ``simulated(arch)`` calls for any spec the pool served."""
+    out = []
+    for entry in entries:
+        settings = dict(entry.settings)
+        provider, model = settings.get("provider"), settings.get("model")
+        if isinstance(model, str) and provider not in (None, "sim") and \
+                entry.kind in SPEC_TECHNIQUES and SPEC_TECHNIQUES[entry.kind].uses_llm:
+            kept = {k: v for k, v in settings.items() if k in ("credit",)}
+            settings = {"provider": "sim", "model": model, "skill": sim_skill(model),
+                        "latency": SIM_LATENCY, **kept}
+        out.append(PoolEntry(entry.kind, entry.replicas, settings))
+    return out
+
+
+def serving(pool: Sequence[PoolEntry], arch: Architecture | None) -> list[PoolEntry]:
+    """``pool`` plus an entry for every service of ``arch`` the pool does not already serve
+    (the pool keeps its replica counts and placement)."""
+    if arch is None:
+        return list(pool)
+    have = set(service_names(pool, "pool"))
+    return [*pool, *(e for e, service in zip(pool_for(arch), arch.services, strict=True)
+                     if service not in have)]
 
 
 def simulated(arch: Architecture) -> Architecture:

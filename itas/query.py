@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from itas.errors import ConfigError
 from itas.spec import Architecture, load_architecture
 
 ORCHESTRATOR_SERVICE = "orchestrator"
@@ -37,6 +38,41 @@ class Answer:
         return cls(reply["answer"], reply.get("architecture", ""), reply.get("candidates", []),
                    reply.get("usage", {}), reply.get("latency_s", 0.0), reply.get("trace"),
                    reply.get("stopped"), reply.get("calls_spent"))
+
+
+MAX_MESSAGES = 1000
+
+
+def load_messages(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """A conversation from a JSON file: ``[{"role", "content"}, ...]`` (or ``{"messages":
+    [...]}``, the OpenAI request shape), ending with a user message; ConfigError names the
+    file and the message that is wrong."""
+    import json
+    from pathlib import Path
+
+    where = str(path)
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read the conversation: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: not valid JSON: {exc}") from exc
+    if isinstance(data, Mapping) and "messages" in data:
+        data = data["messages"]
+    if not isinstance(data, list) or not data:
+        raise ConfigError(f"{where}: expected a non-empty list of {{role, content}} messages")
+    if len(data) > MAX_MESSAGES:
+        raise ConfigError(f"{where}: {len(data)} messages; at most {MAX_MESSAGES}")
+    messages = []
+    for i, message in enumerate(data):
+        if not isinstance(message, Mapping) or message.get("role") not in (
+                "system", "user", "assistant") or not isinstance(message.get("content"), str):
+            raise ConfigError(f"{where}: message {i + 1}: expected {{\"role\": \"system\"|"
+                              f"\"user\"|\"assistant\", \"content\": a string}}")
+        messages.append({"role": str(message["role"]), "content": str(message["content"])})
+    if messages[-1]["role"] != "user":
+        raise ConfigError(f"{where}: the last message must be the user's (the one to answer)")
+    return messages
 
 
 def as_architecture(architecture: ArchitectureLike) -> Architecture:

@@ -25,9 +25,11 @@ import anyio.abc
 
 from itas.agents.pool import PoolEntry, Supervisor, load_pool, service_names
 from itas.client import AsyncClient
+from itas.deploy import serving, simulated, simulated_pool
 from itas.errors import ConfigError
 from itas.lifecycle import ERROR_PREFIX, child_environment, itas_command
 from itas.security import CurveKeys, check_bind, generate_keys
+from itas.spec import Architecture
 
 READY_TIMEOUT_S = 120.0
 BROKER_START_S = 30.0
@@ -91,11 +93,17 @@ def _at_model(entry: PoolEntry, model_url: str) -> PoolEntry:
 
 
 @contextlib.asynccontextmanager
-async def run_stack(pool: str | os.PathLike[str], *, bind: str = "tcp://127.0.0.1:5555",
-                    model_threads: int = 2, insecure: bool = False,
-                    keys: StackKeys | None = None) -> AsyncIterator[Stack]:
+async def run_stack(pool: str | os.PathLike[str] | None, *,
+                    arch: Architecture | None = None, sim: bool = False,
+                    bind: str = "tcp://127.0.0.1:5555", model_threads: int = 2,
+                    insecure: bool = False, keys: StackKeys | None = None
+                    ) -> AsyncIterator[Stack]:
     """Everything is checked before the first process starts: the pool (every entry's
     settings), the bind rule (beyond loopback only with CURVE or ``insecure``), the keys.
+
+    The agents are the pool's (a file or packaged name) plus whatever ``arch`` needs that the
+    pool does not serve (``itas.deploy.serving``); with ``sim``, every model of both is a
+    simulated one of the same name (the dry run ``itas ask --sim`` calls).
 
     With ``keys``, the stack's own agents and its readiness check authenticate with a
     key pair made for this run only, in a private temporary directory that is removed
@@ -104,9 +112,13 @@ async def run_stack(pool: str | os.PathLike[str], *, bind: str = "tcp://127.0.0.
     check_bind(bind, curve=keys is not None, insecure=insecure)
     if keys is not None:
         keys.check()
-    path = resolve_config("pools", pool)
-    entries = with_orchestrator(load_pool(path))
-    services = service_names(entries, str(path))
+    source = str(resolve_config("pools", pool)) if pool is not None else "--arch"
+    entries = load_pool(resolve_config("pools", pool)) if pool is not None else []
+    if sim:
+        entries = simulated_pool(entries)
+        arch = simulated(arch) if arch is not None else None
+    entries = with_orchestrator(serving(entries, arch))
+    services = service_names(entries, source)
     uses_local = any(e.settings.get("provider") == "local" for e in entries)
     async with contextlib.AsyncExitStack() as stack:
         broker_args: list[str] = ["--insecure"] if insecure else []
