@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from itas.benchmarks.question import Question
-from itas.benchmarks.score import Score
+from itas.benchmarks.score import JudgeScorer, Score, Scorer
 from itas.errors import ConfigError, ItasError
 from itas.orchestrator.runner import Caller
 from itas.techniques.contract import UsageTotals
@@ -64,6 +64,15 @@ def judge_service(name: str) -> str:
 
 def is_pairwise(benchmark: str) -> bool:
     return benchmark in PAIRWISE_BENCHMARKS
+
+
+def rating_scale(scorer: Scorer, questions: Sequence[Question]) -> int | None:
+    """``RATING_SCALE`` when every question is graded by a single-answer judge rating
+    (MT-Bench, a judged benchmark of one's own), so reports can show the mean rating on the
+    benchmark's own 1-10 scale, as published numbers are; None otherwise."""
+    if isinstance(scorer, JudgeScorer) and not any(is_pairwise(q.benchmark) for q in questions):
+        return RATING_SCALE
+    return None
 
 
 def reference_for(question: Question) -> str | None:

@@ -342,7 +342,9 @@ def keys_generate(
 def eval_(
     arch: Annotated[list[str], typer.Option(
         "--arch", help="Architecture file or packaged name; repeat to compare several.")],
-    benchmark: Annotated[str, typer.Option(help="Benchmark name, e.g. gsm8k, humaneval.")],
+    benchmark: Annotated[str, typer.Option(
+        help="Benchmark: a name (gsm8k, humaneval, ...), a YAML definition, or a "
+             ".jsonl/.json data file described by the --*-field and --scorer options.")],
     split: Annotated[str | None, typer.Option(help="search or heldout (default: all).")
                      ] = None,
     limit: Annotated[int | None, typer.Option(help="A seeded sample of at most N questions.")
@@ -360,6 +362,29 @@ def eval_(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for one query.")] = 300.0,
     retry_errors: Annotated[bool, typer.Option(help="Rerun questions that failed before.")
                             ] = False,
+    oracle_tests: Annotated[bool, typer.Option(
+        help="Let selection (tests: benchmark) see the grading tests: an oracle pass@k, "
+             "labelled ORACLE in every output.")] = False,
+    scorer: Annotated[str | None, typer.Option(
+        help="Benchmark file: numeric, exact, choice, math, code or judge.")] = None,
+    benchmark_name: Annotated[str | None, typer.Option(
+        help="Benchmark file: its name (default: the file name).")] = None,
+    question_field: Annotated[str | None, typer.Option(
+        help="Benchmark file: the field with the question (default question).")] = None,
+    answer_field: Annotated[str | None, typer.Option(
+        help="Benchmark file: the field with the answer (default answer).")] = None,
+    id_field: Annotated[str | None, typer.Option(
+        help="Benchmark file: the field with the id (default: the position).")] = None,
+    prompt_template: Annotated[str | None, typer.Option(
+        help="Benchmark file: the prompt, with {field} placeholders.")] = None,
+    choices_field: Annotated[str | None, typer.Option(
+        help="Benchmark file, choice scorer: the field listing the options.")] = None,
+    tests_field: Annotated[str | None, typer.Option(
+        help="Benchmark file, code scorer: the field with the grading asserts.")] = None,
+    visible_tests_field: Annotated[str | None, typer.Option(
+        help="Benchmark file, code scorer: the field with asserts a model may see.")] = None,
+    entry_point_field: Annotated[str | None, typer.Option(
+        help="Benchmark file, code scorer: the field naming the function.")] = None,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
 ) -> None:
@@ -368,8 +393,15 @@ def eval_(
 
     from itas.evaluation.run import EvalOptions, run_eval
 
+    fields = {"scorer": scorer, "name": benchmark_name, "question_field": question_field,
+              "answer_field": answer_field, "id_field": id_field, "prompt": prompt_template,
+              "choices_field": choices_field, "tests_field": tests_field,
+              "visible_tests_field": visible_tests_field,
+              "entry_point_field": entry_point_field}
     options = EvalOptions(
-        archs=arch, benchmark=benchmark, split=split, limit=limit, concurrency=concurrency,
+        archs=arch, benchmark=benchmark, oracle_tests=oracle_tests,
+        benchmark_fields={k: v for k, v in fields.items() if v is not None} or None,
+        split=split, limit=limit, concurrency=concurrency,
         broker=broker, out=out, judge=judge, baseline=baseline, data_dir=data_dir, seed=seed,
         timeout_s=timeout, retry_errors=retry_errors,
         curve=_client_keys(curve_secret, curve_server))
