@@ -30,6 +30,7 @@ DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 ParentPidOpt = Annotated[int | None, typer.Option(
     hidden=True, help="Exit when this process (the one that started us) dies.")]
 DEMO_TIMEOUT_S = 900.0
+SIGNAL_EXIT_BASE = 128  # the shell's convention: stopped by signal N exits 128 + N
 
 
 def _client_keys(secret: Path | None, server: Path | None) -> Any:
@@ -417,10 +418,15 @@ def search(
                       ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
 ) -> None:
-    """Search for the best architecture for a benchmark and a budget (ITAS)."""
-    from itas.search.run import run_search_cli
+    """Search for the best architecture for a benchmark and a budget (ITAS); SIGINT or
+    SIGTERM stops it cleanly (exit status 130), and --resume continues it."""
+    from itas.search.run import SearchStopped, run_search_cli
 
-    result = run_search_cli(config, resume=resume, out_dir=out, progress=progress)
+    try:
+        result = run_search_cli(config, resume=resume, out_dir=out, progress=progress)
+    except SearchStopped as stopped:
+        print(f"itas: {stopped}", file=sys.stderr)
+        raise typer.Exit(SIGNAL_EXIT_BASE + stopped.signum) from None
     print(f"best architecture: {result['files']['best_spec']}")
 
 
