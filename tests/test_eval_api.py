@@ -17,8 +17,8 @@ import pytest
 from itas.agents.pool import PoolEntry, load_pool
 from itas.benchmarks import load_benchmark
 from itas.benchmarks.question import Question, user
-from itas.errors import ConfigError
 from itas.benchmarks.selection import ORACLE, VISIBLE, selection_tests_for
+from itas.errors import ConfigError
 from itas.evaluation.evaluate import EvalSummary, Tally, evaluate, spec_hash
 from itas.orchestrator.inprocess import InProcessCaller
 from itas.orchestrator.runner import Budget, Orchestrator
