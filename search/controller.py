@@ -40,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import anyio
 import anyio.abc
@@ -60,6 +60,7 @@ log = logging.getLogger("itas.search")
 SEARCH, CONFIRM, HELDOUT = "search", "confirm", "heldout"
 SINGLE_PREFIX = "single:"
 ELIMINATION_Z = 1.96  # a finalist drops out when the leader is this many SEs better
+T = TypeVar("T")
 
 
 class TrialRunner(Protocol):
@@ -140,14 +141,15 @@ def merge(measurements: Sequence[Measurement]) -> Measurement:
         cost_known=all(m.cost_known for m in measurements))
 
 
-def rounds_of(questions: Sequence[Question], count: int) -> list[list[Question]]:
-    """``questions`` cut into ``count`` consecutive rounds of near-equal size (none empty)."""
-    count = max(1, min(count, len(questions)))
-    size, extra = divmod(len(questions), count)
-    out, start = [], 0
+def rounds_of(items: Sequence[T], count: int) -> list[list[T]]:
+    """``items`` cut into ``count`` consecutive rounds of near-equal size (none empty)."""
+    count = max(1, min(count, len(items)))
+    size, extra = divmod(len(items), count)
+    out: list[list[T]] = []
+    start = 0
     for i in range(count):
         end = start + size + (1 if i < extra else 0)
-        out.append(list(questions[start:end]))
+        out.append(list(items[start:end]))
         start = end
     return [r for r in out if r]
 
@@ -359,13 +361,10 @@ class SearchController:
             for record in measured:
                 parts[record.key].append(record.result)
             merged = {t.key: merge(parts[t.key]) for t in alive}
-            leader = self._confirm_order(alive, merged)[0]
-            for t in alive:
-                if t is leader:
-                    continue
-                diff = paired(merged[leader.key].scores, merged[t.key].scores, resamples=0)
-                if diff.mean - ELIMINATION_Z * diff.stderr > 0:
-                    dropped[t.key] = number
+            order = self._confirm_order(alive, merged)
+            for key in outclassed(order[0].key, [t.key for t in order[1:]],
+                                  {t.key: merged[t.key].scores for t in alive}):
+                dropped[key] = number
             alive = [t for t in alive if t.key not in dropped]
             if len(alive) == 1:
                 break
@@ -461,6 +460,18 @@ class SearchController:
             await _bounded(self.config.search.parallel,
                            [functools.partial(one, m) for m in models])
         return records
+
+
+def outclassed(leader: str, others: Sequence[str], scores: Mapping[str, Mapping[str, float]]
+               ) -> list[str]:
+    """The ``others`` whose paired difference to ``leader`` on the questions so far is
+    significantly negative (the leader ``ELIMINATION_Z`` standard errors better)."""
+    out = []
+    for key in others:
+        diff = paired(scores[leader], scores[key], resamples=0)
+        if diff.mean - ELIMINATION_Z * diff.stderr > 0:
+            out.append(key)
+    return out
 
 
 def versus_single(best: Record, singles: Sequence[Record]) -> PairedDifference | None:
