@@ -74,7 +74,10 @@ def function_docstring(program: str, name: str) -> str:
     return ""
 
 
-def _doctest_pairs(doc: str, entry_point: str) -> list[tuple[str, str]]:
+Example = tuple[int, str, str]  # (line in the docstring, call, expected value)
+
+
+def _doctest_pairs(doc: str, entry_point: str) -> list[Example]:
     try:
         examples = doctest.DocTestParser().get_examples(doc)
     except ValueError:  # inconsistent indentation: the line rules below still apply
@@ -83,13 +86,13 @@ def _doctest_pairs(doc: str, entry_point: str) -> list[tuple[str, str]]:
     for example in examples:
         call, want = example.source.strip(), example.want.strip()
         if want and entry_point in call and _expression(call) and _expression(want):
-            pairs.append((call, want))
+            pairs.append((example.lineno, call, want))
     return pairs
 
 
-def _line_pairs(doc: str, entry_point: str) -> list[tuple[str, str]]:
+def _line_pairs(doc: str, entry_point: str) -> list[Example]:
     lines = doc.splitlines()
-    pairs = []
+    pairs: list[Example] = []
     head = re.compile(rf"(?:>>>\s*)?{re.escape(entry_point)}\s*\(")
     for index, raw in enumerate(lines):
         line = raw.strip()
@@ -97,7 +100,7 @@ def _line_pairs(doc: str, entry_point: str) -> list[tuple[str, str]]:
             call, want = line[3:].strip(), lines[index + 1].strip()
             if (entry_point in call and want and not want.startswith(">>>")
                     and _expression(call) and _expression(want)):
-                pairs.append((call, want))
+                pairs.append((index, call, want))
                 continue
         match = head.match(line)
         if match is None:
@@ -115,7 +118,7 @@ def _line_pairs(doc: str, entry_point: str) -> list[tuple[str, str]]:
         if not _expression(want) and "=" in want:
             want = want.rsplit("=", 1)[1].strip()
         if _expression(call) and _expression(want):
-            pairs.append((call, want))
+            pairs.append((index, call, want))
     return pairs
 
 
@@ -153,7 +156,9 @@ def docstring_tests(program: str, entry_point: str) -> list[str]:
     duplicates; ``[assert callable(entry_point)]`` when there is none (see the module doc)."""
     doc = function_docstring(program, entry_point)
     found: list[str] = []
-    for call, want in _doctest_pairs(doc, entry_point) + _line_pairs(doc, entry_point):
+    pairs = sorted(_doctest_pairs(doc, entry_point) + _line_pairs(doc, entry_point),
+                   key=lambda pair: pair[0])
+    for _, call, want in pairs:
         test = _assertion(call, want, entry_point)
         if test is not None and test not in found:
             found.append(test)
