@@ -10,7 +10,9 @@ A definition (a YAML file, a mapping in a search config, or ``itas eval`` flags)
     answer_field: answer         # what grades (see below)
     id_field: id                 # optional; default: the record's 0-based position
     prompt: "Name the capital of {question}. End with 'The answer is X.'"
-                                 # {field} is any field of the record; {{ and }} are braces
+                                 # {question} is the question field, {choices} the lettered
+                                 # options (choice), {field} any field of the record;
+                                 # {{ and }} are braces; default "{question}"
     choices_field: options       # choice: the options (a list of texts)
     tests_field: tests           # code: the grading asserts (a list of statements)
     visible_tests_field: examples  # code, optional: asserts a model may be shown
@@ -65,6 +67,7 @@ DEFINITION_SUFFIXES = (".yaml", ".yml")
 DATA_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 MAX_WRONG = 3
 CHOICES_PLACEHOLDER = "choices"
+QUESTION_PLACEHOLDER = "question"
 CHOICE_INSTRUCTION = "Answer with the letter of the correct option."
 
 
@@ -261,6 +264,8 @@ def _prompt(definition: BenchmarkDefinition, row: _Row, choices: str | None) -> 
     for name in definition.placeholders():
         if name == CHOICES_PLACEHOLDER and choices is not None:
             values[name] = choices
+        elif name == QUESTION_PLACEHOLDER:
+            values[name] = _text(row, definition.question_field)
         else:
             values[name] = _text(row, name)
     text = definition.prompt.format_map(values)
