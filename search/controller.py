@@ -108,6 +108,7 @@ class SearchOutcome:
     time_s: float
     finalists: list[Finalist] = field(default_factory=list)
     versus_single: PairedDifference | None = None  # best - best single model, on held-out
+    evaluated: list[Record] = field(default_factory=list)  # each architecture's first trial
 
 
 def order_models(config: SearchConfig, scores: Mapping[str, float]) -> list[ModelRef]:
@@ -193,7 +194,8 @@ class SearchController:
         singles = await self.rescore_singles(space.ranked_models)
         return SearchOutcome(ranking, space, best, heldout, singles,
                              time.perf_counter() - started, finalists,
-                             versus_single(heldout[0], singles) if heldout else None)
+                             versus_single(heldout[0], singles) if heldout else None,
+                             list(self.known.values()))
 
     async def search(self) -> tuple[list[Record], SearchSpace]:
         """Rank the models, then run every strategy's trials on the search split."""

@@ -64,6 +64,7 @@ BEST_POOL_FILE = "best.pool.yaml"
 BENCHMARK_FILE = "benchmark.yaml"
 LEADERBOARD_FILE = "leaderboard.txt"
 LEADERBOARD_ROWS = 15
+LEADERBOARD_WIDTH = 160
 
 
 def scored(result: Measurement) -> str:
@@ -267,22 +268,26 @@ def leaderboard(store: TrialStore, outcome: SearchOutcome,
     scores (each ± its standard error); the chosen best is marked."""
     heldout = {r.key: r.result for r in outcome.heldout}
     confirmed = {f.trial.key: f.confirm for f in outcome.finalists}
-    firsts: dict[str, Record] = {}
+    firsts: dict[str, Record] = {r.key: r for r in outcome.evaluated}
     for record in store.trials():
         if not record.reused:
             firsts.setdefault(record.key, record)
     ranked = sorted(firsts.values(),
                     key=lambda r: (-(r.objective or 0.0), r.calls_per_query or 0))[:rows]
+    if outcome.best.key in firsts and outcome.best.key not in {r.key for r in ranked}:
+        ranked.append(firsts[outcome.best.key])
     table = Table(title=f"ITAS leaderboard: {len(firsts)} architectures evaluated "
                         "(scores ± standard error)")
     for column in ("#", "architecture", "strategy", "search", "confirm", "held-out",
                    "calls/query", "calls made", "cost", "time s"):
         table.add_column(column, justify="left" if column == "architecture" else "right",
-                         no_wrap=column in ("architecture", "strategy"))
+                         no_wrap=True)
     for i, record in enumerate(ranked, 1):
         held, confirm = heldout.get(record.key), confirmed.get(record.key)
         mark = " (best)" if record.key == outcome.best.key else ""
-        table.add_row(str(i), record.key + mark, f"{record.strategy}#{record.index}",
+        found_by = (f"{record.strategy}#{record.index}" if record.index is not None
+                    else str(record.strategy))
+        table.add_row(str(i), record.key + mark, found_by,
                       scored(record.result), "" if confirm is None else scored(confirm),
                       "" if held is None else scored(held), str(record.calls_per_query),
                       str(record.result.calls_made),
@@ -367,7 +372,7 @@ def write_outputs(config: SearchConfig, store: TrialStore, outcome: SearchOutcom
                      "trials": str(store.path)}
     (out_dir / SUMMARY_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     table = leaderboard(store, outcome)
-    recorder = Console(record=True, width=140, file=io.StringIO())
+    recorder = Console(record=True, width=LEADERBOARD_WIDTH, file=io.StringIO())
     recorder.print(table)
     recorder.print(data["versus_best_single_on_heldout"]["statement"])
     (out_dir / LEADERBOARD_FILE).write_text(recorder.export_text(), encoding="utf-8")

@@ -16,7 +16,7 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import anyio.abc
@@ -127,14 +127,18 @@ async def run_search(config: SearchConfig, out_dir: Path, *, resume: bool,
                 outcome = await controller.run()
                 reused = deployment.reuse_report()
     except BaseExceptionGroup as group:
-        # Task groups wrap errors; one itas error (a config problem, a broker that went
-        # away) reads better than a tree of tracebacks.
-        errors = [e for e in leaf_exceptions(group) if isinstance(e, ItasError)]
-        if errors:
-            raise errors[0] from group
-        raise
+        _raise_first_itas_error(group)
     return write_outputs(config, store, outcome, out_dir, console if show_progress else None,
                          benchmark=questions.benchmark, reused_services=reused)
+
+
+def _raise_first_itas_error(group: BaseExceptionGroup[Any]) -> NoReturn:
+    """Task groups wrap errors; one itas error (a config problem, a broker that went away)
+    reads better than a tree of tracebacks. Anything else keeps its group."""
+    errors = [e for e in leaf_exceptions(group) if isinstance(e, ItasError)]
+    if errors:
+        raise errors[0] from group
+    raise group
 
 
 async def _watch_signals(scope: anyio.CancelScope, received: list[int]) -> None:
@@ -155,10 +159,14 @@ async def run_search_until_stopped(config: SearchConfig, out_dir: Path, *, resum
     carries on to write outputs it never computed."""
     received: list[int] = []
     result: dict[str, Any] | None = None
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch_signals, tg.cancel_scope, received)
-        result = await run_search(config, out_dir, resume=resume, show_progress=show_progress)
-        tg.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch_signals, tg.cancel_scope, received)
+            result = await run_search(config, out_dir, resume=resume,
+                                      show_progress=show_progress)
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        _raise_first_itas_error(group)
     if result is None:
         raise SearchStopped(received[0] if received else signal.SIGINT, out_dir)
     return result
