@@ -143,7 +143,7 @@ class RemoteProvider(Provider):
                 secrets=(self._api_key,),
             )
             latency = time.perf_counter() - start
-        price = self._price or price_for(model)
+        price = self._price or price_for(model, self.base_url)
         usage = Usage(
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
