@@ -47,6 +47,13 @@ from itas.evaluation.evaluate import (
 )
 from itas.evaluation.judging import ServiceJudge, is_pairwise, judge_service, rating_scale
 from itas.evaluation.manifest import read_manifest, refuse_if_different, write_manifest
+from itas.evaluation.official import (
+    file_digest,
+    load_baseline_answers,
+    load_judge_prompts,
+    load_reference_answers,
+    with_references,
+)
 from itas.evaluation.report import (
     ProgressBoard,
     comparison_chart,
@@ -86,6 +93,9 @@ class EvalOptions:
     timeout_s: float = DEFAULT_CALL_TIMEOUT_S
     retry_errors: bool = False
     curve: Any = None
+    judge_prompts: Path | None = None  # FastChat judge_prompts.jsonl, Arena-Hard config
+    reference_answers: Path | None = None  # FastChat reference answers (MT-Bench)
+    baseline_answers: Path | None = None  # Arena-Hard model_answer file of the baseline
 
 
 def default_out_dir() -> Path:
@@ -102,6 +112,10 @@ def load_archs(values: Sequence[str]) -> list[Architecture]:
         raise ConfigError(f"two --arch files are both named {dup!r}; rename one so the "
                           "results and the comparison can tell them apart")
     return archs
+
+
+def _digest(path: Path | None) -> str | None:
+    return None if path is None else file_digest(path)
 
 
 def _needs_baseline(questions: Sequence[Question]) -> bool:
@@ -133,6 +147,8 @@ def fingerprint(benchmark: ResolvedBenchmark, options: EvalOptions,
         "architectures": sorted(arch_label(a) for a in archs),
         "selection_tests": ORACLE if options.oracle_tests else VISIBLE,
         "judge": judge_name, "baseline": None if baseline is None else arch_label(baseline),
+        "judge_prompts": _digest(options.judge_prompts),
+        "baseline_answers": _digest(options.baseline_answers),
     }
 
 
@@ -178,6 +194,12 @@ async def run_eval(options: EvalOptions, console: Console | None = None) -> list
     benchmark = resolve_benchmark(options.benchmark, options.benchmark_fields)
     questions = select(benchmark.read(options.data_dir), options.split, options.limit,
                        options.seed)
+    if options.reference_answers is not None:  # in the questions, so in their digest
+        questions = with_references(questions, load_reference_answers(options.reference_answers))
+    prompts = (load_judge_prompts(options.judge_prompts) if options.judge_prompts is not None
+               else None)
+    baseline_answers = (load_baseline_answers(options.baseline_answers)
+                        if options.baseline_answers is not None else None)
     if not questions:
         raise ConfigError(f"benchmark {benchmark.name!r} (split {options.split}) has no "
                           "questions to evaluate")
@@ -190,9 +212,13 @@ async def run_eval(options: EvalOptions, console: Console | None = None) -> list
         raise ConfigError(f"{benchmark.name} is scored by an LLM judge; pass --judge "
                           "PROVIDER:MODEL (a judge agent for it must run, e.g. the pool "
                           "configs/pools/sim_judge.yaml serves judge@sim:strong)")
-    if baseline is None and _needs_baseline(questions):
+    if baseline is None and baseline_answers is None and _needs_baseline(questions):
         raise ConfigError(f"{benchmark.name} is judged against a baseline answer; pass "
-                          "--baseline ARCH (its answers are the baseline)")
+                          "--baseline ARCH (its answers are the baseline) or "
+                          "--baseline-answers FILE (e.g. Arena-Hard's gpt-4-0314.jsonl)")
+    if (prompts is not None or baseline_answers is not None) and judge_name is None:
+        raise ConfigError("--judge-prompts and --baseline-answers go with --judge "
+                          "PROVIDER:MODEL")
     out = options.out or default_out_dir()
     current = fingerprint(benchmark, options, questions, archs, judge_name, baseline)
     claim_out_dir(out, current)
@@ -209,8 +235,8 @@ async def run_eval(options: EvalOptions, console: Console | None = None) -> list
                            timeout=options.timeout_s) as client:
         await _check_services(client, options.broker, services)
         runner = ViaBroker(client, timeout=options.timeout_s)
-        judge = ServiceJudge(client, judge_name, timeout=options.timeout_s) if judge_name \
-            else None
+        judge = ServiceJudge(client, judge_name, timeout=options.timeout_s, prompts=prompts,
+                             baselines=baseline_answers) if judge_name else None
         console.print(f"itas eval: {len(questions)} question(s) of {title}, "
                       f"{len(archs)} architecture(s), up to {options.concurrency} in flight; "
                       f"results in {out}", highlight=False)

@@ -386,6 +386,13 @@ def eval_(
         help="Benchmark file, code scorer: the field with asserts a model may see.")] = None,
     entry_point_field: Annotated[str | None, typer.Option(
         help="Benchmark file, code scorer: the field naming the function.")] = None,
+    judge_prompts: Annotated[Path | None, typer.Option(
+        help="Judge with the benchmark's own prompts: FastChat's judge_prompts.jsonl "
+             "(MT-Bench) or an Arena-Hard judge config (YAML).")] = None,
+    reference_answers: Annotated[Path | None, typer.Option(
+        help="MT-Bench reference answers (FastChat reference_answer/gpt-4.jsonl).")] = None,
+    baseline_answers: Annotated[Path | None, typer.Option(
+        help="Arena-Hard: the baseline's answers (model_answer/gpt-4-0314.jsonl).")] = None,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
 ) -> None:
@@ -405,7 +412,8 @@ def eval_(
         split=split, limit=limit, concurrency=concurrency,
         broker=broker, out=out, judge=judge, baseline=baseline, data_dir=data_dir, seed=seed,
         timeout_s=timeout, retry_errors=retry_errors,
-        curve=_client_keys(curve_secret, curve_server))
+        curve=_client_keys(curve_secret, curve_server), judge_prompts=judge_prompts,
+        reference_answers=reference_answers, baseline_answers=baseline_answers)
     anyio.run(run_eval, options)
 
 

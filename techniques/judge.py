@@ -5,6 +5,14 @@ reference answer shown to the judge, MT-Bench's reference-guided grading for
 math and code), ``temperature``, ``max_tokens``. Judges are usually run at
 temperature 0; the eval sends it.
 
+Official prompts: ``template`` (and ``system``) replace the project's prompts with a
+benchmark's own, already filled in by the caller (``itas.evaluation.judging`` reads
+FastChat's judge_prompts.jsonl and Arena-Hard's judge config) except for the answers,
+which stand as ``ANSWER_SLOT`` (single) or ``FIRST_SLOT`` / ``SECOND_SLOT`` (pairwise)
+and are put in here, per candidate and per game order. A template without its slots
+is a bad request. The rating and verdict formats (``[[N]]``, ``[[A>B]]``) are the same
+as those benchmarks', so parsing does not change.
+
 single (MT-Bench single-answer grading): every candidate is rated on its own
 (one call each, concurrent) from 1 to 10 for the last user message of the
 conversation, in the format ``Rating: [[N]]``. The last ``[[N]]`` in the output
@@ -44,6 +52,9 @@ from itas.techniques.base import (
 from itas.techniques.contract import Candidate, Message, TechniqueReply, bad_request
 
 MODES = ("single", "pairwise")
+ANSWER_SLOT = "<<ITAS:ANSWER>>"
+FIRST_SLOT = "<<ITAS:ANSWER_A>>"
+SECOND_SLOT = "<<ITAS:ANSWER_B>>"
 MIN_RATING, MAX_RATING = 1, 10
 JUDGEMENT_CHARS = 1000
 POINTS = {"win": 1.0, "tie": 0.5, "loss": 0.0}
@@ -140,30 +151,55 @@ def judgement_of(text: str) -> str:
     return text.strip()[:JUDGEMENT_CHARS]
 
 
+def _fill(template: str, answers: dict[str, str]) -> str:
+    """The slots replaced in one pass, so an answer that contains a slot's text is shown
+    as written, never filled in."""
+    pattern = re.compile("|".join(re.escape(slot) for slot in answers))
+    return pattern.sub(lambda m: answers[m.group(0)], template)
+
+
+def _official(system: str | None, prompt: str) -> list[Message]:
+    """A benchmark's own prompt as messages (its system prompt first, when it has one)."""
+    head: list[Message] = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": prompt}]
+
+
 class JudgeAgent(TechniqueAgent):
     technique = "judge"
-    known_params: ClassVar[frozenset[str]] = frozenset({"mode", "reference"})
+    known_params: ClassVar[frozenset[str]] = frozenset({"mode", "reference", "system",
+                                                        "template"})
 
     async def run(self, job: Job) -> TechniqueReply:
         mode = job.params.choice("mode", "single", MODES)
         reference = job.params.text("reference")
+        template = job.params.text("template")
+        slots = (ANSWER_SLOT,) if mode == "single" else (FIRST_SLOT, SECOND_SLOT)
+        if template is not None and not all(slot in template for slot in slots):
+            raise bad_request("params.template", f"must hold {' and '.join(slots)} where "
+                              "the answers go")
         if not job.candidates:
             raise bad_request("candidates", "the judge needs the answer(s) to grade")
+        system = job.params.text("system")
         if mode == "single":
-            await self._single(job, reference)
+            await self._single(job, reference, template, system)
         else:
-            await self._pairwise(job)
+            await self._pairwise(job, template, system)
         return job.reply(job.candidates)
 
-    async def _single(self, job: Job, reference: str | None) -> None:
+    async def _single(self, job: Job, reference: str | None, template: str | None,
+                      system: str | None) -> None:
         query = query_text(job.request.messages)
         ref = REFERENCE_BLOCK.format(ref=reference.strip()) if reference else ""
 
         async def grade(i: int, candidate: Candidate) -> None:
-            prompt = SINGLE_PROMPT.format(query=query, reference=ref,
-                                          answer=candidate.text.strip())
-            messages: list[Message] = [{"role": "system", "content": SINGLE_SYSTEM},
-                                       {"role": "user", "content": prompt}]
+            if template is not None:
+                messages = _official(system, _fill(template, {
+                    ANSWER_SLOT: candidate.text.strip()}))
+            else:
+                prompt = SINGLE_PROMPT.format(query=query, reference=ref,
+                                              answer=candidate.text.strip())
+                messages = [{"role": "system", "content": SINGLE_SYSTEM},
+                            {"role": "user", "content": prompt}]
             asked = await job.ask(
                 messages, role="judge", parse=parse_rating, fallback=lambda _t: None,
                 fallback_name="unrated", format_hint=SINGLE_HINT, candidates=[candidate.text],
@@ -175,7 +211,7 @@ class JudgeAgent(TechniqueAgent):
 
         await gather([lambda i=i, c=c: grade(i, c) for i, c in enumerate(job.candidates)])
 
-    async def _pairwise(self, job: Job) -> None:
+    async def _pairwise(self, job: Job, template: str | None, system: str | None) -> None:
         if len(job.candidates) != 2:
             raise bad_request("candidates", "pairwise judging needs exactly two candidates "
                               f"(the answer, then the baseline), got {len(job.candidates)}")
@@ -185,10 +221,14 @@ class JudgeAgent(TechniqueAgent):
         def game(order: int, first: Candidate, second: Candidate
                  ) -> Callable[[], Awaitable[tuple[str, str | None, str]]]:
             async def play() -> tuple[str, str | None, str]:
-                prompt = PAIR_PROMPT.format(query=query, first=first.text.strip(),
-                                            second=second.text.strip())
-                messages: list[Message] = [{"role": "system", "content": PAIR_SYSTEM},
-                                           {"role": "user", "content": prompt}]
+                if template is not None:
+                    messages = _official(system, _fill(template, {
+                        FIRST_SLOT: first.text.strip(), SECOND_SLOT: second.text.strip()}))
+                else:
+                    prompt = PAIR_PROMPT.format(query=query, first=first.text.strip(),
+                                                second=second.text.strip())
+                    messages = [{"role": "system", "content": PAIR_SYSTEM},
+                                {"role": "user", "content": prompt}]
                 asked = await job.ask(
                     messages, role="compare", parse=parse_game,
                     fallback=lambda _t: ("tie", None), fallback_name="tie",
