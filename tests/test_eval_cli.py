@@ -382,6 +382,40 @@ def test_out_dir_of_another_benchmark_is_refused(mesh: str, tmp_path: Path) -> N
     assert (tmp_path / "summary.json").read_text() == summary
 
 
+def test_official_judge_files_through_the_cli(mesh: str, tmp_path: Path) -> None:
+    """--judge-prompts/--reference-answers for MT-Bench (rated on its 1-10 scale) and
+    --baseline-answers for Arena-Hard (no baseline architecture needed)."""
+    from tests.test_judge_official import arena_style, fastchat_style
+
+    refs = tmp_path / "gpt-4.jsonl"
+    refs.write_text("".join(json.dumps({"question_id": q.id, "choices": [
+        {"index": 0, "turns": ["ref one", "ref two"]}]}) + "\n"
+        for q in questions("mt_bench", 80)))
+    done = run_eval(mesh, tmp_path / "mt", "--arch", str(ARCHS / "sim_single.yaml"),
+                    "--benchmark", "mt_bench", "--limit", "3", "--judge", "sim:strong",
+                    "--judge-prompts", str(fastchat_style(tmp_path)), "--reference-answers",
+                    str(refs))
+    summary = summaries(tmp_path / "mt")["sim_single"]
+    assert summary["errors"] == 0 and summary["rating"]["scale"] == "1-10"
+    assert summary["rating"]["mean"] == pytest.approx(summary["score"] * 10)
+    assert "rating 1-10" in done.stdout
+    manifest = json.loads((tmp_path / "mt" / "run.json").read_text())
+    assert manifest["judge_prompts"] and manifest["questions"]["n"] == 3
+    baselines = tmp_path / "gpt-4-0314.jsonl"
+    baselines.write_text("".join(json.dumps({"uid": q.id, "messages": [
+        {"role": "user", "content": q.prompt},
+        {"role": "assistant", "content": {"answer": f"baseline answer {q.id}"}}]}) + "\n"
+        for q in questions("arena_hard", 500)))
+    arena = run_eval(mesh, tmp_path / "arena", "--arch", str(ARCHS / "sim_single.yaml"),
+                     "--benchmark", "arena_hard", "--limit", "3", "--judge", "sim:strong",
+                     "--judge-prompts", str(arena_style(tmp_path)), "--baseline-answers",
+                     str(baselines))
+    rows = records(tmp_path / "arena")
+    assert len(rows) == 3 and all(r["error"] is None and r["judge_usage"]["calls"] == 2
+                                  for r in rows)
+    assert not (tmp_path / "arena" / "baseline.jsonl").exists() and arena.returncode == 0
+
+
 def test_judge_benchmark_without_judge_is_one_clear_error(mesh: str, tmp_path: Path) -> None:
     done = subprocess.run(eval_args(mesh, tmp_path / "a", "--arch",
                                     str(ARCHS / "sim_single.yaml"),
