@@ -140,7 +140,9 @@ def versus_statement(diff: PairedDifference | None, best: str, single: str | Non
 def reproduce(config: SearchConfig, benchmark: ResolvedBenchmark, out_dir: Path,
               heldout: Record | None) -> dict[str, Any]:
     """The commands that re-measure the best architecture's held-out score from the files
-    the search wrote, and the score they should give."""
+    the search wrote, and the score they should give (paths made absolute, so the commands
+    work from any folder)."""
+    out_dir = out_dir.resolve()
     bench = config.benchmark
     if benchmark.definition is not None:
         definition = benchmark.definition.model_dump(mode="json", exclude_defaults=True)

@@ -202,6 +202,32 @@ def test_ctrl_c_stops_the_search_cleanly_and_resume_finishes_it(tmp_path: Path) 
     assert summary["best"]["key"] and (out / "summary.json").exists()
 
 
+def test_a_search_on_a_benchmark_of_ones_own_through_the_cli(tmp_path: Path) -> None:
+    """The chemical-symbols benchmark (tests/test_eval_cli.py), searched with `itas search`:
+    a config beside a YAML definition beside its data, relative paths all the way."""
+    from tests.test_eval_cli import element_benchmark
+
+    element_benchmark(tmp_path)
+    data = search_config(benchmark={"name": "elements.yaml", "search": 8, "confirm": 8,
+                                    "heldout": 8})
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(data))
+    done = subprocess.run([sys.executable, "-m", "itas", "search", "search.yaml", "--out",
+                           "out", "--no-progress"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=240, check=False,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["benchmark"]["name"] == "elements"
+    assert summary["benchmark"]["identity"]["definition"]["scorer"] == "exact"
+    assert summary["benchmark"]["heldout_questions"] == 8
+    assert load_architecture(tmp_path / "out" / "best.yaml").name == summary["best"]["key"]
+    command = summary["reproduce"]["commands"][1]
+    copied = yaml.safe_load((tmp_path / "out" / "benchmark.yaml").read_text())
+    assert f"--benchmark {tmp_path / 'out' / 'benchmark.yaml'}" in command
+    assert copied["name"] == "elements" and copied["data"] == str(tmp_path / "elements.jsonl")
+    assert "best architecture:" in done.stdout
+
+
 def descendants(pid: int) -> set[int]:
     found, frontier = set(), {pid}
     while frontier:
