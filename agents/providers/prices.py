@@ -104,9 +104,9 @@ def vendor_of(base_url: str | None) -> str | None:
     host = (urlparse(base_url).hostname or "").lower()
     for name, vendor in price_map()["vendors"].items():
         for suffix in vendor["hosts"]:
-            if host == suffix or host.endswith("." + suffix):
-                if name != "bedrock" or "bedrock" in host:
-                    return name
+            on_host = host == suffix or host.endswith("." + suffix)
+            if on_host and (name != "bedrock" or "bedrock" in host):
+                return name
     return None
 
 
