@@ -118,7 +118,8 @@ class BenchmarkDefinition(BaseModel):
         return self.model_dump(mode="json", exclude={"data", "description"})
 
 
-def _validation_lines(error: ValidationError, source: str) -> str:
+def validation_lines(error: ValidationError, source: str) -> str:
+    """A pydantic error as lines ``source: field.path: problem`` (config files share it)."""
     lines = []
     for err in error.errors(include_url=False):
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -138,7 +139,7 @@ def parse_definition(data: Any, source: str, base_dir: Path | None = None
     try:
         definition = BenchmarkDefinition.model_validate(dict(data))
     except ValidationError as e:
-        raise ConfigError(_validation_lines(e, source)) from e
+        raise ConfigError(validation_lines(e, source)) from e
     path = Path(definition.data).expanduser()
     if base_dir is not None and not path.is_absolute():
         path = (base_dir / path).resolve()

@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from itas.benchmarks.custom import is_data_file, is_definition_file
+from itas.benchmarks.custom import is_data_file, is_definition_file, validation_lines
 from itas.errors import ConfigError
 from itas.spec import ProviderName
 
@@ -242,14 +242,7 @@ def parse_search_config(data: Any, source: str = "<dict>",
     try:
         config = SearchConfig.model_validate(data)
     except ValidationError as e:
-        lines = []
-        for err in e.errors(include_url=False):
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            message = str(err["msg"]).removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                message = "unknown field"
-            lines.append(f"{source}: {where}: {message}")
-        raise ConfigError("\n".join(lines)) from e
+        raise ConfigError(validation_lines(e, source)) from e
     if base_dir is not None:
         bench = config.benchmark
         update: dict[str, Any] = {}
