@@ -49,7 +49,7 @@ def _count(n: float) -> str:
     for unit, size in (("M", 1e6), ("k", 1e3)):
         if abs(n) >= size:
             return f"{n / size:.1f}{unit}"
-    return f"{n:g}"
+    return f"{n:.0f}"
 
 
 class ProgressBoard:

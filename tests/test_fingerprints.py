@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from itas.errors import ConfigError
+from itas.evaluation.manifest import differences, refuse_if_different
 from itas.evaluation.run import MANIFEST_FILE, RESULTS_FILE, EvalOptions, run_eval
 from itas.search.config import parse_search_config
 from itas.search.run import load_questions, run_search
@@ -174,3 +177,25 @@ def test_more_trials_or_another_strategy_only_extend_a_search(tmp_path: Path) ->
         **search_config()["benchmark"], "data_dir": str(moved)}), "tiny.yaml")
     again = load_questions(elsewhere)
     assert elsewhere.fingerprint(again.digests(), again.benchmark.identity()) == fingerprint
+
+
+values = st.one_of(st.none(), st.integers(-3, 3), st.text("ab", max_size=3),
+                   st.lists(st.text("xyz", min_size=1, max_size=2), max_size=3))
+prints = st.dictionaries(st.sampled_from(["benchmark", "split", "seed", "architectures",
+                                          "judge"]), values)
+
+
+@settings(max_examples=300, deadline=None)
+@given(prints, prints)
+def test_differences_name_exactly_the_fields_that_differ(before: dict[str, Any],
+                                                         now: dict[str, Any]) -> None:
+    lines = differences(before, now)
+    named = [line.split(":", 1)[0] for line in lines]
+    expected = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    assert named == expected
+    assert differences(before, dict(before)) == []
+    if expected:
+        with pytest.raises(ConfigError, match="written by a different run"):
+            refuse_if_different("here", before, now, "advice")
+    else:
+        refuse_if_different("here", before, now, "advice")
