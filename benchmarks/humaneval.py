@@ -4,10 +4,15 @@ Record: ``{"task_id", "prompt", "canonical_solution", "test", "entry_point"}``;
 ``test`` defines ``check(candidate)``. The reference is that test code; the
 prompt, entry point and canonical solution are in ``metadata``.
 
+Visible tests (what a model may be shown): the examples of the docstring as asserts
+(see ``examples``), minus the few the canonical solution contradicts (``ERRATA``: the
+statement is wrong there, and a test that fails the reference would steer selection
+away from correct code). The hidden ``check`` only grades.
+
 Answer key: the prompt plus canonical solution in a ``python`` block. Wrong
-answers are mutants of it (see ``mutate``). The key's ``tests`` are the
-top-level asserts of ``check`` with ``candidate`` renamed to the entry point,
-for simulated unit-test writers.
+answers are mutants of it (see ``mutate``). The key's ``tests`` are the visible tests:
+a simulated unit-test writer writes what a model could derive from the prompt, never
+the hidden ones.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from itas.benchmarks.datafiles import field, read_jsonl
+from itas.benchmarks.examples import docstring_tests, signature_test
 from itas.benchmarks.mutate import mutants, parse
 from itas.benchmarks.question import Question, make_key, user
 from itas.errors import ConfigError
@@ -28,6 +34,26 @@ PROMPT = (
     "Complete the following Python function. Reply with the complete function "
     "(signature included) in one ```python code block.\n\n```python\n{prompt}```"
 )
+
+#: Docstring examples that disagree with the task's canonical solution (and with its hidden
+#: tests): HumanEval's statement is wrong there. ``tests/test_benchmarks_visible.py`` runs
+#: every visible test against the canonical solutions and checks each entry still fails.
+ERRATA = frozenset({
+    ("HumanEval/47", "assert abs(median([-10, 4, 6, 1000, 10, 20]) - 15.0) < 1e-6"),
+    ("HumanEval/116", "assert sort_array([1, 5, 2, 3, 4]) == [1, 2, 3, 4, 5]"),
+    ("HumanEval/116", "assert sort_array([-2, -3, -4, -5, -6]) == [-6, -5, -4, -3, -2]"),
+    ("HumanEval/130", "assert tri(1) == 3"),
+    ("HumanEval/130", "assert tri(2) == 2"),
+    ("HumanEval/130", "assert tri(4) == 3"),
+    ("HumanEval/130", "assert tri(3) == tri(2) + tri(1) + tri(4)"),
+    ("HumanEval/148", "assert bf('Earth', 'Mercury') == 'Venus'"),
+})
+
+
+def visible_tests(task_id: str, program: str, entry_point: str) -> list[str]:
+    """The docstring's examples as asserts, without the errata (see the module doc)."""
+    tests = [t for t in docstring_tests(program, entry_point) if (task_id, t) not in ERRATA]
+    return tests or [signature_test(entry_point)]
 
 
 def fenced(code: str) -> str:
@@ -70,7 +96,8 @@ def load(paths: Sequence[Path]) -> list[Question]:
         program = prompt + solution
         try:
             wrong = [fenced(m) for m in mutants(program, entry_point)]
-            tests = check_asserts(test, entry_point)
+            check_asserts(test, entry_point)  # the grading code must parse too
+            shown = visible_tests(qid, program, entry_point)
         except SyntaxError as e:
             raise ConfigError(f"{where}: prompt, solution or test is not valid Python: {e}") from e
         questions.append(
@@ -84,7 +111,8 @@ def load(paths: Sequence[Path]) -> list[Question]:
                     "entry_point": entry_point,
                     "canonical_solution": solution,
                 },
-                answer_key=make_key(NAME, qid, fenced(program), wrong, tests=tests),
+                answer_key=make_key(NAME, qid, fenced(program), wrong, tests=shown),
+                visible_tests=tuple(shown),
             )
         )
     return questions

@@ -6,6 +6,9 @@ asserts (as the MBPP paper does), since they fix the function's name and
 signature. ``metadata["split"]`` is the paper's split by task id (prompt 1-10,
 test 11-510, validation 511-600, train 601-974); the loader keeps all records.
 
+Visible tests: the same asserts, since the standard prompt shows them; selection with
+them sees nothing the model was not shown (``challenge_test_list`` stays hidden).
+
 Answer key: the reference code in a ``python`` block; wrong answers are its
 mutants (see ``mutate``), targeting the function the first assert calls.
 """
@@ -86,6 +89,7 @@ def load(paths: Sequence[Path]) -> list[Question]:
                     "code": code,
                 },
                 answer_key=make_key(NAME, qid, fenced(code), wrong, tests=tests),
+                visible_tests=tuple(tests),
             )
         )
     return questions

@@ -8,6 +8,16 @@ the same for every simulated model, so simulated mistakes correlate across
 models as real ones do. ``difficulty`` is a hash of the id: deterministic,
 spread uniformly over [0, 1), unrelated to the true difficulty.
 
+Tests come in two kinds. ``reference`` holds what grades a code answer (HumanEval's
+hidden ``check``, MBPP's asserts); ``visible_tests`` holds the tests a model may be
+shown: the examples of the task statement (HumanEval's docstring, MBPP's listed asserts,
+which its standard prompt prints). Selection inside an architecture (``tests:
+benchmark``) sees only the visible ones unless an evaluation asks for oracle tests and
+says so in every output (see ``itas.benchmarks.selection``).
+
+``scorer`` names the built-in scorer of a benchmark defined by a user
+(``itas.benchmarks.custom``); "" means the benchmark's own (see ``scoring``).
+
 Multi-turn questions (MT-Bench) list every user turn in ``turns``; ``messages``
 is the first turn. After answering turn k, ``conversation(answers)`` gives the
 messages for turn k + 1: the user turns interleaved with the model's answers.
@@ -16,7 +26,8 @@ messages for turn k + 1: the user turns interleaved with the model's answers.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +35,7 @@ Message = dict[str, str]
 AnswerKey = dict[str, Any]
 
 HASH_SCALE = float(1 << 64)
+DIGEST_CHARS = 16
 
 
 def unit_hash(*parts: object) -> float:
@@ -57,6 +69,8 @@ class Question:
       benchmark (a final-answer string, test code, a list of asserts, option
       indices, a baseline output, or None for judge-only benchmarks).
     answer_key: for simulated models; None where no checkable answer exists.
+    visible_tests: tests a model may be shown (see the module docstring); () when none.
+    scorer: a built-in scorer name for user-defined benchmarks, "" for the benchmark's own.
     """
 
     id: str
@@ -66,6 +80,8 @@ class Question:
     metadata: dict[str, Any] = field(default_factory=dict)
     answer_key: AnswerKey | None = None
     turns: tuple[str, ...] = ()
+    visible_tests: tuple[str, ...] = ()
+    scorer: str = ""
 
     @property
     def prompt(self) -> str:
@@ -88,6 +104,19 @@ class Question:
             ]
         messages.append({"role": "user", "content": turns[len(answers)]})
         return messages
+
+
+def questions_digest(questions: Iterable[Question]) -> str:
+    """A hash of everything a score depends on in these questions, in order: ids, what is
+    shown, what grades, the tests, the scorer and the simulated answer keys. Same questions,
+    same digest, in any process; a changed file or another sample gives another one."""
+    digest = hashlib.sha256()
+    for q in questions:
+        record = [q.benchmark, q.id, q.messages, q.reference, list(q.turns),
+                  list(q.visible_tests), q.scorer, q.answer_key]
+        digest.update(json.dumps(record, sort_keys=True, default=str).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:DIGEST_CHARS]
 
 
 def user(content: str) -> list[Message]:

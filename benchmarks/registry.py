@@ -1,19 +1,30 @@
-"""The benchmarks itas knows: their files, public sources and loaders.
+"""The benchmarks itas knows, and the resolver that also takes benchmarks of one's own.
 
-``load_benchmark`` resolves the files (explicit ``paths``, else the standard
-names inside the data directory; see ``datafiles``), optionally downloads
-missing ones from the public source, parses every record, then applies the
-split and the seeded limit (see ``splits``).
+``resolve_benchmark`` turns what a user wrote into a ``ResolvedBenchmark``: a built-in
+name (``BENCHMARKS``: files, public sources, loaders), a YAML definition file, a JSONL or
+JSON data file plus definition fields (``itas.benchmarks.custom``), or a definition
+object. ``load_benchmark`` resolves, reads every record (built-ins: explicit ``paths``,
+else the standard names inside the data directory, optionally downloading missing ones
+from the public source; see ``datafiles``), then applies the split and the seeded limit
+(see ``splits``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from itas.benchmarks import chat, datafiles, gsm8k, humaneval, math500, mbpp, mixeval
+from itas.benchmarks.custom import (
+    BenchmarkDefinition,
+    definition_from,
+    is_data_file,
+    is_definition_file,
+    load_definition,
+)
 from itas.benchmarks.question import Question
 from itas.benchmarks.splits import DEFAULT_SEARCH_FRACTION, select
 from itas.errors import ConfigError
@@ -92,8 +103,55 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 def spec_of(name: str) -> BenchmarkSpec:
     spec = BENCHMARKS.get(name)
     if spec is None:
-        raise ConfigError(f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}")
+        raise ConfigError(f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}; "
+                          "or give a benchmark file: a YAML definition, or a .jsonl/.json "
+                          "data file with --scorer and its fields (see the README)")
     return spec
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedBenchmark:
+    """A built-in benchmark or a user-defined one, ready to load."""
+
+    name: str
+    builtin: BenchmarkSpec | None = None
+    definition: BenchmarkDefinition | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """What distinguishes this benchmark in fingerprints (not where its files are)."""
+        return {"name": self.name,
+                "definition": None if self.definition is None else self.definition.identity()}
+
+    def read(self, data_dir: PathLike | None = None,
+             paths: Sequence[PathLike] | PathLike | None = None,
+             download: bool = False) -> list[Question]:
+        """Every question, before any split."""
+        if self.definition is not None:
+            return load_definition(self.definition)
+        if self.builtin is None:
+            raise ConfigError(f"benchmark {self.name!r}: neither built-in nor defined")
+        return _read_builtin(self.builtin, data_dir, paths, download)
+
+
+BenchmarkRef = str | os.PathLike[str] | BenchmarkDefinition
+
+
+def resolve_benchmark(ref: BenchmarkRef, fields: Mapping[str, Any] | None = None
+                      ) -> ResolvedBenchmark:
+    """What ``ref`` names (see the module docstring); ``fields`` complete or override a
+    file's definition. ConfigError for unknown names and bad definitions."""
+    if isinstance(ref, BenchmarkDefinition):
+        return ResolvedBenchmark(ref.name, definition=ref)
+    text = os.fspath(ref)
+    if text in BENCHMARKS and not fields:
+        return ResolvedBenchmark(text, builtin=BENCHMARKS[text])
+    if is_definition_file(text) or is_data_file(text):
+        definition = definition_from(text, fields)
+        return ResolvedBenchmark(definition.name, definition=definition)
+    if fields:
+        raise ConfigError(f"benchmark {text!r}: definition fields (question field, scorer, ...) "
+                          "go with a benchmark file (.yaml, .jsonl or .json), not a built-in")
+    return ResolvedBenchmark(text, builtin=spec_of(text))
 
 
 def benchmark_files(
@@ -125,8 +183,23 @@ def fetch_benchmark(name: str, data_dir: PathLike | None = None) -> list[Path]:
     return files
 
 
+def _read_builtin(spec: BenchmarkSpec, data_dir: PathLike | None,
+                  paths: Sequence[PathLike] | PathLike | None, download: bool) -> list[Question]:
+    if download and paths is None:
+        files = fetch_benchmark(spec.name, data_dir)
+    else:
+        files = benchmark_files(spec.name, data_dir, paths)
+    for path in files:
+        if not path.is_file():
+            raise ConfigError(
+                f"benchmark {spec.name!r}: file {path} not found (pass data_dir=..., set "
+                f"{datafiles.DATA_DIR_ENV}, or download=True to fetch it from its public source)"
+            )
+    return spec.load(files)
+
+
 def load_benchmark(
-    name: str,
+    name: BenchmarkRef,
     split: str | None = None,
     limit: int | None = None,
     seed: int = 0,
@@ -135,22 +208,13 @@ def load_benchmark(
     paths: Sequence[PathLike] | PathLike | None = None,
     download: bool = False,
     search_fraction: float = DEFAULT_SEARCH_FRACTION,
+    fields: Mapping[str, Any] | None = None,
 ) -> list[Question]:
-    """Questions of benchmark ``name``; ConfigError for unknown names and missing/bad files.
+    """Questions of a benchmark (a name, a benchmark file or a definition; see
+    ``resolve_benchmark``); ConfigError for unknown names and missing/bad files.
 
     split: None (all), "search" or "heldout". limit: a seeded sample of at most
-    that many. download: fetch missing files from the public source first.
+    that many. download: fetch a built-in's missing files from the public source first.
     """
-    spec = spec_of(name)
-    if download and paths is None:
-        files = fetch_benchmark(name, data_dir)
-    else:
-        files = benchmark_files(name, data_dir, paths)
-    for path in files:
-        if not path.is_file():
-            raise ConfigError(
-                f"benchmark {name!r}: file {path} not found (pass data_dir=..., set "
-                f"{datafiles.DATA_DIR_ENV}, or download=True to fetch it from its public source)"
-            )
-    questions = spec.load(files)
+    questions = resolve_benchmark(name, fields).read(data_dir, paths, download)
     return select(questions, split, limit, seed, search_fraction)

@@ -1,5 +1,9 @@
 """Which scorer grades which benchmark (see ``score`` for the interface).
 
+A benchmark defined by a user (``custom``) names one of the built-in scorers
+(``SCORER_KINDS``) on each of its questions (``Question.scorer``); ``scorer_for`` takes
+that kind, so a question carries everything needed to grade it, in any process.
+
 Rule-based: gsm8k (final number), math500 (answer equivalence), humaneval and
 mbpp (execution in the sandbox), the multiple-choice half of mixeval_hard
 (option letter). How an answer is read out of a response lives in
@@ -12,13 +16,16 @@ from __future__ import annotations
 import anyio
 
 from itas.answers.choice import LETTERS, chosen_option
+from itas.answers.exact import matches
 from itas.answers.mathequiv import equivalent, extract_answer
 from itas.answers.numeric import extract_number, format_number, same_number
 from itas.benchmarks.codeexec import DEFAULT_TIMEOUT_S, CodeScorer
+from itas.benchmarks.custom import SCORER_KINDS
 from itas.benchmarks.mixeval import MULTIPLE_CHOICE
 from itas.benchmarks.question import Question
 from itas.benchmarks.registry import spec_of
 from itas.benchmarks.score import Judge, JudgeScorer, Score, Scorer, verdict
+from itas.errors import ConfigError
 
 MIXED = ("mixeval_hard", "mixeval_hard_mc")
 
@@ -75,6 +82,22 @@ class ChoiceScorer:
         return verdict(picked in targets, f"chose {LETTERS[picked]}; expected {expected}")
 
 
+class ExactScorer:
+    """Correct when the response's final answer is one of the accepted answers
+    (``question.reference``: a text or a list of texts), after normalising."""
+
+    needs_judge = False
+
+    async def score(self, question: Question, answer_text: str) -> Score:
+        ref = question.reference
+        accepted = [ref] if isinstance(ref, str) else [str(r) for r in ref or ()]
+        ok, got = matches(answer_text, accepted)
+        shown = " | ".join(accepted)
+        if got is None:
+            return verdict(False, f"no answer found; expected {shown}")
+        return verdict(ok, f"read {got!r}; expected {shown}")
+
+
 class MixEvalScorer:
     """Multiple-choice questions by letter, free-form ones by the judge (when given)."""
 
@@ -90,17 +113,46 @@ class MixEvalScorer:
         return await self.free_form.score(question, answer_text)
 
 
-def scorer_for(
+def scorer_of_kind(
+    kind: str,
     benchmark: str,
     *,
     judge: Judge | None = None,
     limiter: anyio.CapacityLimiter | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> Scorer:
-    """The scorer of a benchmark name (as in ``BENCHMARKS``); ConfigError when unknown.
+    """A built-in scorer by kind (``SCORER_KINDS``); ConfigError when unknown."""
+    if kind == "numeric":
+        return NumericScorer()
+    if kind == "exact":
+        return ExactScorer()
+    if kind == "choice":
+        return ChoiceScorer()
+    if kind == "math":
+        return MathScorer()
+    if kind == "code":
+        return CodeScorer(timeout_s=timeout_s, limiter=limiter)
+    if kind == "judge":
+        return JudgeScorer(benchmark, judge)
+    raise ConfigError(f"unknown scorer {kind!r}; use one of {', '.join(SCORER_KINDS)}")
+
+
+def scorer_for(
+    benchmark: str,
+    *,
+    kind: str = "",
+    judge: Judge | None = None,
+    limiter: anyio.CapacityLimiter | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Scorer:
+    """The scorer of a benchmark: by ``kind`` when given (a user-defined benchmark's
+    ``Question.scorer``), else by name (as in ``BENCHMARKS``); ConfigError when unknown.
 
     judge: for judge-based benchmarks. limiter, timeout_s: for code execution.
     """
+    if kind:
+        return scorer_of_kind(kind, benchmark, judge=judge, limiter=limiter,
+                              timeout_s=timeout_s)
     spec_of(benchmark)
     if benchmark == "gsm8k":
         return NumericScorer()
@@ -117,4 +169,5 @@ async def score_answer(
     question: Question, answer_text: str, *, judge: Judge | None = None
 ) -> Score:
     """Score one response with its benchmark's default scorer."""
-    return await scorer_for(question.benchmark, judge=judge).score(question, answer_text)
+    scorer = scorer_for(question.benchmark, kind=question.scorer, judge=judge)
+    return await scorer.score(question, answer_text)

@@ -8,7 +8,11 @@ Questions run through any ``QueryRunner``: ``ViaBroker`` (whole queries to the
 orchestrator service) or an ``Orchestrator`` over an ``InProcessCaller``; up to
 ``concurrency`` are in flight at once. Each query carries the question's answer
 key as ``sim`` (only simulated models read it) and, when the architecture says
-``tests: benchmark``, the benchmark's unit tests as ``tests``. A multi-turn
+``tests: benchmark``, the tests a model may be shown (``Question.visible_tests``) as
+``tests``; grading uses the hidden ones. ``oracle_tests=True`` sends the grading tests
+instead (pass@k studies); every record and the summary say which
+(``selection_tests``: visible, oracle or none; see ``itas.benchmarks.selection``). A
+multi-turn
 question (MT-Bench) is answered turn by turn, each turn with the conversation so
 far, and each turn is scored on its own (its judge sees the conversation up to
 that turn); the question's score is the mean over turns.
@@ -20,8 +24,8 @@ hard questions. A ``ConfigError`` (no judge for a judge-scored benchmark, a bad
 file) stops the evaluation instead: every question would fail the same way.
 
 Resume: with ``results_path`` every scored question is appended to a JSONL file
-at once (one line, flushed), keyed by (architecture name + hash of its spec,
-benchmark, question id); an evaluation finds the questions already there and
+at once (one line, flushed), keyed by (architecture name + hash of its spec + the
+selection tests, benchmark, question id); an evaluation finds the questions already there and
 runs only the others. Killing the process loses at most the questions in
 flight; a torn last line is cut off when the file is opened again. A changed
 spec gets a new hash, so its old results are not reused. Errors count as done
@@ -49,6 +53,7 @@ from itas.benchmarks.mixeval import MULTIPLE_CHOICE
 from itas.benchmarks.question import Question
 from itas.benchmarks.score import Judge, JudgeScorer, Score, Scorer
 from itas.benchmarks.scoring import MixEvalScorer, scorer_for
+from itas.benchmarks.selection import SelectionTests, selection_label, selection_tests_for
 from itas.errors import ConfigError, ItasError
 from itas.orchestrator.runner import QueryRunner
 from itas.spec import Architecture
@@ -57,7 +62,8 @@ from itas.techniques.contract import UsageTotals
 DEFAULT_CONCURRENCY = 8
 SPEC_HASH_CHARS = 12
 ERROR_CHARS = 500
-Key = tuple[str, str, str]  # (architecture name#spec hash, benchmark, question id)
+Key = tuple[str, str, str]  # (architecture name#spec hash@selection, benchmark, question id)
+LEGACY_SELECTION = "unlabelled"  # records written before the label existed never match
 
 
 def spec_hash(arch: Architecture) -> str:
@@ -70,9 +76,14 @@ def arch_label(arch: Architecture) -> str:
     return f"{arch.name}#{spec_hash(arch)}"
 
 
+def selection_of(arch: Architecture, oracle_tests: bool) -> SelectionTests:
+    return selection_label(arch.tests == "benchmark", oracle_tests)
+
+
 def record_key(record: Mapping[str, Any]) -> Key:
-    return (f"{record['architecture']}#{record['spec_hash']}", str(record["benchmark"]),
-            str(record["id"]))
+    selection = record.get("selection_tests", LEGACY_SELECTION)
+    return (f"{record['architecture']}#{record['spec_hash']}@{selection}",
+            str(record["benchmark"]), str(record["id"]))
 
 
 @dataclass
@@ -86,6 +97,7 @@ class Tally:
     calls: int = 0
     tokens: int = 0
     cost_usd: float = 0.0
+    cost_known: bool = True
 
     def add(self, record: Mapping[str, Any]) -> None:
         self.done += 1
@@ -94,6 +106,7 @@ class Tally:
         self.calls += int(record.get("calls", 0))
         self.tokens += int(record.get("tokens", 0))
         self.cost_usd += float(record.get("cost_usd", 0.0))
+        self.cost_known = self.cost_known and record_cost_known(record)
 
     @property
     def score(self) -> float:
@@ -101,6 +114,11 @@ class Tally:
 
 
 Progress = Callable[[dict[str, Any], Tally], None]
+
+
+def record_cost_known(record: Mapping[str, Any]) -> bool:
+    """False when some call of the record had no price (its ``cost_usd`` is a lower bound)."""
+    return bool((record.get("usage") or {}).get("cost_known", True))
 
 
 @runtime_checkable
@@ -114,8 +132,11 @@ class Board(Protocol):
 class EvalSummary:
     """One architecture on one question set. ``score`` is the mean in [0, 1] (errors count 0);
     ``correct`` counts right/wrong verdicts that were right (judge ratings have none);
+    ``stderr`` is the standard error of ``score`` over the questions;
     ``calls``, ``tokens``, ``cost_usd`` are totals for the architecture (judging apart,
-    in ``judge_usage``); ``latency_s`` is the mean time to answer a question."""
+    in ``judge_usage``); ``cost_known`` False means some call had no price, so
+    ``cost_usd`` is only a lower bound; ``latency_s`` is the mean time to answer a
+    question; ``selection_tests`` says what tests selection saw (visible, oracle, none)."""
 
     architecture: str
     benchmark: str
@@ -134,10 +155,13 @@ class EvalSummary:
     judge_usage: dict[str, Any] = field(default_factory=dict)
     resumed: int = 0
     wall_s: float = 0.0
+    cost_known: bool = True
+    selection_tests: SelectionTests = "none"
 
     @classmethod
     def from_results(cls, arch: Architecture, benchmark: str, results: list[dict[str, Any]],
-                     *, resumed: int = 0, wall_s: float = 0.0) -> EvalSummary:
+                     *, resumed: int = 0, wall_s: float = 0.0,
+                     selection_tests: SelectionTests = "none") -> EvalSummary:
         n = len(results)
         scores = [float(r["score"]) for r in results]
         mean = math.fsum(scores) / n if n else 0.0
@@ -159,7 +183,16 @@ class EvalSummary:
                              for r in results),
             stderr=math.sqrt(var / n) if n else 0.0,
             judge_usage=judge.to_dict() if judge.calls else {},
-            resumed=resumed, wall_s=wall_s)
+            resumed=resumed, wall_s=wall_s,
+            cost_known=all(record_cost_known(r) for r in results),
+            selection_tests=selection_tests)
+
+    def scores(self) -> dict[str, float]:
+        """Score by question id (``benchmark/id`` when several benchmarks are mixed), for
+        paired comparisons of two architectures on the same questions."""
+        several = len({r["benchmark"] for r in self.results}) > 1
+        return {(f"{r['benchmark']}/{r['id']}" if several else str(r["id"])): float(r["score"])
+                for r in self.results}
 
     def to_dict(self, *, with_results: bool = False) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -209,23 +242,6 @@ class ResultsLog:
         self._file.close()
 
 
-def benchmark_tests(question: Question) -> list[str] | None:
-    """The benchmark's unit tests for an architecture with ``tests: benchmark``: the answer
-    key's asserts (HumanEval's ``check`` unrolled), else the reference asserts (MBPP), else
-    HumanEval's whole ``check`` called on the entry point, as one test (for the few
-    questions whose ``check`` has no top-level assert to unroll)."""
-    key_tests = (question.answer_key or {}).get("tests")
-    if isinstance(key_tests, list) and key_tests:
-        return [str(t) for t in key_tests]
-    ref = question.reference
-    if isinstance(ref, list) and ref and all(isinstance(t, str) for t in ref):
-        return list(ref)
-    entry_point = question.metadata.get("entry_point")
-    if isinstance(ref, str) and entry_point and "def check" in ref:
-        return [f"{ref.rstrip()}\n\n\ncheck({entry_point})\n"]
-    return None
-
-
 def needs_missing_judge(scorer: Scorer, questions: Sequence[Question]) -> bool:
     """True when ``scorer`` would ask for a judge it does not have for some question."""
     if isinstance(scorer, JudgeScorer):
@@ -240,8 +256,9 @@ def _scorers(questions: Sequence[Question], scorer: Scorer | None, judge: Judge 
              ) -> dict[str, Scorer]:
     limiter = anyio.CapacityLimiter(os.cpu_count() or 1)  # code runs, one per core
     scorers: dict[str, Scorer] = {}
-    for benchmark in dict.fromkeys(q.benchmark for q in questions):
-        chosen = scorer or scorer_for(benchmark, judge=judge, limiter=limiter)
+    kinds = {q.benchmark: q.scorer for q in questions}
+    for benchmark, kind in kinds.items():
+        chosen = scorer or scorer_for(benchmark, kind=kind, judge=judge, limiter=limiter)
         if needs_missing_judge(chosen, [q for q in questions if q.benchmark == benchmark]):
             raise ConfigError(f"benchmark {benchmark!r} is scored by an LLM judge; pass "
                               "judge=... (itas eval --judge PROVIDER:MODEL)")
@@ -253,13 +270,15 @@ class _QuestionRun:
     """Answers and scores one question; every failure becomes the record's ``error``."""
 
     def __init__(self, arch: Architecture, runner: QueryRunner, scorer: Scorer,
-                 judge: Judge | None, timeout_s: float | None) -> None:
+                 judge: Judge | None, timeout_s: float | None, selection: SelectionTests
+                 ) -> None:
         self.arch, self.runner, self.scorer = arch, runner, scorer
-        self.judge, self.timeout_s = judge, timeout_s
+        self.judge, self.timeout_s, self.selection = judge, timeout_s, selection
 
     async def __call__(self, question: Question) -> dict[str, Any]:
         record: dict[str, Any] = {
             "architecture": self.arch.name, "spec_hash": spec_hash(self.arch),
+            "selection_tests": self.selection,
             "benchmark": question.benchmark, "id": question.id, "answer": None,
             "score": 0.0, "correct": None, "detail": "", "error": None,
             "calls": 0, "tokens": 0, "cost_usd": 0.0, "latency_s": 0.0, "usage": {},
@@ -295,7 +314,7 @@ class _QuestionRun:
         return question.conversation(answers) if answers else list(question.messages)
 
     async def _answer(self, question: Question, answers: list[str], usage: UsageTotals) -> None:
-        tests = benchmark_tests(question) if self.arch.tests == "benchmark" else None
+        tests = selection_tests_for(question, self.selection)
         for _ in range(max(1, len(question.turns))):
             reply = await self.runner.run(self.arch, self._turn_messages(question, answers),
                                           sim=question.answer_key, tests=tests)
@@ -332,6 +351,7 @@ async def evaluate(
     judge: Judge | None = None,
     question_timeout_s: float | None = None,
     retry_errors: bool = False,
+    oracle_tests: bool = False,
 ) -> EvalSummary:
     """Run and score every question (see the module docstring); results in question order.
 
@@ -340,6 +360,7 @@ async def evaluate(
     for every question (default: the benchmark's, with ``judge`` for judge-scored ones).
     question_timeout_s: a deadline per question (all its turns and its scoring), recorded
     as an error when it passes. retry_errors: rerun questions whose record is an error.
+    oracle_tests: selection sees the grading tests (labelled ``oracle`` everywhere).
     """
     if concurrency < 1:
         raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
@@ -349,7 +370,8 @@ async def evaluate(
     started = time.perf_counter()
     scorers = _scorers(questions, scorer, judge)
     benchmark = "+".join(scorers) or "none"
-    label = arch_label(arch)
+    selection = selection_of(arch, oracle_tests)
+    label = f"{arch_label(arch)}@{selection}"
     log = ResultsLog(results_path) if results_path is not None else None
     try:
         done: dict[Key, dict[str, Any]] = {}
@@ -365,7 +387,7 @@ async def evaluate(
             tally.add(record)
         report = (progress if callable(progress) and not isinstance(progress, bool | Board)
                   else None)
-        runs = {b: _QuestionRun(arch, runner, s, judge, question_timeout_s)
+        runs = {b: _QuestionRun(arch, runner, s, judge, question_timeout_s, selection)
                 for b, s in scorers.items()}
         fresh: dict[Key, dict[str, Any]] = {}
 
@@ -397,7 +419,8 @@ async def evaluate(
             log.close()
     results = [done.get(k) or fresh[k] for k in ((label, b, i) for b, i in ids)]
     return EvalSummary.from_results(arch, benchmark, results, resumed=len(done),
-                                    wall_s=time.perf_counter() - started)
+                                    wall_s=time.perf_counter() - started,
+                                    selection_tests=selection)
 
 
 async def collect_answers(arch: Architecture, questions: Sequence[Question],

@@ -27,6 +27,11 @@ readable rating after its re-asks (the agent's "unrated" fallback) raises
 ``JudgeError``: the evaluation records the question as an error (score 0)
 rather than inventing a grade. Judge usage is kept per question (``take_usage``)
 so an evaluation can report what judging cost apart from the architecture.
+
+With ``prompts`` (``itas.evaluation.official``: FastChat's judge_prompts.jsonl, an
+Arena-Hard judge config) the judge is sent the benchmark's own prompts instead of the
+project's, rendered here except for the answers, so its ratings and verdicts mean what
+the published ones mean.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from itas.benchmarks.question import Question
-from itas.benchmarks.score import Score
+from itas.benchmarks.score import JudgeScorer, Score, Scorer
 from itas.errors import ConfigError, ItasError
+from itas.evaluation.official import JudgePrompts
 from itas.orchestrator.runner import Caller
 from itas.techniques.contract import UsageTotals
 
@@ -66,6 +72,15 @@ def is_pairwise(benchmark: str) -> bool:
     return benchmark in PAIRWISE_BENCHMARKS
 
 
+def rating_scale(scorer: Scorer, questions: Sequence[Question]) -> int | None:
+    """``RATING_SCALE`` when every question is graded by a single-answer judge rating
+    (MT-Bench, a judged benchmark of one's own), so reports can show the mean rating on the
+    benchmark's own 1-10 scale, as published numbers are; None otherwise."""
+    if isinstance(scorer, JudgeScorer) and not any(is_pairwise(q.benchmark) for q in questions):
+        return RATING_SCALE
+    return None
+
+
 def reference_for(question: Question) -> str | None:
     """What the judge may compare with: a text, one per turn (MT-Bench) or accepted answers."""
     ref = question.reference
@@ -86,10 +101,12 @@ class ServiceJudge:
                  baselines: Mapping[str, str] | None = None,
                  timeout: float = DEFAULT_JUDGE_TIMEOUT_S,
                  temperature: float = JUDGE_TEMPERATURE,
-                 max_tokens: int | None = None) -> None:
+                 max_tokens: int | None = None,
+                 prompts: JudgePrompts | None = None) -> None:
         self.caller = caller
         self.service = service
         self.baselines = dict(baselines or {})
+        self.prompts = prompts
         self.timeout = timeout
         self.params: dict[str, Any] = {"temperature": temperature}
         if max_tokens is not None:
@@ -135,7 +152,12 @@ class ServiceJudge:
     async def _single(self, question: Question, answer_text: str) -> Score:
         params: dict[str, Any] = {"mode": "single"}
         reference = reference_for(question)
-        if reference:
+        if self.prompts is not None:
+            per_turn = question.reference if question.benchmark == "mt_bench" and isinstance(
+                question.reference, list) else [reference] if reference else []
+            prompt, values = self.prompts.for_single(question, per_turn)
+            params.update(system=prompt.system, template=prompt.render(values))
+        elif reference:
             params["reference"] = reference
         reply = await self._ask(question, [{"id": "answer", "text": answer_text}], params)
         meta = reply["candidates"][0].get("meta") or {}
@@ -151,7 +173,11 @@ class ServiceJudge:
     async def _pairwise(self, question: Question, answer_text: str) -> Score:
         candidates = [{"id": "answer", "text": answer_text},
                       {"id": "baseline", "text": self.baseline_for(question)}]
-        reply = await self._ask(question, candidates, {"mode": "pairwise"})
+        params: dict[str, Any] = {"mode": "pairwise"}
+        if self.prompts is not None:
+            prompt, values = self.prompts.for_pairwise(question)
+            params.update(system=prompt.system, template=prompt.render(values))
+        reply = await self._ask(question, candidates, params)
         answer = reply["candidates"][0]
         score = answer.get("score")
         if not isinstance(score, int | float):

@@ -34,14 +34,22 @@ PIPE_WIDTH = 160
 
 def _stats(tally: Tally) -> str:
     return (f"score {tally.score:.3f}  err {tally.errors}  calls {tally.calls}  "
-            f"tok {_count(tally.tokens)}  ${tally.cost_usd:.4f}")
+            f"tok {_count(tally.tokens)}  {cost_text(tally.cost_usd, tally.cost_known)}")
+
+
+def cost_text(cost_usd: float, known: bool) -> str:
+    """A cost for a table: "$0.0123"; with some call unpriced, "unknown" when nothing was
+    priced, else ">= $0.0123" (the priced part), never a made-up total."""
+    if known:
+        return f"${cost_usd:.4f}"
+    return "unknown" if cost_usd == 0 else f">= ${cost_usd:.4f}"
 
 
 def _count(n: float) -> str:
     for unit, size in (("M", 1e6), ("k", 1e3)):
         if abs(n) >= size:
             return f"{n / size:.1f}{unit}"
-    return f"{n:g}"
+    return f"{n:.0f}"
 
 
 class ProgressBoard:
@@ -73,12 +81,21 @@ class ProgressBoard:
         return report
 
 
-def summary_table(summaries: Sequence[EvalSummary], title: str) -> Table:
-    """One row per architecture; with several, the score difference to the first."""
+def summary_table(summaries: Sequence[EvalSummary], title: str, *,
+                  rating_scale: int | None = None) -> Table:
+    """One row per architecture; with several, the score difference to the first.
+
+    ``selection tests`` says what tests selection inside the architecture saw (visible,
+    oracle, none; see ``itas.benchmarks.selection``); ``rating_scale`` (MT-Bench: 10) adds
+    the mean rating on the benchmark's own scale."""
     table = Table(title=title)
     table.add_column("architecture", no_wrap=True)
-    for name in ("n", "score", "±95%", "correct", "errors", "calls/q", "tokens/q", "cost $",
-                 "latency s"):
+    table.add_column("selection tests", no_wrap=True)
+    names = ["n", "score", "±SE", "±95%"]
+    if rating_scale:
+        names.append(f"rating 1-{rating_scale}")
+    names += ["correct", "errors", "calls/q", "tokens/q", "cost", "latency s"]
+    for name in names:
         table.add_column(name, justify="right", no_wrap=True)
     several = len(summaries) > 1
     if several:
@@ -86,9 +103,14 @@ def summary_table(summaries: Sequence[EvalSummary], title: str) -> Table:
     base = summaries[0].score if summaries else 0.0
     for s in summaries:
         per_q = max(s.n, 1)
-        row = [s.architecture, str(s.n), f"{s.score:.3f}", f"{Z_95 * s.stderr:.3f}",
-               str(s.correct), str(s.errors), f"{s.calls / per_q:.1f}",
-               _count(s.tokens / per_q), f"{s.cost_usd:.4f}", f"{s.latency_s:.2f}"]
+        row = [s.architecture, s.selection_tests.upper() if s.selection_tests == "oracle"
+               else s.selection_tests, str(s.n), f"{s.score:.3f}", f"{s.stderr:.3f}",
+               f"{Z_95 * s.stderr:.3f}"]
+        if rating_scale:
+            row.append(f"{s.score * rating_scale:.2f}")
+        row += [str(s.correct), str(s.errors), f"{s.calls / per_q:.1f}",
+                _count(s.tokens / per_q), cost_text(s.cost_usd, s.cost_known),
+                f"{s.latency_s:.2f}"]
         if several:
             row.append(f"{s.score - base:+.3f}")
         table.add_row(*row)
@@ -101,10 +123,16 @@ def console_for(stream: TextIO) -> Console:
     return Console(file=stream, width=wide)
 
 
-def print_report(summaries: Sequence[EvalSummary], title: str, console: Console | None = None
-                 ) -> None:
+def print_report(summaries: Sequence[EvalSummary], title: str, console: Console | None = None,
+                 *, rating_scale: int | None = None) -> None:
     console = console or console_for(sys.stdout)
-    console.print(summary_table(summaries, title))
+    console.print(summary_table(summaries, title, rating_scale=rating_scale))
+    if any(s.selection_tests == "oracle" for s in summaries):
+        console.print("ORACLE: selection inside the architecture saw the grading tests; the "
+                      "score is an oracle pass@k, not a pass@1", highlight=False)
+    if not all(s.cost_known for s in summaries):
+        console.print("cost: some calls had no known price (model not in the price map); "
+                      "'>=' marks the priced part only", highlight=False)
     for s in summaries:
         if s.resumed:
             console.print(f"{s.architecture}: {s.resumed} of {s.n} result(s) resumed from an "
@@ -120,7 +148,8 @@ def print_report(summaries: Sequence[EvalSummary], title: str, console: Console 
     for s in judged:
         u = s.judge_usage
         console.print(f"judging {s.architecture}: {u['calls']} call(s), "
-                      f"{_count(u['tokens'])} tokens, ${u['cost_usd']:.4f}")
+                      f"{_count(u['tokens'])} tokens, "
+                      f"{cost_text(u['cost_usd'], bool(u.get('cost_known', True)))}")
 
 
 def comparison_chart(summaries: Sequence[EvalSummary], path: Path, title: str) -> Path:
@@ -142,6 +171,10 @@ def comparison_chart(summaries: Sequence[EvalSummary], path: Path, title: str) -
         left.set_ylim(0, 1.05)
         left.set_ylabel("score")
         left.set_title("score (95% CI)")
+        for position, s in zip(positions, summaries, strict=True):
+            if s.selection_tests == "oracle":
+                left.annotate("oracle tests", (position, s.score), ha="center", va="bottom",
+                              fontsize=8, color="tab:red")
         right.bar(positions, [s.calls / max(s.n, 1) for s in summaries], color="tab:orange")
         right.set_ylabel("LLM calls per question")
         right.set_title("cost")

@@ -4,11 +4,16 @@ The command connects to a broker (where ``itas up --pool ...`` runs the agents
 and an orchestrator), checks that every service it will call has a worker (so
 a missing agent is one clear error, not a timeout per question), then
 evaluates each architecture in turn with ``evaluate`` over ``ViaBroker``. The
-output directory holds ``results.jsonl`` (per question, the resume log shared by
-all architectures), ``baseline.jsonl`` (pairwise benchmarks: the baseline
-architecture's answers), ``summary.json`` (rewritten after each architecture)
-and, with several architectures, ``comparison.png``. Rerunning with the same
-``--out`` resumes: only questions without a record run.
+benchmark is a built-in name or one of the user's own (a YAML definition, or a JSONL/JSON
+file plus fields; see ``itas.benchmarks.custom``). The output directory holds
+``run.json`` (the fingerprint of what is measured: benchmark, split, seed, the questions'
+digest, the architectures, the selection tests, the judge; see ``manifest``),
+``results.jsonl`` (per question, the resume log shared by all architectures),
+``baseline.jsonl`` (pairwise benchmarks: the baseline architecture's answers),
+``summary.json`` (rewritten after each architecture) and, with several architectures,
+``comparison.png``. Rerunning with the same ``--out`` resumes: only questions without a
+record run; a rerun that would measure anything else (another benchmark, data, split,
+seed, set of architectures, judge, selection tests) is refused with what differs.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import importlib.util
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,19 +30,30 @@ from typing import Any
 import anyio
 from rich.console import Console
 
-from itas.benchmarks.question import Question
-from itas.benchmarks.registry import load_benchmark
+from itas.benchmarks.question import Question, questions_digest
+from itas.benchmarks.registry import ResolvedBenchmark, resolve_benchmark
 from itas.benchmarks.scoring import scorer_for
+from itas.benchmarks.selection import ORACLE, VISIBLE
+from itas.benchmarks.splits import select
 from itas.client import AsyncClient
 from itas.errors import ConfigError, ItasError
 from itas.evaluation.evaluate import (
     DEFAULT_CONCURRENCY,
     EvalSummary,
+    arch_label,
     collect_answers,
     evaluate,
     needs_missing_judge,
 )
-from itas.evaluation.judging import ServiceJudge, is_pairwise, judge_service
+from itas.evaluation.judging import ServiceJudge, is_pairwise, judge_service, rating_scale
+from itas.evaluation.manifest import read_manifest, refuse_if_different, write_manifest
+from itas.evaluation.official import (
+    file_digest,
+    load_baseline_answers,
+    load_judge_prompts,
+    load_reference_answers,
+    with_references,
+)
 from itas.evaluation.report import (
     ProgressBoard,
     comparison_chart,
@@ -54,13 +70,17 @@ RESULTS_FILE = "results.jsonl"
 BASELINE_FILE = "baseline.jsonl"
 SUMMARY_FILE = "summary.json"
 CHART_FILE = "comparison.png"
+MANIFEST_FILE = "run.json"
+MANIFEST_KIND = "itas-eval/1"
 STATUS_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
 class EvalOptions:
     archs: Sequence[str]  # files or packaged names
-    benchmark: str
+    benchmark: str  # a built-in name, a YAML definition or a JSONL/JSON data file
+    benchmark_fields: Mapping[str, Any] | None = None  # definition fields for a data file
+    oracle_tests: bool = False  # selection sees the grading tests (labelled everywhere)
     split: str | None = None
     limit: int | None = None
     concurrency: int = DEFAULT_CONCURRENCY
@@ -73,6 +93,9 @@ class EvalOptions:
     timeout_s: float = DEFAULT_CALL_TIMEOUT_S
     retry_errors: bool = False
     curve: Any = None
+    judge_prompts: Path | None = None  # FastChat judge_prompts.jsonl, Arena-Hard config
+    reference_answers: Path | None = None  # FastChat reference answers (MT-Bench)
+    baseline_answers: Path | None = None  # Arena-Hard model_answer file of the baseline
 
 
 def default_out_dir() -> Path:
@@ -89,6 +112,10 @@ def load_archs(values: Sequence[str]) -> list[Architecture]:
         raise ConfigError(f"two --arch files are both named {dup!r}; rename one so the "
                           "results and the comparison can tell them apart")
     return archs
+
+
+def _digest(path: Path | None) -> str | None:
+    return None if path is None else file_digest(path)
 
 
 def _needs_baseline(questions: Sequence[Question]) -> bool:
@@ -109,11 +136,53 @@ async def _check_services(client: AsyncClient, broker: str, services: Sequence[s
                           "for them (e.g. `itas agents --pool FILE --broker ...`)")
 
 
-def _write_summary(path: Path, options: EvalOptions, summaries: Sequence[EvalSummary]) -> None:
+def fingerprint(benchmark: ResolvedBenchmark, options: EvalOptions,
+                questions: Sequence[Question], archs: Sequence[Architecture],
+                judge_name: str | None, baseline: Architecture | None) -> dict[str, Any]:
+    """What the results in an output folder measure (see the module docstring)."""
+    return {
+        "kind": MANIFEST_KIND, "benchmark": benchmark.identity(), "split": options.split,
+        "seed": options.seed, "limit": options.limit,
+        "questions": {"n": len(questions), "digest": questions_digest(questions)},
+        "architectures": sorted(arch_label(a) for a in archs),
+        "selection_tests": ORACLE if options.oracle_tests else VISIBLE,
+        "judge": judge_name, "baseline": None if baseline is None else arch_label(baseline),
+        "judge_prompts": _digest(options.judge_prompts),
+        "baseline_answers": _digest(options.baseline_answers),
+    }
+
+
+def claim_out_dir(out: Path, current: Mapping[str, Any]) -> None:
+    """Make ``out`` this run's folder, or refuse when it holds another run's results."""
+    out.mkdir(parents=True, exist_ok=True)
+    stored = read_manifest(out / MANIFEST_FILE)
+    if stored is None:
+        leftovers = [f for f in (RESULTS_FILE, BASELINE_FILE, SUMMARY_FILE) if (out / f).exists()]
+        if leftovers:
+            raise ConfigError(f"{out}: holds {', '.join(leftovers)} without a run fingerprint "
+                              f"({MANIFEST_FILE}); it cannot be resumed safely; choose another "
+                              "--out or delete the folder")
+        write_manifest(out / MANIFEST_FILE, current)
+        return
+    refuse_if_different(f"--out {out}", stored, current,
+                        "choose another --out (or delete the folder) to measure this run")
+
+
+def _write_summary(path: Path, options: EvalOptions, benchmark: ResolvedBenchmark,
+                   current: Mapping[str, Any], summaries: Sequence[EvalSummary],
+                   scale: int | None) -> None:
+    archs = []
+    for s in summaries:
+        entry = s.to_dict()
+        if scale:
+            entry["rating"] = {"scale": f"1-{scale}", "mean": s.score * scale,
+                               "stderr": s.stderr * scale}
+        archs.append(entry)
     data = {
-        "benchmark": options.benchmark, "split": options.split, "limit": options.limit,
-        "seed": options.seed, "judge": options.judge, "baseline": options.baseline,
-        "architectures": [s.to_dict() for s in summaries],
+        "benchmark": benchmark.name, "benchmark_identity": benchmark.identity(),
+        "split": options.split, "limit": options.limit, "seed": options.seed,
+        "questions": current["questions"], "selection_tests": current["selection_tests"],
+        "judge": options.judge, "baseline": options.baseline, "architectures": archs,
     }
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
@@ -122,36 +191,52 @@ async def run_eval(options: EvalOptions, console: Console | None = None) -> list
     """Everything ``itas eval`` does; returns one summary per architecture."""
     console = console or console_for(sys.stdout)
     archs = load_archs(options.archs)
-    questions = load_benchmark(options.benchmark, split=options.split, limit=options.limit,
-                               seed=options.seed, data_dir=options.data_dir)
+    benchmark = resolve_benchmark(options.benchmark, options.benchmark_fields)
+    questions = select(benchmark.read(options.data_dir), options.split, options.limit,
+                       options.seed)
+    if options.reference_answers is not None:  # in the questions, so in their digest
+        questions = with_references(questions, load_reference_answers(options.reference_answers))
+    prompts = (load_judge_prompts(options.judge_prompts) if options.judge_prompts is not None
+               else None)
+    baseline_answers = (load_baseline_answers(options.baseline_answers)
+                        if options.baseline_answers is not None else None)
     if not questions:
-        raise ConfigError(f"benchmark {options.benchmark!r} (split {options.split}) has no "
+        raise ConfigError(f"benchmark {benchmark.name!r} (split {options.split}) has no "
                           "questions to evaluate")
     judge_name = judge_service(options.judge) if options.judge else None
     baseline = (load_architecture(resolve_config("architectures", options.baseline))
                 if options.baseline else None)
-    if judge_name is None and needs_missing_judge(scorer_for(options.benchmark), questions):
-        raise ConfigError(f"{options.benchmark} is scored by an LLM judge; pass --judge "
+    scorer = scorer_for(questions[0].benchmark, kind=questions[0].scorer)
+    scale = rating_scale(scorer, questions)
+    if judge_name is None and needs_missing_judge(scorer, questions):
+        raise ConfigError(f"{benchmark.name} is scored by an LLM judge; pass --judge "
                           "PROVIDER:MODEL (a judge agent for it must run, e.g. the pool "
                           "configs/pools/sim_judge.yaml serves judge@sim:strong)")
-    if baseline is None and _needs_baseline(questions):
-        raise ConfigError(f"{options.benchmark} is judged against a baseline answer; pass "
-                          "--baseline ARCH (its answers are the baseline)")
+    if baseline is None and baseline_answers is None and _needs_baseline(questions):
+        raise ConfigError(f"{benchmark.name} is judged against a baseline answer; pass "
+                          "--baseline ARCH (its answers are the baseline) or "
+                          "--baseline-answers FILE (e.g. Arena-Hard's gpt-4-0314.jsonl)")
+    if (prompts is not None or baseline_answers is not None) and judge_name is None:
+        raise ConfigError("--judge-prompts and --baseline-answers go with --judge "
+                          "PROVIDER:MODEL")
     out = options.out or default_out_dir()
-    out.mkdir(parents=True, exist_ok=True)
+    current = fingerprint(benchmark, options, questions, archs, judge_name, baseline)
+    claim_out_dir(out, current)
     services = [ORCHESTRATOR_SERVICE, *(s for a in archs for s in a.services)]
     if baseline is not None:
         services += baseline.services
     if judge_name:
         services.append(judge_name)
-    title = f"{options.benchmark}" + (f" ({options.split})" if options.split else "")
+    title = benchmark.name + (f" ({options.split})" if options.split else "")
+    if options.oracle_tests:
+        title += ", ORACLE selection tests (pass@k, not pass@1)"
     summaries: list[EvalSummary] = []
     async with AsyncClient(options.broker, curve=options.curve,
                            timeout=options.timeout_s) as client:
         await _check_services(client, options.broker, services)
         runner = ViaBroker(client, timeout=options.timeout_s)
-        judge = ServiceJudge(client, judge_name, timeout=options.timeout_s) if judge_name \
-            else None
+        judge = ServiceJudge(client, judge_name, timeout=options.timeout_s, prompts=prompts,
+                             baselines=baseline_answers) if judge_name else None
         console.print(f"itas eval: {len(questions)} question(s) of {title}, "
                       f"{len(archs)} architecture(s), up to {options.concurrency} in flight; "
                       f"results in {out}", highlight=False)
@@ -164,9 +249,11 @@ async def run_eval(options: EvalOptions, console: Console | None = None) -> list
                 summaries.append(await evaluate(
                     arch, questions, runner, concurrency=options.concurrency,
                     results_path=out / RESULTS_FILE, progress=board, judge=judge,
-                    retry_errors=options.retry_errors))
-                _write_summary(out / SUMMARY_FILE, options, summaries)
-    print_report(summaries, f"itas eval: {title}", console)
+                    retry_errors=options.retry_errors, oracle_tests=options.oracle_tests))
+                _write_summary(out / SUMMARY_FILE, options, benchmark, current, summaries,
+                               scale)
+    print_report(summaries, f"itas eval: {title}", console, rating_scale=scale)
+    (out / CHART_FILE).unlink(missing_ok=True)  # never leave a chart of another run
     if len(summaries) > 1:
         if importlib.util.find_spec("matplotlib") is None:
             console.print("comparison chart skipped: matplotlib is not installed "

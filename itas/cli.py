@@ -84,6 +84,7 @@ ParentPidOpt = Annotated[int | None, typer.Option(
     hidden=True, help="Exit when this process (the one that started us) dies.")]
 DEMO_TIMEOUT_S = 900.0
 SETTINGS_FROM_STDIN = "-"
+SIGNAL_EXIT_BASE = 128  # the shell's convention: stopped by signal N exits 128 + N
 
 
 def _client_keys(secret: Path | None, server: Path | None) -> Any:
@@ -494,7 +495,9 @@ def keys_generate(
 def eval_(
     arch: Annotated[list[str], typer.Option(
         "--arch", help="Architecture file or packaged name; repeat to compare several.")],
-    benchmark: Annotated[str, typer.Option(help="Benchmark name, e.g. gsm8k, humaneval.")],
+    benchmark: Annotated[str, typer.Option(
+        help="Benchmark: a name (gsm8k, humaneval, ...), a YAML definition, or a "
+             ".jsonl/.json data file described by the --*-field and --scorer options.")],
     split: Annotated[str | None, typer.Option(
         callback=_checked(partial(validate.one_of, choices=("search", "heldout"))),
         help="search or heldout (default: all).")] = None,
@@ -517,6 +520,36 @@ def eval_(
                                            help="Seconds to wait for one query.")] = 300.0,
     retry_errors: Annotated[bool, typer.Option(help="Rerun questions that failed before.")
                             ] = False,
+    oracle_tests: Annotated[bool, typer.Option(
+        help="Let selection (tests: benchmark) see the grading tests: an oracle pass@k, "
+             "labelled ORACLE in every output.")] = False,
+    scorer: Annotated[str | None, typer.Option(
+        help="Benchmark file: numeric, exact, choice, math, code or judge.")] = None,
+    benchmark_name: Annotated[str | None, typer.Option(
+        help="Benchmark file: its name (default: the file name).")] = None,
+    question_field: Annotated[str | None, typer.Option(
+        help="Benchmark file: the field with the question (default question).")] = None,
+    answer_field: Annotated[str | None, typer.Option(
+        help="Benchmark file: the field with the answer (default answer).")] = None,
+    id_field: Annotated[str | None, typer.Option(
+        help="Benchmark file: the field with the id (default: the position).")] = None,
+    prompt_template: Annotated[str | None, typer.Option(
+        help="Benchmark file: the prompt, with {field} placeholders.")] = None,
+    choices_field: Annotated[str | None, typer.Option(
+        help="Benchmark file, choice scorer: the field listing the options.")] = None,
+    tests_field: Annotated[str | None, typer.Option(
+        help="Benchmark file, code scorer: the field with the grading asserts.")] = None,
+    visible_tests_field: Annotated[str | None, typer.Option(
+        help="Benchmark file, code scorer: the field with asserts a model may see.")] = None,
+    entry_point_field: Annotated[str | None, typer.Option(
+        help="Benchmark file, code scorer: the field naming the function.")] = None,
+    judge_prompts: Annotated[Path | None, typer.Option(
+        help="Judge with the benchmark's own prompts: FastChat's judge_prompts.jsonl "
+             "(MT-Bench) or an Arena-Hard judge config (YAML).")] = None,
+    reference_answers: Annotated[Path | None, typer.Option(
+        help="MT-Bench reference answers (FastChat reference_answer/gpt-4.jsonl).")] = None,
+    baseline_answers: Annotated[Path | None, typer.Option(
+        help="Arena-Hard: the baseline's answers (model_answer/gpt-4-0314.jsonl).")] = None,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
 ) -> None:
@@ -525,11 +558,19 @@ def eval_(
 
     from itas.evaluation.run import EvalOptions, run_eval
 
+    fields = {"scorer": scorer, "name": benchmark_name, "question_field": question_field,
+              "answer_field": answer_field, "id_field": id_field, "prompt": prompt_template,
+              "choices_field": choices_field, "tests_field": tests_field,
+              "visible_tests_field": visible_tests_field,
+              "entry_point_field": entry_point_field}
     options = EvalOptions(
-        archs=arch, benchmark=benchmark, split=split, limit=limit, concurrency=concurrency,
+        archs=arch, benchmark=benchmark, oracle_tests=oracle_tests,
+        benchmark_fields={k: v for k, v in fields.items() if v is not None} or None,
+        split=split, limit=limit, concurrency=concurrency,
         broker=broker, out=out, judge=judge, baseline=baseline, data_dir=data_dir, seed=seed,
         timeout_s=timeout, retry_errors=retry_errors,
-        curve=_client_keys(curve_secret, curve_server))
+        curve=_client_keys(curve_secret, curve_server), judge_prompts=judge_prompts,
+        reference_answers=reference_answers, baseline_answers=baseline_answers)
     anyio.run(run_eval, options)
 
 
@@ -542,10 +583,15 @@ def search(
                       ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
 ) -> None:
-    """Search for the best architecture for a benchmark and a budget (ITAS)."""
-    from itas.search.run import run_search_cli
+    """Search for the best architecture for a benchmark and a budget (ITAS); SIGINT or
+    SIGTERM stops it cleanly (exit status 130), and --resume continues it."""
+    from itas.search.run import SearchStopped, run_search_cli
 
-    result = run_search_cli(config, resume=resume, out_dir=out, progress=progress)
+    try:
+        result = run_search_cli(config, resume=resume, out_dir=out, progress=progress)
+    except SearchStopped as stopped:
+        print(f"itas: {stopped}", file=sys.stderr)
+        raise typer.Exit(SIGNAL_EXIT_BASE + stopped.signum) from None
     print(f"best architecture: {result['files']['best_spec']}")
 
 

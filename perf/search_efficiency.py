@@ -1,46 +1,55 @@
-"""How many evaluations BO needs to find the best architecture, against random search;
-and how many LLM calls a search makes against how many it would make without reuse.
+"""What a user gets from each search strategy: the held-out score of the architecture it
+finally names, at equal LLM-call budgets; and how many LLM calls a search makes against
+how many it would make without reuse.
 
-    python perf/search_efficiency.py [--json] [--quick] [--seeds 10] [--workers 2]
+    python perf/search_efficiency.py [--json] [--quick] [--seeds 30] [--workers 2]
 
-1. Space: ``configs/search/sim_gsm8k_efficiency.yaml`` (three sim models, 40 GSM8K
-   search-split questions, every technique, budget 16 calls/query: 2,466 valid
-   architectures). The models are ranked as the controller ranks them.
-2. Exhaustive scoring: every valid point is evaluated on the search questions with the
-   real orchestrator and eval API, in process (``itas.search.study``), through a request
-   memo that is exact for sim agents; 20 points are re-scored without the memo to check
-   that (``memo_mismatches`` must be 0). Scores are cached on disk
+1. Spaces: ``configs/search/sim_{gsm8k,math500,mixeval_mc}_efficiency.yaml``: three
+   benchmarks, three sets of sim model skills, 651 to 762 valid architectures each. The
+   models are ranked as the controller ranks them.
+2. Exhaustive scoring: every valid point is evaluated on every question of three sets
+   (the controller's: 40 trial questions and 60 confirm questions from the search split,
+   200 held-out questions) with the real orchestrator and eval API, in process
+   (``itas.search.study``), through a request memo that is exact for sim agents; 20
+   points are re-scored without the memo to check that (``memo_mismatches`` must be 0).
+   Simulated candidate texts are distinct per model and sample. Scores are cached on disk
    ($ITAS_PERF_CACHE, default <tmp>/itas-perf) under a hash of what they depend on.
-3. Optimum: the point with the highest search objective (score - cost_weight * calls /
-   budget: accuracy first, ties to the cheaper architecture). "Finds it" = the first
-   evaluation of that exact point: epsilon 0 on the objective (``n_optimal`` says how
-   many points share the maximum; all would count).
-4. Replays on the looked-up objective; both strategies first get the single best model's
-   point for free, as in a real search. ``bo_evals``: mean over ``--seeds`` BO runs of
-   the evaluations until the optimum is evaluated (a run still without it after
-   ``--bo-cap`` counts as the cap; ``bo_found`` says how many found it). ``random_evals``:
-   the same for random search over ``--random-seeds`` runs (cheap, so many: a 10-seed mean
-   of random search varies by about +-20%); ``random_evals_same_seeds`` is its mean over
-   the BO seeds and ``random_expected_evals`` the exact expectation (N+1)/(k+1) for N
-   eligible points and k optimal ones. ``ratio`` = bo_evals / random_evals.
-5. Calls: a real BO search (``SearchController`` in process, ``trials`` from the config),
-   the sim response cache on and empty at the start. ``calls_naive`` = LLM calls its
-   evaluations (model ranking + trials) reported, i.e. running every trial's questions
-   without any reuse; ``calls_made`` = those the response cache did not answer (trials
-   that share layers reuse each other's calls). BO never proposes a point over budget or
-   one it has seen, so those save nothing here.
+3. Replays at equal budgets: every strategy (bo, random, greedy) and seed gets the same
+   budget of LLM calls for its trials (``--budget-trials`` times the space's mean cost of
+   one trial; a trial that would pass it is not run), the single best model's point free
+   as in a real search, each observation's variance (BO's GP uses it). The strategy then
+   names its best exactly as ``SearchController`` does: the ``finalists`` best by search
+   score raced on the confirm questions (their calls are reported apart, as
+   ``confirm_calls``; the same rule for every strategy).
+4. Held-out regret of a run: the best held-out score of any point in the space minus the
+   held-out score of the named architecture (0 = it named the best there is).
+   ``heldout_regret_<strategy>``: mean over spaces and seeds, with its standard deviation
+   over runs and per space; ``heldout_regret_ratio`` = BO's / random's, with a 95%
+   interval from a bootstrap over seeds (paired: a resample takes the same seeds for both)
+   and the ratio per space. ``*_naive`` figures name the best by search score alone (no
+   confirmation), to show what the confirmation buys. ``heldout_regret_exhaustive`` is
+   the floor no strategy can beat on these question sets: every point evaluated on the
+   trial questions, then named as above (confirmation included); when it is close to
+   random's, the trials' question count, not the strategy, is what limits the pick.
+5. Calls: a real BO search (``SearchController`` in process) on the first space, the sim
+   response cache on and empty at the start. ``calls_naive`` = LLM calls its evaluations
+   (model ranking + trials) reported, i.e. running every trial's questions without any
+   reuse; ``calls_made`` = those the response cache did not answer (trials that share
+   layers reuse each other's calls); ``calls_ratio`` = made / naive.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,86 +60,95 @@ from itas.orchestrator.inprocess import InProcessCaller
 from itas.search.config import SearchConfig, load_search_config
 from itas.search.controller import SearchController
 from itas.search.report import call_accounting
+from itas.search.run import load_questions
 from itas.search.runners import InProcessRunner
 from itas.search.space import Point, point_key
 from itas.search.store import TrialStore
 from itas.search.study import (
     Scored,
+    confirmed_pick,
     pool_for,
+    question_sets,
     rank_models,
     replay_runs,
     score_space,
-    search_questions,
     space_for,
     table_key,
     verify_memo,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "search" / "sim_gsm8k_efficiency.yaml"
+CONFIGS = tuple(REPO / "configs" / "search" / f"sim_{name}_efficiency.yaml"
+                for name in ("gsm8k", "math500", "mixeval_mc"))
 CACHE_DIR = Path(os.environ.get("ITAS_PERF_CACHE", Path(tempfile.gettempdir()) / "itas-perf"))
-TABLE_VERSION = "1"  # bump when scoring changes
+TABLE_VERSION = "2"  # bump when scoring changes
 MEMO_CHECK_POINTS = 20
-SEEDS = 10
-RANDOM_SEEDS = 1000
-BO_CAP = 600
-# --quick: a smoke run on a small space (651 points, 20 questions); not the claimed figures.
-QUICK = {"budget": 8, "questions": 20, "seeds": 4, "random_seeds": 200, "trials": 15}
+SEEDS = 30
+BUDGET_TRIALS = 25
+STRATEGIES = ("bo", "random", "greedy")
+BOOTSTRAP = 2000
+# --quick: small spaces and question sets, fewer seeds; a smoke run, not the claimed figures.
+QUICK = {"budget_scale": 0.5, "search": 20, "confirm": 30, "heldout": 80, "seeds": 10,
+         "trials": 15}
 
 Table = dict[Point, Scored]
+Log = Callable[[str], None]
 
 
 def quick_config(config: SearchConfig) -> SearchConfig:
+    budget = max(4, round(config.budget.calls_per_query * QUICK["budget_scale"]))
     return config.model_copy(update={
-        "budget": config.budget.model_copy(update={"calls_per_query": QUICK["budget"]}),
-        "benchmark": config.benchmark.model_copy(update={"search": QUICK["questions"]}),
+        "budget": config.budget.model_copy(update={"calls_per_query": budget}),
+        "benchmark": config.benchmark.model_copy(update={
+            "search": QUICK["search"], "confirm": QUICK["confirm"],
+            "heldout": QUICK["heldout"]}),
         "search": config.search.model_copy(update={"trials": QUICK["trials"]}),
     })
 
 
-async def scored_table(config: SearchConfig, ranked: list[str], workers: int,
-                       log: Callable[[str], None]) -> tuple[Table, dict[str, Any]]:
-    """Every valid point's score, from the disk cache or scored now."""
+async def scored_table(config: SearchConfig, ranked: list[str], workers: int, log: Log
+                       ) -> tuple[Table, dict[str, Any]]:
+    """Every valid point's scores, from the disk cache or scored now."""
     space = space_for(config, ranked)
-    questions = search_questions(config)
-    path = CACHE_DIR / f"table-{table_key(config, ranked, questions, TABLE_VERSION)}.json"
+    sets = question_sets(config)
+    path = CACHE_DIR / f"table-{table_key(config, ranked, sets, TABLE_VERSION)}.json"
     if path.exists():
         data = json.loads(path.read_text())
-        log(f"scores loaded from {path}")
+        log(f"  scores loaded from {path}")
     else:
         points = list(space.valid_points)
-        log(f"scoring {len(points)} architectures x {len(questions)} questions on {workers} "
-            "worker process(es)...")
+        sizes = "/".join(str(len(v)) for v in sets.values())
+        log(f"  scoring {len(points)} architectures x {sizes} questions (search/confirm/"
+            f"held-out) on {workers} worker process(es)...")
         started = time.perf_counter()
         scored, requests, distinct = await score_space(config, ranked, points, workers)
-        data = {"rows": [[list(s.point), s.score, s.calls, s.calls_per_query] for s in scored],
-                "requests": requests, "distinct": distinct, "questions": len(questions),
+        data = {"rows": [s.to_row() for s in scored], "requests": requests,
+                "distinct": distinct, "questions": {k: len(v) for k, v in sets.items()},
                 "time_s": time.perf_counter() - started}
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data))
-    table = {Point(*row[0]): Scored(Point(*row[0]), *row[1:]) for row in data["rows"]}
+        log(f"  scored in {data['time_s']:.0f} s")
+    table = {s.point: s for s in (Scored.from_row(r) for r in data["rows"])}
     info = {"architectures": len(table), "questions": data["questions"],
             "orchestrator_requests": data["requests"], "distinct_requests": data["distinct"],
-            "llm_calls": sum(s.calls for s in table.values()),
+            "llm_calls": sum(sum(s.calls.values()) for s in table.values()),
             "time_s": round(data["time_s"], 1), "cache_file": str(path)}
     return table, info
 
 
-async def replay(config: SearchConfig, ranked: list[str], objective: dict[Point, float],
-                 targets: list[Point], free: dict[Point, float], strategy: str,
-                 seeds: range, cap: int, workers: int) -> list[int | None]:
-    """Seeded runs of ``strategy`` split over worker processes, results in seed order."""
-    args = (config.model_dump(mode="json"), ranked,
-            [[list(p), v] for p, v in objective.items()], [list(p) for p in targets],
-            strategy)
-    free_rows = [[list(p), v] for p, v in free.items()]
+async def replay(config: SearchConfig, ranked: list[str], table: Table, strategy: str,
+                 seeds: Sequence[int], budget: int, free: Point | None, confirm_ids: list[str],
+                 workers: int) -> list[dict[str, Any]]:
+    """Seeded budgeted runs of ``strategy`` over worker processes, in seed order."""
+    rows = [s.to_row() for s in table.values()]
     chunks = [list(seeds)[i::workers] for i in range(workers)]
-    found: dict[int, int | None] = {}
+    found: dict[int, dict[str, Any]] = {}
     limiter = anyio.CapacityLimiter(workers)
 
     async def run(chunk: list[int]) -> None:
-        results = await anyio.to_process.run_sync(replay_runs, *args, chunk, cap, free_rows,
-                                                   limiter=limiter)
+        results = await anyio.to_process.run_sync(
+            replay_runs, config.model_dump(mode="json"), ranked, rows, strategy, chunk,
+            budget, None if free is None else list(free), confirm_ids, limiter=limiter)
         found.update(zip(chunk, results, strict=True))
 
     async with anyio.create_task_group() as tg:
@@ -140,84 +158,157 @@ async def replay(config: SearchConfig, ranked: list[str], objective: dict[Point,
     return [found[seed] for seed in seeds]
 
 
-async def search_calls(config: SearchConfig, log: Callable[[str], None]) -> dict[str, Any]:
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": mean, "sd": sd, "stderr": sd / math.sqrt(len(values)),
+            "min": min(values), "max": max(values)}
+
+
+def ratio_interval(bo: Sequence[Sequence[float]], rnd: Sequence[Sequence[float]],
+                   seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of mean(bo) / mean(random) over all spaces, resampling seeds
+    within each space (the same seeds for both: paired)."""
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(BOOTSTRAP):
+        top = bottom = 0.0
+        for b, r in zip(bo, rnd, strict=True):
+            picks = [rng.randrange(len(b)) for _ in b]
+            top += sum(b[i] for i in picks)
+            bottom += sum(r[i] for i in picks)
+        ratios.append(top / bottom if bottom else math.inf)
+    ratios.sort()
+    return ratios[int(0.025 * BOOTSTRAP)], ratios[int(0.975 * BOOTSTRAP) - 1]
+
+
+async def study_space(path: Path, args: argparse.Namespace, log: Log) -> dict[str, Any]:
+    config = load_search_config(path)
+    if any(m.provider != "sim" for m in config.models):
+        raise SystemExit(f"{path}: search_efficiency scores spaces of sim models only")
+    if args.quick:
+        config = quick_config(config)
+    log(f"space {config.name} ({config.benchmark.name}, budget "
+        f"{config.budget.calls_per_query} calls/query)")
+    loaded = load_questions(config)
+    ranked = [m.name for m in await rank_models(config, loaded.search)]
+    table, exhaustive = await scored_table(config, ranked, args.workers, log)
+    exhaustive["memo_checked"] = MEMO_CHECK_POINTS
+    exhaustive["memo_mismatches"] = await verify_memo(config, ranked, table, MEMO_CHECK_POINTS)
+    heldout = {p: s.mean("heldout") for p, s in table.items()}
+    best_point = max(heldout, key=lambda p: (heldout[p], -table[p].calls_per_query))
+    best_heldout = heldout[best_point]
+    mean_trial_calls = statistics.fmean(s.calls["search"] for s in table.values())
+    budget = round(args.budget_trials * mean_trial_calls)
+    single = space_for(config, ranked).single_model_point()
+    confirm_ids = [q.id for q in loaded.confirm]
+    seeds = range(args.seeds)
+    result: dict[str, Any] = {
+        "config": str(path), "benchmark": config.benchmark.name,
+        "skills": {m.name: m.settings.get("skill") for m in config.models},
+        "valid_architectures": len(table), "budget_calls_per_query":
+            config.budget.calls_per_query, "models_ranked": ranked,
+        "trial_call_budget": budget, "mean_trial_calls": round(mean_trial_calls, 1),
+        "heldout_best": {"key": point_key(best_point), "score": best_heldout},
+        "single_model_heldout": None if single is None else heldout[single],
+        "exhaustive": exhaustive, "strategies": {},
+    }
+    budget_weight = config.objective.cost_weight / config.budget.calls_per_query
+    everything = sorted(table, key=lambda p: (
+        -(table[p].mean("search") - budget_weight * table[p].calls_per_query),
+        table[p].calls_per_query))
+    exhaustive_pick, _ = confirmed_pick(config, table, everything[:config.search.finalists],
+                                        confirm_ids)
+    result["heldout_regret_exhaustive"] = best_heldout - heldout[exhaustive_pick]
+    result["heldout_regret_exhaustive_naive"] = best_heldout - heldout[everything[0]]
+    log(f"  floor: every point evaluated, regret {result['heldout_regret_exhaustive']:.4f} "
+        f"(naive pick {result['heldout_regret_exhaustive_naive']:.4f})")
+    for strategy in STRATEGIES:
+        started = time.perf_counter()
+        runs = await replay(config, ranked, table, strategy, seeds, budget, single,
+                            confirm_ids, args.workers)
+        picked = [heldout[Point(*r["picked"])] for r in runs]
+        naive = [heldout[Point(*r["naive"])] for r in runs]
+        result["strategies"][strategy] = {
+            "heldout_score": _spread(picked),
+            "heldout_regret": _spread([best_heldout - h for h in picked]),
+            "heldout_regret_naive": _spread([best_heldout - h for h in naive]),
+            "regret_per_seed": [round(best_heldout - h, 4) for h in picked],
+            "trials": _spread([r["trials"] for r in runs]),
+            "calls_spent": _spread([r["spent"] for r in runs]),
+            "confirm_calls": _spread([r["confirm_calls"] for r in runs]),
+            "time_s": round(time.perf_counter() - started, 1),
+        }
+        s = result["strategies"][strategy]
+        log(f"  {strategy:6s} held-out {s['heldout_score']['mean']:.3f} ± "
+            f"{s['heldout_score']['sd']:.3f}, regret {s['heldout_regret']['mean']:.4f} "
+            f"(naive pick {s['heldout_regret_naive']['mean']:.4f}), "
+            f"{s['trials']['mean']:.1f} trials, {s['time_s']:.0f} s")
+    bo, rnd = (result["strategies"][k]["heldout_regret"]["mean"] for k in ("bo", "random"))
+    result["heldout_regret_ratio"] = bo / rnd if rnd else None
+    return result
+
+
+async def search_calls(config: SearchConfig, log: Log) -> dict[str, Any]:
     """A real in-process BO search with the response cache on (fresh): its call figures."""
     bo_only = config.model_copy(update={"search": config.search.model_copy(
         update={"strategies": ("bo",), "parallel": 1})})
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["ITAS_CACHE_DIR"] = str(Path(tmp) / "cache")  # read by the agents below
-        store = TrialStore.open(Path(tmp) / "run", bo_only.fingerprint(), resume=False)
-        log(f"running a BO search of {bo_only.search.trials} trials with the response cache...")
+        loaded = load_questions(bo_only)
+        store = TrialStore.open(Path(tmp) / "run", bo_only.fingerprint(loaded.digests()),
+                                resume=False)
+        log(f"calls: a BO search of {bo_only.search.trials} trials on {bo_only.name} with "
+            "the response cache...")
         started = time.perf_counter()
         async with InProcessCaller(pool_for(bo_only, cache=True)) as caller:
             runner = InProcessRunner(caller, concurrency=bo_only.evaluation.concurrency)
-            await SearchController(bo_only, store, runner, search_questions(bo_only), []
-                                   ).search()
+            await SearchController(bo_only, store, runner, loaded.search, []).search()
         calls = call_accounting(store)
-        return {"trials": len(store.trials("bo")), "calls_naive": calls["naive"],
-                "calls_made": calls["made"], "cached": calls["cached"],
-                "time_s": round(time.perf_counter() - started, 1)}
+        return {"space": bo_only.name, "trials": len(store.trials("bo")),
+                "calls_naive": calls["naive"], "calls_made": calls["made"],
+                "cached": calls["cached"], "time_s": round(time.perf_counter() - started, 1)}
 
 
-def _mean(runs: list[int | None], cap: int) -> float:
-    return statistics.mean(cap if r is None else r for r in runs)
+def overall(spaces: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for strategy in STRATEGIES:
+        per_run = [r for s in spaces for r in s["strategies"][strategy]["regret_per_seed"]]
+        out[f"heldout_regret_{strategy}"] = statistics.fmean(per_run)
+        out[f"heldout_regret_{strategy}_sd"] = statistics.stdev(per_run)
+        out[f"heldout_regret_{strategy}_naive"] = statistics.fmean(
+            s["strategies"][strategy]["heldout_regret_naive"]["mean"] for s in spaces)
+    bo = [s["strategies"]["bo"]["regret_per_seed"] for s in spaces]
+    rnd = [s["strategies"]["random"]["regret_per_seed"] for s in spaces]
+    random_mean = out["heldout_regret_random"]
+    out["heldout_regret_ratio"] = out["heldout_regret_bo"] / random_mean if random_mean else None
+    out["heldout_regret_ratio_ci95"] = list(ratio_interval(bo, rnd))
+    out["heldout_regret_ratio_per_space"] = {s["benchmark"]: s["heldout_regret_ratio"]
+                                             for s in spaces}
+    out["heldout_regret_exhaustive"] = statistics.fmean(
+        s["heldout_regret_exhaustive"] for s in spaces)
+    naive_random = out["heldout_regret_random_naive"]
+    out["heldout_regret_ratio_naive"] = (out["heldout_regret_bo_naive"] / naive_random
+                                         if naive_random else None)
+    return out
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
-    log: Callable[[str], None] = (
-        (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print)
-    config = load_search_config(args.config)
-    if any(m.provider != "sim" for m in config.models):
-        raise SystemExit("search_efficiency scores spaces of sim models only")
-    if args.quick:
-        config = quick_config(config)
-    ranked = [m.name for m in await rank_models(config, search_questions(config))]
-    table, exhaustive = await scored_table(config, ranked, args.workers, log)
-    exhaustive["memo_checked"] = MEMO_CHECK_POINTS
-    exhaustive["memo_mismatches"] = await verify_memo(config, ranked, table, MEMO_CHECK_POINTS)
-
-    budget, weight = config.budget.calls_per_query, config.objective.cost_weight
-    objective = {p: s.score - weight * s.calls_per_query / budget for p, s in table.items()}
-    best = max(objective.values())
-    optimal = sorted(p for p, v in objective.items() if v == best)
-    single = space_for(config, ranked).single_model_point()
-    free = {} if single is None else {single: objective[single]}
-    log(f"optimum {point_key(optimal[0])} (score {table[optimal[0]].score:.3f}); replaying BO "
-        f"over {args.seeds} seeds and random search over {args.random_seeds}...")
-    replay_started = time.perf_counter()
-    bo = await replay(config, ranked, objective, optimal, free, "bo", range(args.seeds),
-                      args.bo_cap, args.workers)
-    rnd = await replay(config, ranked, objective, optimal, free, "random",
-                       range(args.random_seeds), len(table), args.workers)
-    replay_s = time.perf_counter() - replay_started
-    bo_evals, random_evals = _mean(bo, args.bo_cap), _mean(rnd, len(table))
-    eligible = len(table) - len(free)
-    calls = await search_calls(config, log)
+    log: Log = ((lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json
+                else (lambda msg: print(msg, flush=True)))
+    spaces = [await study_space(path, args, log) for path in args.config]
+    first = load_search_config(args.config[0])
+    calls = await search_calls(quick_config(first) if args.quick else first, log)
     return {
-        "space": {"config": str(args.config), "valid_architectures": len(table),
-                  "budget_calls_per_query": budget, "questions": exhaustive["questions"],
-                  "models_ranked": ranked, "quick": args.quick},
-        "optimum": {"key": point_key(optimal[0]), "score": table[optimal[0]].score,
-                    "objective": best, "calls_per_query": table[optimal[0]].calls_per_query},
-        "n_optimal": len(optimal),
-        "finds_it": "first evaluation of a point with the highest objective (epsilon 0)",
-        "seeds": args.seeds,
-        "bo_evals": bo_evals,
-        "random_evals": random_evals,
-        "ratio": bo_evals / random_evals,
-        "bo_found": sum(1 for b in bo if b is not None),
-        "bo_cap": args.bo_cap,
-        "bo_evals_per_seed": bo,
-        "random_seeds": args.random_seeds,
-        "random_evals_same_seeds": _mean(rnd[:args.seeds], len(table)),
-        "random_expected_evals": (eligible + 1) / (len(optimal) + 1),
-        "calls_naive": calls["calls_naive"],
-        "calls_made": calls["calls_made"],
+        "seeds": args.seeds, "quick": args.quick, "budget_trials": args.budget_trials,
+        **overall(spaces),
+        "target_heldout_regret_ratio": 0.5,
+        "calls_naive": calls["calls_naive"], "calls_made": calls["calls_made"],
         "calls_ratio": calls["calls_made"] / calls["calls_naive"],
         "search_for_calls": calls,
-        "exhaustive": exhaustive,
-        "replay_time_s": round(replay_s, 1),
+        "memo_mismatches": sum(s["exhaustive"]["memo_mismatches"] for s in spaces),
+        "spaces": spaces,
         "time_s": round(time.perf_counter() - started, 1),
     }
 
@@ -225,22 +316,22 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quick", action="store_true", help="small space, few seeds")
-    parser.add_argument("--config", type=Path, default=CONFIG)
-    parser.add_argument("--seeds", type=int, default=None, help=f"BO runs (default {SEEDS})")
-    parser.add_argument("--random-seeds", type=int, default=None,
-                        help=f"random-search runs (default {RANDOM_SEEDS})")
+    parser.add_argument("--quick", action="store_true", help="small spaces, few seeds")
+    parser.add_argument("--config", type=Path, action="append", default=None,
+                        help="a space (repeat; default: the three shipped ones)")
+    parser.add_argument("--seeds", type=int, default=None, help=f"runs per strategy and "
+                        f"space (default {SEEDS})")
+    parser.add_argument("--budget-trials", type=float, default=BUDGET_TRIALS,
+                        help="call budget, in mean trials of the space")
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
-    parser.add_argument("--bo-cap", type=int, default=BO_CAP)
     arguments = parser.parse_args()
+    arguments.config = arguments.config or list(CONFIGS)
     if arguments.seeds is None:
         arguments.seeds = QUICK["seeds"] if arguments.quick else SEEDS
-    if arguments.random_seeds is None:
-        arguments.random_seeds = QUICK["random_seeds"] if arguments.quick else RANDOM_SEEDS
-    arguments.random_seeds = max(arguments.random_seeds, arguments.seeds)
     result = anyio.run(main, arguments)
     if arguments.json:
         print(json.dumps(result, indent=2))
     else:
         for name, value in result.items():
-            print(f"{name}: {value}")
+            if name != "spaces":
+                print(f"{name}: {value}")

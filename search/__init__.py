@@ -5,9 +5,12 @@
 
 Modules: ``config`` (the YAML), ``space`` (points <-> architecture specs, validity,
 budget), ``strategies`` (bo, random, greedy), ``store`` (trials on disk, resume),
-``deploy`` (agent topology on the broker), ``controller`` (the loop), ``runners`` (mesh or
-in-process evaluation), ``report`` (leaderboard, plot, summary), ``study`` (exhaustive
-in-process scoring for efficiency studies), ``run`` (the ``itas search`` entry point).
+``deploy`` (agent topology on the broker, settings of reused agents checked),
+``controller`` (the loop: trials, the finalists' race, held-out), ``stats`` (standard
+errors, paired differences), ``runners`` (mesh or in-process evaluation), ``report``
+(leaderboard, plot, summary, the pool and commands that reproduce the best), ``study``
+(exhaustive in-process scoring for efficiency studies), ``run`` (the ``itas search``
+entry point, Ctrl-C included).
 """
 
 from itas.search.config import SearchConfig, load_search_config, parse_search_config

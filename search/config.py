@@ -5,8 +5,11 @@ may use and over which ranges, the per-query call budget, the benchmark and its 
 and how the search runs (trials, strategy, acquisition, parallelism, seed). See
 ``configs/search/sim_gsm8k.yaml`` for a commented example.
 
-Relative paths (``benchmark.data_dir``) are resolved against the config file's folder,
-so a config means the same thing from any working directory.
+The benchmark is a built-in name or one of the user's own: a benchmark file (a YAML
+definition, or a JSONL/JSON data file whose fields ``benchmark.definition`` names; see
+``itas.benchmarks.custom``). Relative paths (``benchmark.name`` when it is a file,
+``benchmark.data_dir``) are resolved against the config file's folder, so a config means
+the same thing from any working directory.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from itas.benchmarks.custom import is_data_file, is_definition_file, validation_lines
 from itas.errors import ConfigError
 from itas.spec import ProviderName
 
@@ -40,8 +44,14 @@ STRATEGIES = ("bo", "random", "greedy")
 ACQUISITIONS = ("ucb", "ei", "poi")
 DEFAULT_KAPPA = 2.576
 DEFAULT_XI = 0.01
-#: Fields whose change makes stored trials meaningless (a different space or objective).
+#: Fields whose change makes stored trials meaningless (a different space, objective,
+#: benchmark or final choice); the questions themselves enter the fingerprint as digests.
 RESULT_FIELDS = ("models", "judge", "techniques", "space", "budget", "benchmark", "objective")
+#: Settings of how the search runs that decide which trials it makes and how the finalists
+#: race (resume replays both); more trials, another strategy or more held-out re-scores
+#: only extend a stored search, so they may change.
+SCHEDULE_FIELDS = ("initial_random", "acquisition", "parallel", "seed", "finalists",
+                   "confirm_rounds")
 
 Count = Annotated[int, Field(ge=1, strict=True)]
 Range = tuple[Annotated[int, Field(ge=0, strict=True)], Annotated[int, Field(ge=0, strict=True)]]
@@ -91,11 +101,19 @@ class BudgetConfig(_Section):
 
 
 class BenchmarkConfig(_Section):
+    """name: a built-in benchmark, or a benchmark file (relative to the config's folder);
+    definition: the fields of a data file (scorer, question_field, ...), or overrides of a
+    YAML definition. The search split gives ``search`` questions per trial and ``confirm``
+    other ones to re-score the finalists; the held-out split gives ``heldout`` to report."""
+
     name: str = "gsm8k"
+    definition: dict[str, Any] | None = None
     data_dir: str | None = None
     seed: int = 0
     search: Count = 40  # questions of the search split used per trial
+    confirm: Annotated[int, Field(ge=0, strict=True)] = 120  # fresh search-split questions
     heldout: Count = 100  # questions of the held-out split used to re-score
+    oracle_tests: bool = False  # selection sees the grading tests (labelled everywhere)
 
 
 class AcquisitionConfig(_Section):
@@ -119,7 +137,9 @@ class SearchSettings(_Section):
     seed: int = 0
     strategies: tuple[Literal["bo", "random", "greedy"], ...] = ("bo",)
     baseline_trials: Count | None = None  # trials of random/greedy; default: ``trials``
-    rescore_top: Count = 3  # best trials re-scored on the held-out split
+    finalists: Count = 4  # best trials by search score re-scored on the confirm questions
+    confirm_rounds: Count = 3  # the confirm questions in rounds; clear losers drop out
+    rescore_top: Count = 3  # best finalists re-scored on the held-out split
 
     @model_validator(mode="after")
     def _strategies(self) -> SearchSettings:
@@ -187,14 +207,31 @@ class SearchConfig(_Section):
             raise ValueError(f"space.models: at most {len(self.models)} (the models listed)")
         return self
 
-    def fingerprint(self) -> str:
-        """A hash of what the stored trials depend on; resuming checks it."""
+    def fingerprint(self, questions: Mapping[str, str] | None = None,
+                    benchmark: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What the stored trials depend on, field by field (resuming compares it; see
+        ``itas.evaluation.manifest``): the config's result and schedule fields, the
+        benchmark's identity and the digests of the questions of each split. Where the
+        files are is left out: their content is in the digests."""
         data = self.result_fields()
-        data["benchmark"].pop("data_dir", None)  # where the files are, not what they hold
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        bench = data.pop("benchmark")
+        for key in ("data_dir", "name", "definition"):
+            bench.pop(key, None)
+        data.update({f"benchmark.{k}": v for k, v in bench.items()})
+        data["benchmark"] = (dict(benchmark) if benchmark is not None
+                             else {"name": self.benchmark.name})
+        schedule = self.search.model_dump(mode="json", include=set(SCHEDULE_FIELDS))
+        data.update({f"search.{k}": v for k, v in schedule.items()})
+        data.update({f"questions.{k}": v for k, v in (questions or {}).items()})
+        return data
 
     def result_fields(self) -> dict[str, Any]:
         return self.model_dump(mode="json", include=set(RESULT_FIELDS))
+
+    def digest(self) -> str:
+        """A short hash of the whole config (cache keys of studies)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def parse_search_config(data: Any, source: str = "<dict>",
@@ -205,21 +242,22 @@ def parse_search_config(data: Any, source: str = "<dict>",
     try:
         config = SearchConfig.model_validate(data)
     except ValidationError as e:
-        lines = []
-        for err in e.errors(include_url=False):
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            message = str(err["msg"]).removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                message = "unknown field"
-            lines.append(f"{source}: {where}: {message}")
-        raise ConfigError("\n".join(lines)) from e
-    if base_dir is not None and config.benchmark.data_dir is not None:
-        data_dir = Path(config.benchmark.data_dir).expanduser()
-        if not data_dir.is_absolute():
-            data_dir = (base_dir / data_dir).resolve()
-        benchmark = config.benchmark.model_copy(update={"data_dir": str(data_dir)})
-        config = config.model_copy(update={"benchmark": benchmark})
+        raise ConfigError(validation_lines(e, source)) from e
+    if base_dir is not None:
+        bench = config.benchmark
+        update: dict[str, Any] = {}
+        if bench.data_dir is not None:
+            update["data_dir"] = str(_under(base_dir, bench.data_dir))
+        if is_definition_file(bench.name) or is_data_file(bench.name):
+            update["name"] = str(_under(base_dir, bench.name))
+        if update:
+            config = config.model_copy(update={"benchmark": bench.model_copy(update=update)})
     return config
+
+
+def _under(base_dir: Path, path: str) -> Path:
+    found = Path(path).expanduser()
+    return found if found.is_absolute() else (base_dir / found).resolve()
 
 
 def load_search_config(path: str | Path) -> SearchConfig:

@@ -24,13 +24,17 @@ Progress = Callable[[int], None]  # called with 1 per question done
 
 async def measure(arch: Architecture, questions: Sequence[Question], runner: QueryRunner, *,
                   concurrency: int, progress: Progress | None = None,
-                  results_path: Path | None = None) -> Measurement:
+                  results_path: Path | None = None, oracle_tests: bool = False
+                  ) -> Measurement:
+    """The score (with its standard error and every question's score), calls and cost of
+    ``arch`` on ``questions``; ``oracle_tests`` as in ``evaluate``."""
     started = time.perf_counter()
     summary = await evaluate(arch, questions, runner, concurrency=concurrency,
-                             results_path=results_path,
+                             results_path=results_path, oracle_tests=oracle_tests,
                              progress=(lambda *_: progress(1)) if progress else False)
     return Measurement(
         score=summary.score, n=summary.n, correct=summary.correct, errors=summary.errors,
         calls=summary.calls, cached_calls=summary.cached_calls, tokens=summary.tokens,
         cost_usd=summary.cost_usd, latency_s=summary.latency_s,
-        time_s=time.perf_counter() - started)
+        time_s=time.perf_counter() - started, stderr=summary.stderr,
+        scores=summary.scores(), cost_known=summary.cost_known)

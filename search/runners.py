@@ -26,11 +26,13 @@ class MeshRunner:
     cut off by a kill resumes with the questions it had not answered."""
 
     def __init__(self, deployment: Deployment, client: AsyncClient, *, concurrency: int,
-                 timeout_s: float, results_dir: Path | None = None) -> None:
+                 timeout_s: float, results_dir: Path | None = None,
+                 oracle_tests: bool = False) -> None:
         self.deployment = deployment
         self.runner: QueryRunner = ViaBroker(client, timeout=timeout_s)
         self.concurrency = concurrency
         self.results_dir = results_dir
+        self.oracle_tests = oracle_tests
         if results_dir is not None:
             results_dir.mkdir(parents=True, exist_ok=True)
 
@@ -40,18 +42,20 @@ class MeshRunner:
     async def measure(self, arch: Architecture, questions: Sequence[Question]) -> Measurement:
         path = None if self.results_dir is None else self.results_dir / f"{arch.name}.jsonl"
         return await measure(arch, questions, self.runner, concurrency=self.concurrency,
-                             results_path=path)
+                             results_path=path, oracle_tests=self.oracle_tests)
 
 
 class InProcessRunner:
     """Over an open ``InProcessCaller`` (or any caller) that serves every service needed."""
 
-    def __init__(self, caller: Caller, *, concurrency: int) -> None:
+    def __init__(self, caller: Caller, *, concurrency: int, oracle_tests: bool = False) -> None:
         self.runner: QueryRunner = Orchestrator(caller)
         self.concurrency = concurrency
+        self.oracle_tests = oracle_tests
 
     async def prepare(self, archs: Sequence[Architecture]) -> None:
         """Nothing to start: the caller built its agents when it opened."""
 
     async def measure(self, arch: Architecture, questions: Sequence[Question]) -> Measurement:
-        return await measure(arch, questions, self.runner, concurrency=self.concurrency)
+        return await measure(arch, questions, self.runner, concurrency=self.concurrency,
+                             oracle_tests=self.oracle_tests)

@@ -70,16 +70,21 @@ class ModelRef:
     provider: str
     model: str
     max_tokens: int | None = None
+    base_url: str | None = None  # the model's endpoint, part of its services' names
+    api_key_env: str | None = None
 
     @classmethod
     def of(cls, model: Any) -> ModelRef:
-        """From a config's ``ModelConfig``."""
-        return cls(model.name, model.provider, model.model, model.max_tokens)
+        """From a config's ``ModelConfig`` (its endpoint settings, not its key, go along)."""
+        endpoint = {k: v for k in ("base_url", "api_key_env")
+                    if isinstance(v := model.settings.get(k), str)}
+        return cls(model.name, model.provider, model.model, model.max_tokens, **endpoint)
 
     def component(self, technique: str, **fields: Any) -> dict[str, Any]:
-        limit = {} if self.max_tokens is None else {"max_tokens": self.max_tokens}
+        extra = {k: v for k, v in (("max_tokens", self.max_tokens), ("base_url", self.base_url),
+                                   ("api_key_env", self.api_key_env)) if v is not None}
         return {"technique": technique, "provider": self.provider, "model": self.model,
-                **limit, **fields}
+                **extra, **fields}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,17 +1,21 @@
 """Trial persistence: one JSON line per finished evaluation, so a stopped search resumes.
 
-``trials.jsonl`` in the output folder starts with a header naming the config fingerprint
-(``SearchConfig.fingerprint``); every later line is a record:
+``trials.jsonl`` in the output folder starts with a header holding the search's
+fingerprint (``SearchConfig.fingerprint``: the config's result fields, the benchmark, the
+digests of the questions); every later line is a record:
 
 - ``kind: ranking``: a model evaluated alone on the search split (ranks the models);
 - ``kind: trial``: a strategy's evaluation of a point on the search split (``reused: true``
   when another strategy had already evaluated the same architecture: no calls were made);
+- ``kind: confirm``: a finalist re-scored on one round of fresh search-split questions;
 - ``kind: heldout``: a re-score on the held-out split.
 
-Each record carries the spec, score, calls, cached calls, tokens, cost and time. A line
-is written and fsynced only once its evaluation finished, so a kill loses at most the
+Each record carries the spec, score and its standard error, the score of every question
+(paired comparisons need them), calls, cached calls, tokens, cost and time. A line is
+written and fsynced only once its evaluation finished, so a kill loses at most the
 evaluations in flight; a half-written last line (killed mid-write) is cut off when the
-store is reopened. Resuming refuses a store written for a different space or objective.
+store is reopened. Resuming refuses a store written for a different search, naming every
+field of the fingerprint that differs (see ``itas.evaluation.manifest``).
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from itas.errors import ConfigError
+from itas.evaluation.manifest import refuse_if_different
 
 STORE_FILE = "trials.jsonl"
-STORE_VERSION = 1
-Kind = Literal["ranking", "trial", "heldout"]
+STORE_VERSION = 2  # 2: fingerprint by field, per-question scores, confirm records
+Kind = Literal["ranking", "trial", "confirm", "heldout"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +49,18 @@ class Measurement:
     cost_usd: float
     latency_s: float  # mean per query
     time_s: float  # wall time of the whole evaluation
+    stderr: float = 0.0  # of ``score``, over the questions
+    scores: dict[str, float] = field(default_factory=dict)  # by question id
+    cost_known: bool = True  # False: some call had no price, ``cost_usd`` is a lower bound
 
     @property
     def calls_made(self) -> int:
         return self.calls - self.cached_calls
+
+    @property
+    def variance(self) -> float:
+        """Of ``score`` as an estimate: what the optimizer is told about its noise."""
+        return self.stderr ** 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +97,13 @@ class TrialStore:
         self.records = records
 
     @classmethod
-    def open(cls, out_dir: Path, fingerprint: str, *, resume: bool,
+    def open(cls, out_dir: Path, fingerprint: Mapping[str, Any], *, resume: bool,
              describe: Mapping[str, Any] | None = None) -> TrialStore:
         """Open the store in ``out_dir``: new, or (``resume``) the one a stopped run left.
 
         Without ``resume`` an existing non-empty store is an error rather than being
-        overwritten; with it, a store from a different config is an error naming the cause.
+        overwritten; with it, a store from a different search is an error naming every
+        field that differs (models, space, budget, benchmark, questions, schedule...).
         """
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / STORE_FILE
@@ -98,14 +112,11 @@ class TrialStore:
                 raise ConfigError(f"{path}: a search was already run here; pass --resume to "
                                   "continue it, or choose another output folder")
             header, records = _read(path)
-            if header.get("fingerprint") != fingerprint:
-                raise ConfigError(
-                    f"{path}: written for a different search (config fingerprint "
-                    f"{header.get('fingerprint')} != {fingerprint}); the models, space, "
-                    "budget, benchmark or objective changed; use a new output folder")
+            refuse_if_different(f"{path}", header.get("fingerprint") or {}, fingerprint,
+                                "this is a different search; use a new output folder")
             return cls(path, records)
-        header = {"kind": "header", "version": STORE_VERSION, "fingerprint": fingerprint,
-                  "config": dict(describe or {})}
+        header = {"kind": "header", "version": STORE_VERSION,
+                  "fingerprint": dict(fingerprint), "config": dict(describe or {})}
         _append_line(path, json.dumps(header, sort_keys=True))
         return cls(path, [])
 
@@ -115,6 +126,10 @@ class TrialStore:
 
     def of_kind(self, kind: Kind) -> Iterator[Record]:
         return (r for r in self.records if r.kind == kind)
+
+    def confirmations(self) -> dict[tuple[str, int], Record]:
+        """Finalists' confirm records by (key, round)."""
+        return {(r.key, int(r.extra.get("round", 0))): r for r in self.of_kind("confirm")}
 
     def trials(self, strategy: str | None = None) -> list[Record]:
         return [r for r in self.of_kind("trial") if strategy is None or r.strategy == strategy]
@@ -144,9 +159,16 @@ def _read(path: Path) -> tuple[dict[str, Any], list[Record]]:
     lines = complete.decode("utf-8").splitlines()
     try:
         header = json.loads(lines[0])
-        records = [Record.from_dict(json.loads(line)) for line in lines[1:] if line.strip()]
-    except (ValueError, TypeError, KeyError, IndexError) as e:
+    except (ValueError, IndexError) as e:
         raise ConfigError(f"{path}: not a trial store this version can read ({e})") from e
-    if header.get("kind") != "header" or header.get("version") != STORE_VERSION:
-        raise ConfigError(f"{path}: unknown trial store header {header!r}")
+    if not isinstance(header, dict) or header.get("kind") != "header" \
+            or header.get("version") != STORE_VERSION:
+        version = header.get("version") if isinstance(header, dict) else None
+        raise ConfigError(f"{path}: not a trial store this version can read (header version "
+                          f"{version!r}, this one reads {STORE_VERSION}); use a new output "
+                          "folder")
+    try:
+        records = [Record.from_dict(json.loads(line)) for line in lines[1:] if line.strip()]
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{path}: not a trial store this version can read ({e})") from e
     return header, records

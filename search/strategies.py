@@ -3,7 +3,9 @@
 All three choose only among the space's valid points (canonical, valid spec, within the
 call budget), so no evaluation is ever spent on a point over budget, and never suggest a
 point that was observed or is still pending. All are deterministic for a seed and a
-sequence of observations. ``value`` is the objective, higher is better.
+sequence of observations. ``value`` is the objective, higher is better; ``variance`` is
+the variance of that value as an estimate (a score on n questions is noisy: about
+p(1 - p) / n), which only BO uses.
 
 - ``RandomSearch``: a seeded permutation of the valid points, in order.
 - ``GreedySearch``: hill climbing: evaluate the unevaluated neighbours (one step along one
@@ -14,7 +16,11 @@ sequence of observations. ``value`` is the objective, higher is better.
   POI as acquisition. The acquisition is maximised exactly over the valid points not yet
   observed or pending (the space is a few thousand points; scoring them all is cheaper and
   surer than the library's continuous optimiser followed by rounding, which proposes
-  duplicates and points over budget). Several trials at once use the library's
+  duplicates and points over budget). The GP is told how noisy the observations are:
+  before each suggestion its ``alpha`` (the noise added to the kernel's diagonal, in the
+  units of the normalised targets) is the mean observation variance over the variance of
+  the targets, so scores a question apart are not fitted as real differences and the
+  acquisition does not chase the luckiest trial. Several trials at once use the library's
   ``ConstantLiar``: each pending point is registered with a constant "lie" while the next
   is chosen. Until ``initial_random`` points are observed or pending (free observations,
   like the controller's single-model point, count), points come from a seeded permutation.
@@ -34,7 +40,8 @@ from threadpoolctl import threadpool_limits
 from itas.errors import ConfigError
 from itas.search.space import Point, SearchSpace
 
-GP_ALPHA = 1e-4  # observation noise (targets normalised): scores on a finite question set
+GP_ALPHA = 1e-4  # least observation noise (targets normalised): keeps the fit well-posed
+MAX_ALPHA = 10.0  # noise beyond this much of the targets' spread leaves the GP flat anyway
 # Random restarts of the hyperparameter fit: 3x slower and no better on our spaces; each fit
 # starts from unit length scales, which keeps suggestions a function of the observations.
 GP_RESTARTS = 0
@@ -49,7 +56,7 @@ class Strategy(Protocol):
     name: str
 
     def suggest(self, n: int) -> list[Point]: ...
-    def observe(self, point: Point, value: float) -> None: ...
+    def observe(self, point: Point, value: float, variance: float = 0.0) -> None: ...
 
 
 class _Base:
@@ -61,6 +68,7 @@ class _Base:
         self.space = space
         self.seed = seed
         self.observed: dict[Point, float] = {}
+        self.variances: dict[Point, float] = {}
         self.pending: set[Point] = set()
         order = list(space.valid_points)
         random.Random(f"{self.name}:{seed}").shuffle(order)
@@ -68,11 +76,14 @@ class _Base:
         self._rank = {p: i for i, p in enumerate(order)}
         self._cursor = 0
 
-    def observe(self, point: Point, value: float) -> None:
+    def observe(self, point: Point, value: float, variance: float = 0.0) -> None:
         if not self.space.is_valid(point):
             raise ConfigError(f"{self.name}: observed point {point} is not in the space")
+        if variance < 0:
+            raise ConfigError(f"{self.name}: observation variance must be >= 0, got {variance}")
         self.pending.discard(point)
         self.observed[point] = float(value)
+        self.variances[point] = float(variance)
         self._observed_hook(point, float(value))
 
     def _observed_hook(self, point: Point, value: float) -> None:
@@ -217,6 +228,14 @@ class BayesianSearch(_Base):
         self._optimizer.register(params=dict(zip(self._keys, self._array(point), strict=True)),
                                  target=value)
 
+    def noise_alpha(self) -> float:
+        """The GP's ``alpha`` for the observations so far (see the module docstring)."""
+        spread = float(np.var(list(self.observed.values()))) if len(self.observed) > 1 else 0.0
+        noise = float(np.mean(list(self.variances.values()))) if self.variances else 0.0
+        if spread <= 0 or noise <= 0:
+            return GP_ALPHA
+        return min(MAX_ALPHA, max(GP_ALPHA, noise / spread))
+
     def suggest(self, n: int) -> list[Point]:
         out: list[Point] = []
         while len(out) < n:
@@ -225,6 +244,7 @@ class BayesianSearch(_Base):
                 point = self._next_random()
             else:
                 try:
+                    self._optimizer.set_gp_params(alpha=self.noise_alpha())
                     with threadpool_limits(limits=BLAS_THREADS):
                         point = self._point(self._optimizer.suggest())
                 except _Exhausted:

@@ -5,6 +5,14 @@ reference answer shown to the judge, MT-Bench's reference-guided grading for
 math and code), ``temperature``, ``max_tokens``. Judges are usually run at
 temperature 0; the eval sends it.
 
+Official prompts: ``template`` (and ``system``) replace the project's prompts with a
+benchmark's own, already filled in by the caller (``itas.evaluation.judging`` reads
+FastChat's judge_prompts.jsonl and Arena-Hard's judge config) except for the answers,
+which stand as ``ANSWER_SLOT`` (single) or ``FIRST_SLOT`` / ``SECOND_SLOT`` (pairwise)
+and are put in here, per candidate and per game order. A template without its slots
+is a bad request. The rating and verdict formats (``[[N]]``, ``[[A>B]]``) are the same
+as those benchmarks', so parsing does not change.
+
 single (MT-Bench single-answer grading): every candidate is rated on its own
 (one call each, concurrent) from 1 to 10 for the last user message of the
 conversation, in the format ``Rating: [[N]]``. The last ``[[N]]`` in the output
@@ -34,6 +42,8 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
+from pydantic import model_validator
+
 from itas.techniques.base import (
     Job,
     LLMParams,
@@ -45,6 +55,9 @@ from itas.techniques.base import (
 )
 from itas.techniques.contract import Candidate, Message, TechniqueReply, bad_request
 
+ANSWER_SLOT = "<<ITAS:ANSWER>>"
+FIRST_SLOT = "<<ITAS:ANSWER_A>>"
+SECOND_SLOT = "<<ITAS:ANSWER_B>>"
 MIN_RATING, MAX_RATING = 1, 10
 JUDGEMENT_CHARS = 1000
 POINTS = {"win": 1.0, "tie": 0.5, "loss": 0.0}
@@ -141,10 +154,33 @@ def judgement_of(text: str) -> str:
     return text.strip()[:JUDGEMENT_CHARS]
 
 
+def _fill(template: str, answers: dict[str, str]) -> str:
+    """The slots replaced in one pass, so an answer that contains a slot's text is shown
+    as written, never filled in."""
+    pattern = re.compile("|".join(re.escape(slot) for slot in answers))
+    return pattern.sub(lambda m: answers[m.group(0)], template)
+
+
+def _official(system: str | None, prompt: str) -> list[Message]:
+    """A benchmark's own prompt as messages (its system prompt first, when it has one)."""
+    head: list[Message] = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": prompt}]
+
+
 class JudgeParams(LLMParams):
     technique: Literal["judge"] = "judge"
     mode: Literal["single", "pairwise"] = "single"
     reference: str | None = None
+    #: A benchmark's official judge prompt (with the answer slots) and system prompt.
+    system: str | None = None
+    template: str | None = None
+
+    @model_validator(mode="after")
+    def _template_has_its_slots(self) -> JudgeParams:
+        slots = (ANSWER_SLOT,) if self.mode == "single" else (FIRST_SLOT, SECOND_SLOT)
+        if self.template is not None and not all(slot in self.template for slot in slots):
+            raise ValueError(f"'template' must hold {' and '.join(slots)} where the answers go")
+        return self
 
 
 class Judge(Technique[JudgeParams]):
@@ -159,21 +195,27 @@ class Judge(Technique[JudgeParams]):
     async def run(self, job: Job[JudgeParams]) -> TechniqueReply:
         if not job.candidates:
             raise bad_request("candidates", "the judge needs the answer(s) to grade")
-        if job.params.mode == "single":
-            await self._single(job, job.params.reference)
+        p = job.params
+        if p.mode == "single":
+            await self._single(job, p.reference, p.template, p.system)
         else:
-            await self._pairwise(job)
+            await self._pairwise(job, p.template, p.system)
         return job.reply(job.candidates)
 
-    async def _single(self, job: Job[JudgeParams], reference: str | None) -> None:
+    async def _single(self, job: Job[JudgeParams], reference: str | None,
+                      template: str | None, system: str | None) -> None:
         query = query_text(job.request.messages)
         ref = REFERENCE_BLOCK.format(ref=reference.strip()) if reference else ""
 
         async def grade(i: int, candidate: Candidate) -> None:
-            prompt = SINGLE_PROMPT.format(query=query, reference=ref,
-                                          answer=candidate.text.strip())
-            messages: list[Message] = [{"role": "system", "content": SINGLE_SYSTEM},
-                                       {"role": "user", "content": prompt}]
+            if template is not None:
+                messages = _official(system, _fill(template, {
+                    ANSWER_SLOT: candidate.text.strip()}))
+            else:
+                prompt = SINGLE_PROMPT.format(query=query, reference=ref,
+                                              answer=candidate.text.strip())
+                messages = [{"role": "system", "content": SINGLE_SYSTEM},
+                            {"role": "user", "content": prompt}]
             asked = await job.ask(
                 messages, role="judge", parse=parse_rating, fallback=lambda _t: None,
                 fallback_name="unrated", format_hint=SINGLE_HINT, candidates=[candidate.text],
@@ -185,7 +227,8 @@ class Judge(Technique[JudgeParams]):
 
         await gather([functools.partial(grade, i, c) for i, c in enumerate(job.candidates)])
 
-    async def _pairwise(self, job: Job[JudgeParams]) -> None:
+    async def _pairwise(self, job: Job[JudgeParams], template: str | None,
+                        system: str | None) -> None:
         if len(job.candidates) != 2:
             raise bad_request("candidates", "pairwise judging needs exactly two candidates "
                               f"(the answer, then the baseline), got {len(job.candidates)}")
@@ -195,10 +238,14 @@ class Judge(Technique[JudgeParams]):
         def game(order: int, first: Candidate, second: Candidate
                  ) -> Callable[[], Awaitable[tuple[str, str | None, str]]]:
             async def play() -> tuple[str, str | None, str]:
-                prompt = PAIR_PROMPT.format(query=query, first=first.text.strip(),
-                                            second=second.text.strip())
-                messages: list[Message] = [{"role": "system", "content": PAIR_SYSTEM},
-                                           {"role": "user", "content": prompt}]
+                if template is not None:
+                    messages = _official(system, _fill(template, {
+                        FIRST_SLOT: first.text.strip(), SECOND_SLOT: second.text.strip()}))
+                else:
+                    prompt = PAIR_PROMPT.format(query=query, first=first.text.strip(),
+                                                second=second.text.strip())
+                    messages = [{"role": "system", "content": PAIR_SYSTEM},
+                                {"role": "user", "content": prompt}]
                 asked = await job.ask(
                     messages, role="compare", parse=parse_game,
                     fallback=lambda _t: ("tie", None), fallback_name="tie",

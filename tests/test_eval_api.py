@@ -17,8 +17,9 @@ import pytest
 from itas.agents.pool import PoolEntry, load_pool
 from itas.benchmarks import load_benchmark
 from itas.benchmarks.question import Question, user
+from itas.benchmarks.selection import ORACLE, VISIBLE, selection_tests_for
 from itas.errors import ConfigError
-from itas.evaluation.evaluate import EvalSummary, Tally, benchmark_tests, evaluate, spec_hash
+from itas.evaluation.evaluate import EvalSummary, Tally, evaluate, spec_hash
 from itas.orchestrator.inprocess import InProcessCaller
 from itas.orchestrator.runner import Budget, Orchestrator
 from itas.spec import Architecture, load_architecture
@@ -167,20 +168,26 @@ async def test_torn_middle_line_is_a_clear_error(tmp_path: Path) -> None:
             await evaluate(SINGLE, gsm8k(1), Orchestrator(caller), results_path=path)
 
 
-async def test_benchmark_tests_reach_the_code_tester() -> None:
-    """HumanEval/32 and /38 have no top-level assert to unroll; their whole check() goes."""
+@pytest.mark.parametrize("mode", [VISIBLE, ORACLE])
+async def test_benchmark_tests_reach_the_code_tester(mode: str) -> None:
+    """HumanEval/32 and /38 have no top-level assert to unroll; their whole check() goes as
+    the oracle test; /38 shows no example, so its visible test is the signature's."""
     wanted = {"HumanEval/32", "HumanEval/38"}
     questions = [q for q in load_benchmark("humaneval", data_dir=DATA_DIR) if q.id in wanted]
-    assert all(benchmark_tests(q) for q in questions)
+    assert all(selection_tests_for(q, mode) for q in questions)  # type: ignore[arg-type]
     asserts = ["assert add(1, 2) == 3", "assert add(0, 0) == 0"]
     mbpp_like = Question(id="1", benchmark="mbpp", messages=user("Write add."), reference=asserts,
-                         answer_key={"id": "mbpp/1", "answer": "x", "wrong": []})
-    assert benchmark_tests(mbpp_like) == asserts
+                         answer_key={"id": "mbpp/1", "answer": "x", "wrong": []},
+                         visible_tests=tuple(asserts))
+    assert selection_tests_for(mbpp_like, mode) == asserts  # type: ignore[arg-type]
     exec_arch = load_architecture(ARCHS / "sim_code_exec.yaml")
     async with InProcessCaller(POOL) as caller:
-        summary = await evaluate(exec_arch, questions, Orchestrator(caller), concurrency=4)
+        summary = await evaluate(exec_arch, questions, Orchestrator(caller), concurrency=4,
+                                 oracle_tests=mode == ORACLE)
     assert summary.errors == 0, [r["error"] for r in summary.results]
     assert summary.calls == 5 * len(questions)
+    assert summary.selection_tests == mode
+    assert {r["selection_tests"] for r in summary.results} == {mode}
 
 
 async def test_the_search_reads_what_it_needs() -> None:

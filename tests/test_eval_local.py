@@ -75,3 +75,29 @@ async def test_eval_runs_on_the_embedded_model(tmp_path: Path) -> None:
     assert summary["architecture"] == "local_single" and summary["n"] == QUESTIONS
     assert summary["calls"] == sum(r["calls"] for r in records) and summary["errors"] == 0
     assert "local_single" in done.stdout.decode()
+
+
+async def test_a_benchmark_of_ones_own_on_the_embedded_model(tmp_path: Path) -> None:
+    """The chemical-symbols benchmark written from scratch in tests/test_eval_cli.py, a few
+    questions on SmolLM2: every question answered, read by the exact scorer, accounted."""
+    from tests.test_eval_cli import element_benchmark
+
+    definition = element_benchmark(tmp_path)
+    arch = tmp_path / "local_single.yaml"
+    arch.write_text(yaml.safe_dump(LOCAL_SINGLE))
+    pool = pool_for(arch, tmp_path / "local_pool.yaml")
+    out = tmp_path / "out"
+    async with run_stack(pool, bind="tcp://127.0.0.1:0") as stack:
+        with anyio.fail_after(EVAL_TIMEOUT_S):
+            done = await anyio.run_process(
+                [sys.executable, "-m", "itas", "eval", "--broker", stack.broker, "--arch",
+                 str(arch), "--benchmark", str(definition), "--limit", str(QUESTIONS),
+                 "--out", str(out), "--concurrency", "2"], cwd=REPO, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == QUESTIONS and {r["benchmark"] for r in records} == {"elements"}
+    for r in records:
+        assert r["error"] is None and isinstance(r["answer"], str) and r["answer"].strip()
+        assert r["detail"].startswith(("read ", "no answer found"))  # the exact scorer's words
+        assert r["score"] in (0.0, 1.0)
+    assert "itas eval: elements" in done.stdout.decode()

@@ -14,7 +14,14 @@ import anyio
 import pytest
 
 from itas.agents.providers import SimTask, make_provider
-from itas.agents.providers.sim import WRONG_DECAY, SimProvider, is_correct, p_solve
+from itas.agents.providers.sim import (
+    NOTE_PREFIX,
+    WRONG_DECAY,
+    SimProvider,
+    is_correct,
+    p_solve,
+    without_notes,
+)
 from itas.errors import ConfigError, ProviderError
 
 pytestmark = pytest.mark.anyio
@@ -55,7 +62,9 @@ async def decide(
         sample_index=sample_index,
         temperature=temperature,
     )
-    return json.loads(result.text)
+    decision = json.loads(result.text)
+    # The answer past the working notes (see test_generated_texts_are_distinct...).
+    return without_notes(decision) if role == "generate" and key is not None else decision
 
 
 def within(observed: float, expected: float, n: int) -> bool:
@@ -276,3 +285,34 @@ async def test_malformed_answer_keys_are_named() -> None:
         "0",
         "11",
     )
+
+
+async def test_generated_texts_are_distinct_but_read_as_their_answer() -> None:
+    """Same answer, other model or sample: another text (no shared judging prompts), which
+    every answer reader and ``is_correct`` still read as that answer."""
+    from itas.answers.choice import chosen_option
+    from itas.answers.numeric import extract_number
+
+    texts: dict[str, set[str]] = {}
+    for k in keys(60):
+        for model in ("a", "b"):
+            p = SimProvider({"skill": 1.0})
+            for i in range(3):
+                task = SimTask(role="generate", key=k, render=str)
+                result = await p.complete([{"role": "user", "content": "q"}], model=model,
+                                          sim=task, sample_index=i)
+                text = result.text
+                answer = without_notes(text)
+                assert text.startswith(NOTE_PREFIX) and answer in (k["answer"], *k["wrong"])
+                assert is_correct(text, k) is (answer == k["answer"])
+                assert extract_number(text) == extract_number(answer)
+                assert not any(ch.isdigit() for ch in text.split("\n", 1)[0])
+                texts.setdefault(k["id"], set()).add(text)
+    assert all(len(found) == 6 for found in texts.values())  # 2 models x 3 samples
+    letter = "Working notes: first check each step again.\nThe answer is C."
+    assert chosen_option(letter, ["w", "x", "y", "z"]) == 2
+    greedy = SimProvider({"skill": 1.0})
+    same = {(await greedy.complete([{"role": "user", "content": "q"}], model="a",
+                                   sim=SimTask(role="generate", key=keys(1)[0], render=str),
+                                   sample_index=i, temperature=0)).text for i in range(4)}
+    assert len(same) == 1

@@ -220,7 +220,7 @@ class RemoteProvider(Provider):
                 secrets=self._secrets(),
             )
             latency = time.perf_counter() - start
-        price = self._price or price_for(self._price_model(model))
+        price = self._price or price_for(self._price_model(model), self.base_url)
         usage = Usage(
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,

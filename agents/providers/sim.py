@@ -21,6 +21,14 @@ The behaviour model (settings in brackets):
   Ranking puts perceived-correct candidates first; comparing picks the
   perceived-correct one (overall right with probability ``acc`` when exactly
   one is correct); a judge scores perceived-correct answers 7..10, others 1..4.
+* Distinct texts. Every generated response starts with a line of working notes
+  (``NOTE_PREFIX`` and a few words drawn for the model, the question and the sample),
+  then the answer. Two models, or two samples, that reach the same answer still write
+  different texts, as real ones do, so requests built from them (critiques, rankings,
+  fusions) differ too, and a response cache cannot answer one architecture's judging
+  calls with another's. The notes hold no digits, letters on their own or the word
+  "answer", so every answer extractor reads the answer after them; ``is_correct`` reads
+  past them. At temperature 0 all samples of a model write the same notes.
 * Fusing. The fuser perceives each candidate as above and copies one of those
   it takes for correct (duplicates count, so it leans to the majority). When it
   takes none for correct it solves the question itself, misled by the
@@ -102,6 +110,15 @@ SIM_KEYS = frozenset(
         "price_out_per_mtok",
     }
 )
+NOTE_PREFIX = "Working notes:"
+NOTE_WORDS = 5
+_NOTE_VOCABULARY = (
+    "first", "restate", "the", "question", "carefully", "then", "list", "known", "facts",
+    "check", "each", "step", "again", "before", "writing", "result", "keep", "units",
+    "consistent", "compare", "with", "estimate", "look", "for", "edge", "cases", "simplify",
+    "where", "possible", "verify", "final", "line", "recompute", "quickly", "trace",
+    "reasoning", "slowly", "note", "assumptions", "plainly",
+)
 _FILLER = (
     "the approach weighs each step against the evidence in the question and checks the result "
     "before it commits so the answer follows from a short chain of reasoning that a reader can "
@@ -118,9 +135,24 @@ def _norm(text: str) -> str:
     return " ".join(text.split())
 
 
+def without_notes(text: str) -> str:
+    """``text`` without the working-notes line a simulated model starts with."""
+    if text.startswith(NOTE_PREFIX):
+        return text.split("\n", 1)[1] if "\n" in text else ""
+    return text
+
+
+def with_notes(text: str, rng: random.Random) -> str:
+    """``text`` after a line of working notes drawn from ``rng`` (see the module doc)."""
+    words = [rng.choice(_NOTE_VOCABULARY) for _ in range(NOTE_WORDS)]
+    return f"{NOTE_PREFIX} {' '.join(words)}.\n{text}"
+
+
 def is_correct(candidate: str, key: Mapping[str, Any]) -> bool:
-    """A candidate is correct if it equals the key's answer (whitespace-normalized) or,
-    when the key has a ``final`` field, contains that final answer as a whole token."""
+    """A candidate is correct if, past its working notes, it equals the key's answer
+    (whitespace-normalized) or, when the key has a ``final`` field, contains that final
+    answer as a whole token."""
+    candidate = without_notes(candidate)
     if _norm(candidate) == _norm(str(key["answer"])):
         return True
     final = key.get("final")
@@ -271,7 +303,8 @@ class SimProvider(Provider):
         perceived = [t if rng.random() < acc else not t for t in truth]
         role = task.role
         if role == "generate":
-            return str(key["answer"]) if rng.random() < solve else self._wrong(key, rng)
+            text = str(key["answer"]) if rng.random() < solve else self._wrong(key, rng)
+            return with_notes(text, rng)
         if role in ("critique", "verify"):
             return perceived
         if role == "rank":
