@@ -7,15 +7,32 @@ way out; the socket layer (``itas.broker.server``) supplies it. ``send`` returns
 False when the peer is gone (ROUTER_MANDATORY), which for a worker means its
 requests go elsewhere at once instead of after the heartbeat expiry.
 
-What the broker promises: a request is answered exactly once from the client's
-point of view (a reply, or an error naming why), unless the client itself goes
-away. Replies whose ticket the broker no longer knows are dropped and counted;
-the client resends after a broker restart.
+What the broker promises (see ``itas.protocol`` for the wire side):
+
+- A reply goes only to the request it answers: tickets carry the broker's epoch,
+  and the worker must echo the request's key. Stale replies are dropped and
+  counted, never answered (only a reply from a forgotten worker with a ticket
+  of this epoch draws a DISCONNECT, once, so it announces again).
+- One copy per request key: a resend updates where the reply goes; a worker that
+  announces again keeps its in-flight work instead of being handed it twice.
+- Every request ends by its deadline: never dispatched once expired; waiting or
+  in flight, it is failed with ``service_unavailable`` (no worker serves it) or
+  ``deadline`` when the time is up, and an in-flight one is cancelled on its
+  worker. A client's CANCEL ends it the same way, without a reply.
+- Bounded queues: at most ``max_waiting_per_service`` and, per client,
+  ``max_waiting_per_client`` waiting requests; beyond them the request is
+  refused at once with ``overloaded``. Waiting requests are served round-robin
+  between clients (one lane per client), so one client's flood delays others
+  by at most one request per lane.
+- Dispatch cost does not grow with the worker count: workers with free credit
+  sit in a heap keyed by load (in-flight / credit), least loaded first.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -28,23 +45,29 @@ from itas.errors import ProtocolError
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_LIVENESS = 3
 MAX_ATTEMPTS = 3
+MAX_WAITING_PER_SERVICE = 10_000
+MAX_WAITING_PER_CLIENT = 1_000
 
 Send = Callable[[list[bytes]], bool]
 
 
 @dataclass(slots=True, eq=False)
-class QueuedRequest:
-    client: bytes
-    request_id: int  # the client's id, echoed in the reply
-    service: str
+class Request:
+    client: bytes  # where the reply goes: the socket that sent the request last
+    lane: bytes  # the client lane it waits in (its first sender), for fairness and limits
+    key: bytes  # the client's name for it, echoed by the worker and back to the client
+    service: Service
     body: bytes
     deadline: float
     timeout_s: float
     attempts: int = 0
+    worker: Worker | None = None  # set while in flight
+    ticket: bytes = b""
+    done: bool = False  # answered, failed or cancelled; skipped wherever it still sits
 
 
 @dataclass(slots=True, eq=False)
-class RegisteredWorker:
+class Worker:
     identity: bytes
     service: Service
     credit: int
@@ -53,14 +76,18 @@ class RegisteredWorker:
     ttl: float
     expiry: float
     next_beat: float
-    inflight: dict[bytes, QueuedRequest] = field(default_factory=dict)
+    inflight: dict[bytes, Request] = field(default_factory=dict)
+    offer: int = -1  # sequence number of its valid entry in service.free; -1: none
 
 
 @dataclass(slots=True, eq=False)
 class Service:
     name: str
-    waiting: collections.deque[QueuedRequest] = field(default_factory=collections.deque)
-    workers: list[RegisteredWorker] = field(default_factory=list)
+    lanes: collections.OrderedDict[bytes, collections.deque[Request]] = field(
+        default_factory=collections.OrderedDict)
+    waiting: int = 0  # live requests in lanes (lanes may also hold done ones)
+    workers: dict[bytes, Worker] = field(default_factory=dict)
+    free: list[tuple[float, int, Worker]] = field(default_factory=list)  # heap by load
 
 
 class Broker:
@@ -74,6 +101,8 @@ class Broker:
         liveness: int = HEARTBEAT_LIVENESS,
         max_attempts: int = MAX_ATTEMPTS,
         max_message_bytes: int = P.MAX_MESSAGE_BYTES,
+        max_waiting_per_service: int = MAX_WAITING_PER_SERVICE,
+        max_waiting_per_client: int = MAX_WAITING_PER_CLIENT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send = send
@@ -82,16 +111,23 @@ class Broker:
         self.liveness = liveness
         self.max_attempts = max_attempts
         self.max_message_bytes = max_message_bytes
-        self.epoch = os.urandom(8)
+        self.max_waiting_per_service = max_waiting_per_service
+        self.max_waiting_per_client = max_waiting_per_client
+        self.epoch = os.urandom(P.EPOCH_BYTES)
         self.services: dict[str, Service] = {}
-        self.workers: dict[bytes, RegisteredWorker] = {}
-        self._tickets = 0
+        self.workers: dict[bytes, Worker] = {}
+        self.active: dict[bytes, Request] = {}  # by key: waiting or in flight
+        self._waiting_by_client: collections.Counter[bytes] = collections.Counter()
+        self._deadlines: list[tuple[float, int, Request]] = []  # heap; done ones skipped
+        self._seq = itertools.count()
+        self._tickets = itertools.count(1)
         self.counters: collections.Counter[str] = collections.Counter()
         # Keyed by the whole header, so one dict lookup checks version and command.
         self._handlers = {
             P.REQUEST: self._on_request,
             P.REPLY: self._on_reply,
             P.ERROR: self._on_reply,
+            P.CANCEL: self._on_cancel,
             P.READY: self._on_ready,
             P.HEARTBEAT: self._on_heartbeat,
             P.DISCONNECT: self._on_disconnect,
@@ -105,7 +141,7 @@ class Broker:
             self.counters["dropped_malformed"] += 1
             return
         if sum(map(len, frames)) > self.max_message_bytes:
-            self.counters["dropped_oversize"] += 1
+            self.oversize(frames[:3])
             return
         handler = self._handlers.get(frames[1])
         if handler is None:
@@ -116,61 +152,122 @@ class Broker:
         except ProtocolError:
             self.counters["dropped_malformed"] += 1
 
+    def oversize(self, head: list[bytes]) -> None:
+        """A message over the size limit, of which only ``[identity, header, key]`` was kept.
+
+        The socket layer calls this before reassembling the rest; a request is
+        answered with ``too_large`` so its client does not wait for nothing.
+        """
+        self.counters["dropped_oversize"] += 1
+        if len(head) == 3 and head[1] == P.REQUEST and 0 < len(head[2]) <= P.MAX_KEY_BYTES:
+            self._send([head[0], P.ERROR, head[2], P.pack(0), P.error_body(
+                P.ErrorCode.TOO_LARGE,
+                f"request larger than the broker's limit of {self.max_message_bytes} bytes")])
+
     def _on_request(self, frames: list[bytes]) -> None:
-        if len(frames) != 4:
-            raise ProtocolError("REQUEST: expected 3 frames")
-        identity, _, meta, body = frames
-        request_id, service_name, timeout_ms = P.parse_request_meta(meta)
+        if len(frames) != 5:
+            raise ProtocolError("REQUEST: expected 4 frames")
+        identity, _, key, meta, body = frames
+        P.check_key(key)
+        service_name, timeout_ms = P.parse_request_meta(meta)
         self.counters["requests"] += 1
         if service_name == P.STATUS_SERVICE:
-            self._send([identity, P.REPLY, P.reply_meta(request_id, 0), P.pack(self.status())])
+            self._send([identity, P.REPLY, key, P.pack(0), P.pack(self.status())])
+            return
+        known = self.active.get(key)
+        if known is not None:  # a resend: one copy, the reply goes where it came from last
+            self.counters["resends_merged"] += 1
+            known.client = identity
+            return
+        service = self._service(service_name)
+        if service.waiting >= self.max_waiting_per_service:
+            self._refuse(identity, key, f"service {service_name!r} has "
+                         f"{service.waiting} requests waiting (the limit)")
+            return
+        if self._waiting_by_client[identity] >= self.max_waiting_per_client:
+            self._refuse(identity, key, f"this client has {self.max_waiting_per_client} "
+                         "requests waiting (the limit)")
             return
         timeout_s = timeout_ms / 1000.0
-        request = QueuedRequest(identity, request_id, service_name, body, self._clock() + timeout_s, timeout_s)
-        service = self._service(service_name)
-        service.waiting.append(request)
+        deadline = self._clock() + timeout_s
+        request = Request(identity, identity, key, service, body, deadline, timeout_s)
+        self.active[key] = request
+        heapq.heappush(self._deadlines, (deadline, next(self._seq), request))
+        if len(self._deadlines) > 4 * len(self.active) + 1024:  # drop entries of done ones
+            self._deadlines = [e for e in self._deadlines if not e[2].done]
+            heapq.heapify(self._deadlines)
+        self._enqueue(request, front=False)
         self._dispatch(service)
 
+    def _refuse(self, identity: bytes, key: bytes, why: str) -> None:
+        self.counters["overloaded"] += 1
+        self._send([identity, P.ERROR, key, P.pack(0),
+                    P.error_body(P.ErrorCode.OVERLOADED, f"{why}; try again later")])
+
     def _on_reply(self, frames: list[bytes]) -> None:
-        if len(frames) != 4:
-            raise ProtocolError("REPLY/ERROR: expected 3 frames")
-        identity, hdr, ticket, body = frames
+        if len(frames) != 5:
+            raise ProtocolError("REPLY/ERROR: expected 4 frames")
+        identity, hdr, ticket, key, body = frames
         worker = self.workers.get(identity)
-        if worker is None:
+        request = worker.inflight.get(ticket) if worker is not None else None
+        if request is None:  # an old epoch's ticket, or one given up on: nobody waits
             self.counters["dropped_stale"] += 1
-            self._send([identity, P.DISCONNECT])
+            if worker is None and ticket[:P.EPOCH_BYTES] == self.epoch:
+                self._send([identity, P.DISCONNECT])  # forgotten, yet alive: announce again
+            return
+        assert worker is not None
+        worker.expiry = self._clock() + worker.ttl
+        if key != request.key:  # the worker's bug; never hand the client another's answer
+            self.counters["dropped_mismatch"] += 1
             return
         if hdr == P.ERROR:
             P.parse_error(body)  # a malformed error body is the worker's bug: drop it here
-        worker.expiry = self._clock() + worker.ttl
-        request = worker.inflight.pop(ticket, None)
-        if request is None:
-            self.counters["dropped_stale"] += 1
-        else:
-            self.counters["replied"] += 1
-            meta = P.reply_meta(request.request_id, request.attempts)
-            if not self._send([request.client, hdr, meta, body]):
-                self.counters["undeliverable"] += 1
+        del worker.inflight[ticket]
+        self._finish(request)
+        self.counters["replied"] += 1
+        if not self._send([request.client, hdr, key, P.pack(request.attempts), body]):
+            self.counters["undeliverable"] += 1
+        self._offer(worker)
         if worker.service.waiting:
             self._dispatch(worker.service)
+
+    def _on_cancel(self, frames: list[bytes]) -> None:
+        if len(frames) != 3:
+            raise ProtocolError("CANCEL: expected 2 frames")
+        request = self.active.get(frames[2])
+        if request is None or request.client != frames[0]:
+            return  # answered already, or not this sender's to cancel
+        self.counters["cancelled"] += 1
+        self._stop(request)
 
     def _on_ready(self, frames: list[bytes]) -> None:
         if len(frames) != 3:
             raise ProtocolError("READY: expected 2 frames")
         identity = frames[0]
         service_name, credit, name, heartbeat_ms = P.parse_ready(frames[2])
-        old = self.workers.get(identity)
-        if old is not None:  # announced again (reconnect): its old work goes elsewhere
-            self._remove_worker(old, lost=False)
-        service = self._service(service_name)
         interval = heartbeat_ms / 1000.0 if heartbeat_ms else self.heartbeat_interval
         now = self._clock()
         ttl = interval * self.liveness
-        worker = RegisteredWorker(identity, service, credit, name, interval, ttl, now + ttl, now + interval)
+        old = self.workers.get(identity)
+        if old is not None and old.service.name == service_name:
+            # The same socket announcing again (it saw a new epoch or a DISCONNECT): it
+            # still runs its in-flight work, so that work stays with it.
+            self.counters["workers_reannounced"] += 1
+            old.credit, old.name, old.interval, old.ttl = credit, name, interval, ttl
+            old.expiry = now + ttl
+            self._send([identity, P.HEARTBEAT, self.epoch])
+            self._offer(old)
+            self._dispatch(old.service)
+            return
+        if old is not None:
+            self._remove_worker(old, lost=False)
+        service = self._service(service_name)
+        worker = Worker(identity, service, credit, name, interval, ttl, now + ttl, now + interval)
         self.workers[identity] = worker
-        service.workers.append(worker)
+        service.workers[identity] = worker
         self.counters["workers_joined"] += 1
         self._send([identity, P.HEARTBEAT, self.epoch])
+        self._offer(worker)
         self._dispatch(service)
 
     def _on_heartbeat(self, frames: list[bytes]) -> None:
@@ -186,7 +283,7 @@ class Broker:
         if worker is not None:
             self._remove_worker(worker, lost=False)
 
-    # -- dispatch ------------------------------------------------------------
+    # -- queues and dispatch -------------------------------------------------
 
     def _service(self, name: str) -> Service:
         service = self.services.get(name)
@@ -194,49 +291,155 @@ class Broker:
             service = self.services[name] = Service(name)
         return service
 
+    def _enqueue(self, request: Request, *, front: bool) -> None:
+        service = request.service
+        lane = service.lanes.get(request.lane)
+        if lane is None:
+            lane = service.lanes[request.lane] = collections.deque()
+            if front:
+                service.lanes.move_to_end(request.lane, last=False)
+        (lane.appendleft if front else lane.append)(request)
+        service.waiting += 1
+        self._waiting_by_client[request.lane] += 1
+
+    def _unqueue(self, request: Request) -> None:
+        """Account for a request leaving its lane (popped, or left there marked done)."""
+        request.service.waiting -= 1
+        count = self._waiting_by_client[request.lane] - 1
+        if count:
+            self._waiting_by_client[request.lane] = count
+        else:
+            del self._waiting_by_client[request.lane]
+
+    def _next_waiting(self, service: Service) -> Request | None:
+        """The next live request, one per client lane in turn."""
+        lanes = service.lanes
+        while lanes:
+            client, lane = next(iter(lanes.items()))
+            request = lane.popleft()
+            if lane:
+                lanes.move_to_end(client)
+            else:
+                del lanes[client]
+            if not request.done:
+                return request
+        return None
+
+    def _offer(self, worker: Worker) -> None:
+        """(Re)place the worker in its service's heap of workers with free credit."""
+        if worker.identity not in worker.service.workers or len(worker.inflight) >= worker.credit:
+            worker.offer = -1
+            return
+        free = worker.service.free
+        worker.offer = next(self._seq)
+        heapq.heappush(free, (len(worker.inflight) / worker.credit, worker.offer, worker))
+        if len(free) > 2 * len(worker.service.workers) + 64:  # drop superseded entries
+            free[:] = [e for e in free if e[2].offer == e[1]]
+            heapq.heapify(free)
+
     def _dispatch(self, service: Service) -> None:
         """Hand waiting requests to the least-loaded workers that have credit left."""
-        waiting, workers = service.waiting, service.workers
-        while waiting and workers:
-            best, best_load = None, 1.0
-            for worker in workers:
-                load = len(worker.inflight) / worker.credit
-                if load < best_load:
-                    best, best_load = worker, load
-            if best is None:
+        free = service.free
+        while service.waiting and free:
+            _, offer, worker = free[0]
+            if worker.offer != offer:
+                heapq.heappop(free)
+                continue
+            request = self._next_waiting(service)
+            if request is None:
                 return
-            request = waiting.popleft()
-            self._tickets += 1
-            ticket = self._tickets.to_bytes(8, "big")
+            self._unqueue(request)
+            remaining = request.deadline - self._clock()
+            if remaining <= 0:  # never dispatch an expired request
+                self._expire(request, queued=False)
+                continue
+            heapq.heappop(free)
+            ticket = self.epoch + next(self._tickets).to_bytes(8, "big")
             request.attempts += 1
-            best.inflight[ticket] = request
+            request.worker, request.ticket = worker, ticket
+            worker.inflight[ticket] = request
             self.counters["dispatched"] += 1
-            if not self._send([best.identity, P.REQUEST, ticket, request.body]):
-                self._remove_worker(best, lost=True)
+            if self._send([worker.identity, P.REQUEST, ticket, request.key,
+                           P.pack(max(1, int(remaining * 1000))), request.body]):
+                self._offer(worker)
+            else:
+                self._remove_worker(worker, lost=True)
 
-    def _remove_worker(self, worker: RegisteredWorker, *, lost: bool) -> None:
-        """Forget a worker; its in-flight requests go back to the front of the queue."""
+    def _remove_worker(self, worker: Worker, *, lost: bool) -> None:
+        """Forget a worker; its in-flight requests go back to the front of their lanes."""
         self.workers.pop(worker.identity, None)
         service = worker.service
-        if worker in service.workers:
-            service.workers.remove(worker)
+        service.workers.pop(worker.identity, None)
+        worker.offer = -1
         self.counters["workers_lost" if lost else "workers_left"] += 1
         for request in reversed(list(worker.inflight.values())):
+            request.worker = None
             if not lost:
                 request.attempts -= 1  # a clean goodbye is not a failed attempt
             if request.attempts >= self.max_attempts:
+                self._finish(request)
                 self._fail(request, P.ErrorCode.WORKER_LOST,
-                           f"service {request.service!r}: {request.attempts} workers were lost "
+                           f"service {service.name!r}: {request.attempts} workers were lost "
                            "while running this request; giving up")
             else:
                 self.counters["retried"] += 1
-                service.waiting.appendleft(request)
+                self._enqueue(request, front=True)
         worker.inflight.clear()
         self._dispatch(service)
 
-    def _fail(self, request: QueuedRequest, code: str, message: str) -> None:
-        meta = P.reply_meta(request.request_id, request.attempts)
-        self._send([request.client, P.ERROR, meta, P.error_body(code, message)])
+    def _finish(self, request: Request) -> None:
+        request.done = True
+        request.worker = None
+        del self.active[request.key]
+
+    def _stop(self, request: Request) -> None:
+        """End a live request without replying: cancel it on its worker, or unqueue it."""
+        worker = request.worker
+        if worker is not None:
+            del worker.inflight[request.ticket]
+            self._send([worker.identity, P.CANCEL, request.ticket])
+            self._finish(request)
+            self._offer(worker)
+            self._dispatch(worker.service)
+        else:
+            self._unqueue(request)
+            self._finish(request)
+            self._tidy_lane(request)
+
+    def _tidy_lane(self, request: Request) -> None:
+        """Pop done requests off the front of the request's lane (usually it is there)."""
+        lanes = request.service.lanes
+        lane = lanes.get(request.lane)
+        while lane and lane[0].done:
+            lane.popleft()
+        if lane is not None and not lane:
+            del lanes[request.lane]
+        if not request.service.waiting:
+            lanes.clear()
+
+    def _expire(self, request: Request, *, queued: bool) -> None:
+        """Fail a request whose deadline passed: in flight, in its lane, or just taken out."""
+        self.counters["expired"] += 1
+        service, worker = request.service, request.worker
+        if worker is not None:
+            code, message = P.ErrorCode.DEADLINE, (
+                f"service {service.name!r}: worker {worker.name!r} did not answer within "
+                f"the request's {request.timeout_s:g} s")
+        elif service.workers:
+            code, message = P.ErrorCode.DEADLINE, (
+                f"service {service.name!r} had no free worker within {request.timeout_s:g} s")
+        else:
+            code, message = P.ErrorCode.SERVICE_UNAVAILABLE, (
+                f"no worker serves {service.name!r} (waited {request.timeout_s:g} s)")
+        if worker is not None or queued:
+            self._stop(request)
+        else:
+            self._finish(request)
+        self._fail(request, code, message)
+
+    def _fail(self, request: Request, code: str, message: str) -> None:
+        self._send([request.client, P.ERROR, request.key, P.pack(request.attempts),
+                    P.error_body(code, message)])
 
     # -- time ----------------------------------------------------------------
 
@@ -245,31 +448,18 @@ class Broker:
         now = self._clock()
         for worker in [w for w in self.workers.values() if w.expiry < now]:
             self._remove_worker(worker, lost=True)
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            request = heapq.heappop(deadlines)[2]
+            if not request.done:
+                self._expire(request, queued=request.worker is None)
         for name, service in list(self.services.items()):
-            if any(r.deadline <= now for r in service.waiting):
-                self._expire(service, now)
             if not service.waiting and not service.workers:
                 del self.services[name]  # names from bad clients must not pile up
-        for worker in list(self.workers.values()):
+        for worker in self.workers.values():
             if now >= worker.next_beat:
                 worker.next_beat = now + worker.interval
                 self._send([worker.identity, P.HEARTBEAT, self.epoch])
-
-    def _expire(self, service: Service, now: float) -> None:
-        keep: collections.deque[QueuedRequest] = collections.deque()
-        for request in service.waiting:
-            if request.deadline > now:
-                keep.append(request)
-                continue
-            self.counters["expired"] += 1
-            if service.workers:
-                self._fail(request, P.ErrorCode.EXPIRED,
-                           f"service {service.name!r} had no free worker within "
-                           f"{request.timeout_s:g} s")
-            else:
-                self._fail(request, P.ErrorCode.SERVICE_UNAVAILABLE,
-                           f"no worker serves {service.name!r} (waited {request.timeout_s:g} s)")
-        service.waiting = keep
 
     def disconnect_all(self) -> None:
         """Tell every worker the broker is going away, so they reconnect at once."""
@@ -283,10 +473,10 @@ class Broker:
             "epoch": self.epoch.hex(),
             "services": {
                 name: {
-                    "waiting": len(s.waiting),
+                    "waiting": s.waiting,
                     "workers": len(s.workers),
-                    "inflight": sum(len(w.inflight) for w in s.workers),
-                    "credit": sum(w.credit for w in s.workers),
+                    "inflight": sum(len(w.inflight) for w in s.workers.values()),
+                    "credit": sum(w.credit for w in s.workers.values()),
                 }
                 for name, s in sorted(self.services.items())
             },

@@ -16,7 +16,7 @@ requests in flight, speaking the itas wire protocol. Each request body is its
 own send time (a msgpack integer, which every echo returns unchanged), so
 latency needs no bookkeeping that could differ between set-ups. The raw worker
 speaks the itas worker protocol (READY, REQUEST -> REPLY, heartbeats); the
-forwarder passes the client's meta frame to it as the ticket and never decodes
+forwarder passes the client's key frame to it as the ticket and never decodes
 anything. Every process runs on loopback TCP on a free port; runs interleave
 across set-ups so drift in machine load hits them all alike.
 
@@ -76,6 +76,7 @@ SERVICE_RAW = "perf.raw-echo"
 SERVICE_ITAS = "perf.itas-echo"
 REQUEST_TIMEOUT_MS = 60_000
 LOOPBACK = "tcp://127.0.0.1:0"
+ONE_ATTEMPT = msgpack.packb(1)
 # Measured run -> (set-up, requests in flight; None: --window). "unloaded" gives the
 # latency one request sees through the broker when nothing queues in front of it.
 RUNS: dict[str, tuple[str, int | None]] = {
@@ -108,8 +109,8 @@ def role_direct() -> None:
     sock = _router(zmq.Context())
     recv, send = sock.recv_multipart, sock.send_multipart
     while True:
-        client, _, meta, body = recv()
-        send([client, P.REPLY, meta, body])
+        client, _, key, _, body = recv()
+        send([client, P.REPLY, key, ONE_ATTEMPT, body])
 
 
 def role_forwarder() -> None:
@@ -120,11 +121,12 @@ def role_forwarder() -> None:
     while True:
         frames = recv()
         header = frames[1]
-        if header == P.REQUEST:  # [client, REQUEST, meta, body] -> meta is the ticket
+        if header == P.REQUEST:  # [client, REQUEST, key, meta, body] -> key is the ticket
             client, frames[0] = frames[0], worker
+            frames.insert(2, frames[2])
             send(frames)
-        elif header == P.REPLY:  # [worker, REPLY, ticket, body]
-            frames[0] = client
+        elif header == P.REPLY:  # [worker, REPLY, ticket, key, body]
+            frames[0], frames[2], frames[3] = client, frames[3], ONE_ATTEMPT
             send(frames)
         elif header == P.READY:
             worker = frames[0]
@@ -147,8 +149,9 @@ def role_forwarder_fastio() -> None:
         header = frames[1]
         if header == P.REQUEST:
             client, frames[0] = frames[0], worker
+            frames.insert(2, frames[2])
         elif header == P.REPLY:
-            frames[0] = client
+            frames[0], frames[2], frames[3] = client, frames[3], ONE_ATTEMPT
         else:
             if header == P.READY:
                 worker = frames[0]
@@ -166,8 +169,8 @@ def _ready(service: str, credit: int, name: str, heartbeat_s: float) -> list[byt
 def _answer(sock: zmq.Socket, frames: list[bytes], service: str, credit: int,
             heartbeat_s: float) -> None:
     """The raw worker's whole protocol: echo a REQUEST, announce again when forgotten."""
-    if frames[0] == P.REQUEST:
-        sock.send_multipart([P.REPLY, frames[1], frames[2]])
+    if frames[0] == P.REQUEST:  # [REQUEST, ticket, key, timeout, body]
+        sock.send_multipart([P.REPLY, frames[1], frames[2], frames[4]])
     elif frames[0] == P.DISCONNECT:  # the broker forgot us: announce again
         sock.send_multipart(_ready(service, credit, f"perf-raw/{os.getpid()}", heartbeat_s))
 
@@ -238,7 +241,8 @@ def role_client(endpoint: str, service: str, window: int, duration: float, warmu
     sock.setsockopt(zmq.RCVTIMEO, REPLY_TIMEOUT_MS)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
-    meta = P.request_meta(1, service, REQUEST_TIMEOUT_MS)  # replies are told apart by body
+    meta = P.request_meta(service, REQUEST_TIMEOUT_MS)  # replies are told apart by body
+    sent = 0  # numbers the keys: the broker keeps one copy per key
     recv, send, packb, unpackb = sock.recv_multipart, sock.send_multipart, msgpack.packb, \
         msgpack.unpackb
     clock = time.perf_counter_ns
@@ -250,7 +254,8 @@ def role_client(endpoint: str, service: str, window: int, duration: float, warmu
     phase_end = start + int(warmup * 1e9)
     while True:
         while outstanding < window:
-            send([request, meta, packb(clock())])
+            sent += 1
+            send([request, sent.to_bytes(P.KEY_BYTES, "big"), meta, packb(clock())])
             outstanding += 1
         try:
             frames = recv()
@@ -264,7 +269,7 @@ def role_client(endpoint: str, service: str, window: int, duration: float, warmu
             if frames[0] != P.REPLY:
                 errors += 1  # the client sends no heartbeats, so only ERROR replies land here
             elif measuring:
-                latencies.append(now - unpackb(frames[2]))
+                latencies.append(now - unpackb(frames[3]))
             try:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:

@@ -18,6 +18,8 @@ class Wire:
         if frames[0] in self.gone:
             return False
         self.sent.append(frames)
+        if frames[1] == P.REQUEST:
+            sent_to_workers.append(frames)
         return True
 
     def to(self, identity: bytes, header: bytes | None = None) -> list[list[bytes]]:
@@ -40,23 +42,36 @@ def ready(broker: Broker, identity: bytes, service: str = "svc", credit: int = 1
                                                    heartbeat_ms)])
 
 
+def key_of(rid: int) -> bytes:
+    return rid.to_bytes(P.KEY_BYTES, "big")
+
+
 def request(broker: Broker, client: bytes, rid: int, service: str = "svc",
             timeout_ms: int = 5000) -> None:
-    broker.handle([client, P.REQUEST, P.request_meta(rid, service, timeout_ms), P.pack(rid)])
+    broker.handle([client, P.REQUEST, key_of(rid), P.request_meta(service, timeout_ms),
+                   P.pack(rid)])
 
 
-def reply(broker: Broker, worker: bytes, ticket: bytes, body: bytes = b"\xc0") -> None:
-    broker.handle([worker, P.REPLY, ticket, body])
+def reply(broker: Broker, worker: bytes, ticket: bytes, body: bytes = b"\xc0",
+          key: bytes | None = None) -> None:
+    """The worker's reply; by default with the key the broker sent along with ``ticket``."""
+    if key is None:
+        key = next(f[3] for f in reversed(sent_to_workers) if f[2] == ticket)
+    broker.handle([worker, P.REPLY, ticket, key, body])
+
+
+sent_to_workers: list[list[bytes]] = []
 
 
 def test_request_reaches_worker_and_reply_reaches_client(broker: Broker, wire: Wire) -> None:
     ready(broker, b"w1")
     request(broker, b"c1", 7)
-    [(_, hdr, ticket, body)] = wire.to(b"w1", P.REQUEST)
-    assert P.unpack(body) == 7
+    [(_, hdr, ticket, key, timeout, body)] = wire.to(b"w1", P.REQUEST)
+    assert P.unpack(body) == 7 and key == key_of(7) and 0 < P.unpack(timeout) <= 5000
+    assert ticket[:P.EPOCH_BYTES] == broker.epoch
     reply(broker, b"w1", ticket, P.pack("done"))
-    [(_, hdr, rid, body)] = wire.to(b"c1")
-    assert (hdr, P.parse_reply_meta(rid), P.unpack(body)) == (P.REPLY, (7, 1), "done")
+    [(_, hdr, key, attempts, body)] = wire.to(b"c1")
+    assert (hdr, key, P.unpack(attempts), P.unpack(body)) == (P.REPLY, key_of(7), 1, "done")
 
 
 def test_least_loaded_worker_within_credit(broker: Broker, wire: Wire) -> None:
@@ -80,10 +95,10 @@ def test_silent_worker_requests_go_to_another(broker: Broker, wire: Wire) -> Non
     broker.handle([b"w2", P.HEARTBEAT])
     wire.now += 1.5  # w1 silent for 3.5 s > 3 s; w2 heard 1.5 s ago
     broker.tick()
-    [(_, _, ticket, _)] = wire.to(b"w2", P.REQUEST)
+    [(_, _, ticket, *_)] = wire.to(b"w2", P.REQUEST)
     assert broker.counters["retried"] == 1 and broker.counters["workers_lost"] == 1
     reply(broker, b"w2", ticket, P.pack("ok"))
-    assert P.unpack(wire.to(b"c")[-1][3]) == "ok"
+    assert P.unpack(wire.to(b"c")[-1][4]) == "ok"
 
 
 def test_gives_up_after_max_attempts(broker: Broker, wire: Wire) -> None:
@@ -92,7 +107,7 @@ def test_gives_up_after_max_attempts(broker: Broker, wire: Wire) -> None:
         ready(broker, b"w%d" % n)
         wire.now += 4.0
         broker.tick()
-    [(_, hdr, _, body)] = wire.to(b"c")
+    [(_, hdr, _, _, body)] = wire.to(b"c")
     assert hdr == P.ERROR
     code, message = P.parse_error(body)
     assert code == P.ErrorCode.WORKER_LOST and "'svc'" in message
@@ -104,7 +119,7 @@ def test_unknown_service_expires_with_named_error(broker: Broker, wire: Wire) ->
     assert wire.to(b"c") == []
     wire.now += 0.6
     broker.tick()
-    code, message = P.parse_error(wire.to(b"c")[0][3])
+    code, message = P.parse_error(wire.to(b"c")[0][4])
     assert code == P.ErrorCode.SERVICE_UNAVAILABLE and "'nobody'" in message
     assert "nobody" not in broker.services  # no leftovers from unknown names
 
@@ -116,17 +131,18 @@ def test_busy_service_expires_as_expired(broker: Broker, wire: Wire) -> None:
     wire.now += 0.2
     broker.handle([b"w1", P.HEARTBEAT])
     broker.tick()
-    code, _ = P.parse_error(wire.to(b"c")[0][3])
-    assert code == P.ErrorCode.EXPIRED
+    code, _ = P.parse_error(wire.to(b"c")[0][4])
+    assert code == P.ErrorCode.DEADLINE
 
 
 @pytest.mark.parametrize("frames", [
     [b"x"],
     [b"x", b"garbage"],
     [b"x", b"ITAS\x09\x02", b"", b""],  # unsupported version
-    [b"x", P.REQUEST, b"\xc1", b""],  # bad msgpack
-    [b"x", P.REQUEST, P.pack([1, "svc"]), b""],  # wrong meta shape
-    [b"x", P.REQUEST, P.request_meta(1, "svc", 10)],  # missing body frame
+    [b"x", P.REQUEST, b"k", b"\xc1", b""],  # bad msgpack
+    [b"x", P.REQUEST, b"k", P.pack([1, "svc"]), b""],  # wrong meta shape
+    [b"x", P.REQUEST, b"", P.request_meta("svc", 10), b""],  # empty key
+    [b"x", P.REQUEST, b"k", P.request_meta("svc", 10)],  # missing body frame
     [b"x", P.READY, P.pack({"service": "s", "credit": 0})],
     [b"x", P.READY, P.pack({"service": "", "credit": 1})],
 ])
@@ -137,16 +153,42 @@ def test_malformed_messages_are_dropped_and_counted(broker: Broker, wire: Wire,
     assert not broker.workers and not broker.services
 
 
-def test_oversize_is_dropped(wire: Wire) -> None:
+def test_oversize_is_refused_with_too_large(wire: Wire) -> None:
     broker = Broker(wire.send, max_message_bytes=1000, clock=lambda: wire.now)
-    broker.handle([b"c", P.REQUEST, P.request_meta(1, "s", 100), b"x" * 1000])
+    broker.handle([b"c", P.REQUEST, b"k1", P.request_meta("s", 100), b"x" * 1000])
     assert broker.counters["dropped_oversize"] == 1 and not broker.services
+    [(_, hdr, key, _, body)] = wire.to(b"c")
+    assert (hdr, key, P.parse_error(body)[0]) == (P.ERROR, b"k1", P.ErrorCode.TOO_LARGE)
 
 
-def test_stale_reply_is_dropped_and_worker_told_to_announce(broker: Broker, wire: Wire) -> None:
-    reply(broker, b"ghost", b"\x00" * 8)
+def test_stale_reply_of_this_epoch_makes_a_forgotten_worker_announce(broker: Broker,
+                                                                     wire: Wire) -> None:
+    reply(broker, b"ghost", broker.epoch + b"\x00" * 8, key=b"k")
     assert broker.counters["dropped_stale"] == 1
     assert wire.to(b"ghost") == [[b"ghost", P.DISCONNECT]]
+
+
+def test_reply_to_an_old_epoch_is_dropped_without_an_answer(broker: Broker, wire: Wire) -> None:
+    ready(broker, b"w1")
+    request(broker, b"c", 1)
+    [(_, _, ticket, key, *_)] = wire.to(b"w1", P.REQUEST)
+    old_ticket = b"\xee" * P.EPOCH_BYTES + ticket[P.EPOCH_BYTES:]  # same counter, old broker
+    for worker in (b"w1", b"ghost"):
+        reply(broker, worker, old_ticket, P.pack("old"), key=key)
+    assert broker.counters["dropped_stale"] == 2
+    assert wire.to(b"c") == [] and wire.to(b"ghost") == []  # no DISCONNECT storm
+    reply(broker, b"w1", ticket, P.pack("new"))
+    assert P.unpack(wire.to(b"c")[0][4]) == "new"
+
+
+def test_reply_with_another_requests_key_is_never_delivered(broker: Broker, wire: Wire) -> None:
+    ready(broker, b"w1", credit=2)
+    request(broker, b"a", 1)
+    request(broker, b"b", 2)
+    (_, _, ticket_a, *_), (_, _, _, key_b, *_) = wire.to(b"w1", P.REQUEST)
+    reply(broker, b"w1", ticket_a, P.pack("for b"), key=key_b)
+    assert broker.counters["dropped_mismatch"] == 1
+    assert wire.to(b"a") == [] and wire.to(b"b") == []
 
 
 def test_unreachable_worker_is_dropped_at_once(broker: Broker, wire: Wire) -> None:
@@ -165,7 +207,7 @@ def test_clean_disconnect_requeues_without_counting_an_attempt(broker: Broker,
         ready(broker, b"w%d" % n)
         broker.handle([b"w%d" % n, P.DISCONNECT])
     ready(broker, b"last")
-    [(_, _, ticket, _)] = wire.to(b"last", P.REQUEST)
+    [(_, _, ticket, *_)] = wire.to(b"last", P.REQUEST)
     reply(broker, b"last", ticket)
     assert wire.to(b"c")[0][1] == P.REPLY
 
@@ -173,7 +215,7 @@ def test_clean_disconnect_requeues_without_counting_an_attempt(broker: Broker,
 def test_status_service_answers_from_the_broker(broker: Broker, wire: Wire) -> None:
     ready(broker, b"w1", service="echo", credit=4)
     request(broker, b"c", 3, service=P.STATUS_SERVICE)
-    status = P.unpack(wire.to(b"c")[0][3])
+    status = P.unpack(wire.to(b"c")[0][4])
     assert status["services"]["echo"] == {"waiting": 0, "workers": 1, "inflight": 0, "credit": 4}
     assert status["workers"][0]["name"] == "w1"
 
