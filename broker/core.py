@@ -83,8 +83,8 @@ class Worker:
 @dataclass(slots=True, eq=False)
 class Service:
     name: str
-    lanes: collections.OrderedDict[bytes, collections.deque[Request]] = field(
-        default_factory=collections.OrderedDict)
+    lanes: dict[bytes, collections.deque[Request]] = field(default_factory=dict)  # by client
+    turns: collections.deque[bytes] = field(default_factory=collections.deque)  # lane order
     waiting: int = 0  # live requests in lanes (lanes may also hold done ones)
     workers: dict[bytes, Worker] = field(default_factory=dict)
     free: list[tuple[float, int, Worker]] = field(default_factory=list)  # heap by load
@@ -107,6 +107,7 @@ class Broker:
     ) -> None:
         self._send = send
         self._clock = clock
+        self._pack = P.packer()
         self.heartbeat_interval = heartbeat_interval
         self.liveness = liveness
         self.max_attempts = max_attempts
@@ -117,7 +118,7 @@ class Broker:
         self.services: dict[str, Service] = {}
         self.workers: dict[bytes, Worker] = {}
         self.active: dict[bytes, Request] = {}  # by key: waiting or in flight
-        self._waiting_by_client: collections.Counter[bytes] = collections.Counter()
+        self._waiting_by_client: dict[bytes, int] = {}
         self._deadlines: list[tuple[float, int, Request]] = []  # heap; done ones skipped
         self._seq = itertools.count()
         self._tickets = itertools.count(1)
@@ -160,7 +161,7 @@ class Broker:
         """
         self.counters["dropped_oversize"] += 1
         if len(head) == 3 and head[1] == P.REQUEST and 0 < len(head[2]) <= P.MAX_KEY_BYTES:
-            self._send([head[0], P.ERROR, head[2], P.pack(0), P.error_body(
+            self._send([head[0], P.ERROR, head[2], self._pack(0), P.error_body(
                 P.ErrorCode.TOO_LARGE,
                 f"request larger than the broker's limit of {self.max_message_bytes} bytes")])
 
@@ -172,7 +173,7 @@ class Broker:
         service_name, timeout_ms = P.parse_request_meta(meta)
         self.counters["requests"] += 1
         if service_name == P.STATUS_SERVICE:
-            self._send([identity, P.REPLY, key, P.pack(0), P.pack(self.status())])
+            self._send([identity, P.REPLY, key, self._pack(0), self._pack(self.status())])
             return
         known = self.active.get(key)
         if known is not None:  # a resend: one copy, the reply goes where it came from last
@@ -184,7 +185,7 @@ class Broker:
             self._refuse(identity, key, f"service {service_name!r} has "
                          f"{service.waiting} requests waiting (the limit)")
             return
-        if self._waiting_by_client[identity] >= self.max_waiting_per_client:
+        if self._waiting_by_client.get(identity, 0) >= self.max_waiting_per_client:
             self._refuse(identity, key, f"this client has {self.max_waiting_per_client} "
                          "requests waiting (the limit)")
             return
@@ -196,12 +197,17 @@ class Broker:
         if len(self._deadlines) > 4 * len(self.active) + 1024:  # drop entries of done ones
             self._deadlines = [e for e in self._deadlines if not e[2].done]
             heapq.heapify(self._deadlines)
+        if not service.waiting:  # the usual case: straight to a free worker, if any
+            worker = self._free_worker(service)
+            if worker is not None:
+                self._give(request, worker)
+                return
         self._enqueue(request, front=False)
         self._dispatch(service)
 
     def _refuse(self, identity: bytes, key: bytes, why: str) -> None:
         self.counters["overloaded"] += 1
-        self._send([identity, P.ERROR, key, P.pack(0),
+        self._send([identity, P.ERROR, key, self._pack(0),
                     P.error_body(P.ErrorCode.OVERLOADED, f"{why}; try again later")])
 
     def _on_reply(self, frames: list[bytes]) -> None:
@@ -225,7 +231,7 @@ class Broker:
         del worker.inflight[ticket]
         self._finish(request)
         self.counters["replied"] += 1
-        if not self._send([request.client, hdr, key, P.pack(request.attempts), body]):
+        if not self._send([request.client, hdr, key, self._pack(request.attempts), body]):
             self.counters["undeliverable"] += 1
         self._offer(worker)
         if worker.service.waiting:
@@ -296,11 +302,10 @@ class Broker:
         lane = service.lanes.get(request.lane)
         if lane is None:
             lane = service.lanes[request.lane] = collections.deque()
-            if front:
-                service.lanes.move_to_end(request.lane, last=False)
+            (service.turns.appendleft if front else service.turns.append)(request.lane)
         (lane.appendleft if front else lane.append)(request)
         service.waiting += 1
-        self._waiting_by_client[request.lane] += 1
+        self._waiting_by_client[request.lane] = self._waiting_by_client.get(request.lane, 0) + 1
 
     def _unqueue(self, request: Request) -> None:
         """Account for a request leaving its lane (popped, or left there marked done)."""
@@ -313,13 +318,15 @@ class Broker:
 
     def _next_waiting(self, service: Service) -> Request | None:
         """The next live request, one per client lane in turn."""
-        lanes = service.lanes
-        while lanes:
-            client, lane = next(iter(lanes.items()))
+        lanes, turns = service.lanes, service.turns
+        while turns:
+            client = turns[0]
+            lane = lanes[client]
             request = lane.popleft()
             if lane:
-                lanes.move_to_end(client)
+                turns.rotate(-1)
             else:
+                turns.popleft()
                 del lanes[client]
             if not request.done:
                 return request
@@ -337,33 +344,45 @@ class Broker:
             free[:] = [e for e in free if e[2].offer == e[1]]
             heapq.heapify(free)
 
+    def _free_worker(self, service: Service) -> Worker | None:
+        """The least-loaded worker with credit left (superseded heap entries are dropped)."""
+        free = service.free
+        while free:
+            _, offer, worker = free[0]
+            if worker.offer == offer:
+                return worker
+            heapq.heappop(free)
+        return None
+
     def _dispatch(self, service: Service) -> None:
         """Hand waiting requests to the least-loaded workers that have credit left."""
-        free = service.free
-        while service.waiting and free:
-            _, offer, worker = free[0]
-            if worker.offer != offer:
-                heapq.heappop(free)
-                continue
+        while service.waiting:
+            worker = self._free_worker(service)
+            if worker is None:
+                return
             request = self._next_waiting(service)
             if request is None:
                 return
             self._unqueue(request)
-            remaining = request.deadline - self._clock()
-            if remaining <= 0:  # never dispatch an expired request
-                self._expire(request, queued=False)
-                continue
-            heapq.heappop(free)
-            ticket = self.epoch + next(self._tickets).to_bytes(8, "big")
-            request.attempts += 1
-            request.worker, request.ticket = worker, ticket
-            worker.inflight[ticket] = request
-            self.counters["dispatched"] += 1
-            if self._send([worker.identity, P.REQUEST, ticket, request.key,
-                           P.pack(max(1, int(remaining * 1000))), request.body]):
-                self._offer(worker)
-            else:
-                self._remove_worker(worker, lost=True)
+            self._give(request, worker)
+
+    def _give(self, request: Request, worker: Worker) -> None:
+        """Send the request to ``worker``, the top of its service's free heap."""
+        remaining = request.deadline - self._clock()
+        if remaining <= 0:  # never dispatch an expired request
+            self._expire(request, queued=False)
+            return
+        heapq.heappop(worker.service.free)
+        ticket = self.epoch + next(self._tickets).to_bytes(8, "big")
+        request.attempts += 1
+        request.worker, request.ticket = worker, ticket
+        worker.inflight[ticket] = request
+        self.counters["dispatched"] += 1
+        if self._send([worker.identity, P.REQUEST, ticket, request.key,
+                       self._pack(max(1, int(remaining * 1000))), request.body]):
+            self._offer(worker)
+        else:
+            self._remove_worker(worker, lost=True)
 
     def _remove_worker(self, worker: Worker, *, lost: bool) -> None:
         """Forget a worker; its in-flight requests go back to the front of their lanes."""
@@ -408,14 +427,16 @@ class Broker:
 
     def _tidy_lane(self, request: Request) -> None:
         """Pop done requests off the front of the request's lane (usually it is there)."""
-        lanes = request.service.lanes
-        lane = lanes.get(request.lane)
+        service = request.service
+        lane = service.lanes.get(request.lane)
         while lane and lane[0].done:
             lane.popleft()
         if lane is not None and not lane:
-            del lanes[request.lane]
-        if not request.service.waiting:
-            lanes.clear()
+            del service.lanes[request.lane]
+            service.turns.remove(request.lane)  # O(clients waiting), rare: the lane's last
+        if not service.waiting:
+            service.lanes.clear()
+            service.turns.clear()
 
     def _expire(self, request: Request, *, queued: bool) -> None:
         """Fail a request whose deadline passed: in flight, in its lane, or just taken out."""
@@ -438,7 +459,7 @@ class Broker:
         self._fail(request, code, message)
 
     def _fail(self, request: Request, code: str, message: str) -> None:
-        self._send([request.client, P.ERROR, request.key, P.pack(request.attempts),
+        self._send([request.client, P.ERROR, request.key, self._pack(request.attempts),
                     P.error_body(code, message)])
 
     # -- time ----------------------------------------------------------------

@@ -52,6 +52,7 @@ again. Each worker sets the heartbeat pace between it and the broker
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -104,6 +105,11 @@ COMMAND_BY_HEADER: dict[bytes, Command] = {header(c): c for c in Command}
 
 def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
+
+
+def packer() -> Callable[[Any], bytes]:
+    """A private packer, faster than ``pack`` (no set-up per call); for one thread only."""
+    return msgpack.Packer(use_bin_type=True).pack  # type: ignore[no-any-return]
 
 
 def unpack(data: bytes, what: str = "body") -> Any:
