@@ -10,6 +10,7 @@ from itas.broker.core import Broker
 
 class Wire:
     def __init__(self) -> None:
+        sent_to_workers.clear()
         self.sent: list[list[bytes]] = []
         self.gone: set[bytes] = set()
         self.now = 100.0
@@ -60,7 +61,7 @@ def reply(broker: Broker, worker: bytes, ticket: bytes, body: bytes = b"\xc0",
     broker.handle([worker, P.REPLY, ticket, key, body])
 
 
-sent_to_workers: list[list[bytes]] = []
+sent_to_workers: list[list[bytes]] = []  # every REQUEST the current Wire carried
 
 
 def test_request_reaches_worker_and_reply_reaches_client(broker: Broker, wire: Wire) -> None:
@@ -238,3 +239,102 @@ def test_each_worker_sets_its_own_heartbeat_pace(broker: Broker, wire: Wire) -> 
     wire.now += 3.1  # slow is due a heartbeat after 5 s
     broker.tick()
     assert len(wire.to(b"slow", P.HEARTBEAT)) == 2  # the READY ack and this one
+
+
+def test_a_resend_is_one_request_and_its_reply_goes_to_the_last_sender(broker: Broker,
+                                                                      wire: Wire) -> None:
+    ready(broker, b"w1")
+    request(broker, b"old-socket", 1)
+    request(broker, b"new-socket", 1)  # the client replaced its socket and resent
+    [(_, _, ticket, *_)] = wire.to(b"w1", P.REQUEST)
+    reply(broker, b"w1", ticket, P.pack("once"))
+    assert wire.to(b"old-socket") == []
+    assert P.unpack(wire.to(b"new-socket")[0][4]) == "once"
+    assert broker.counters["dispatched"] == 1 and broker.counters["resends_merged"] == 1
+
+
+def test_reannounce_keeps_in_flight_work_on_the_worker(broker: Broker, wire: Wire) -> None:
+    ready(broker, b"w1", credit=2)
+    request(broker, b"c", 1)
+    ready(broker, b"w1", credit=2)  # saw a DISCONNECT or a new epoch: announces again
+    assert len(wire.to(b"w1", P.REQUEST)) == 1 and broker.counters["retried"] == 0
+    request(broker, b"c", 2)
+    (_, _, t1, *_), (_, _, t2, *_) = wire.to(b"w1", P.REQUEST)
+    reply(broker, b"w1", t1, P.pack(1))
+    reply(broker, b"w1", t2, P.pack(2))
+    assert [P.unpack(f[4]) for f in wire.to(b"c")] == [1, 2]
+
+
+def test_in_flight_request_ends_at_its_deadline_and_is_cancelled(broker: Broker,
+                                                                wire: Wire) -> None:
+    ready(broker, b"w1", heartbeat_ms=10_000)
+    request(broker, b"c", 1, timeout_ms=2000)
+    [(_, _, ticket, *_)] = wire.to(b"w1", P.REQUEST)
+    wire.now += 2.1
+    broker.tick()
+    [(_, hdr, key, _, body)] = wire.to(b"c")
+    code, message = P.parse_error(body)
+    assert (hdr, key, code) == (P.ERROR, key_of(1), P.ErrorCode.DEADLINE)
+    assert "'w1'" in message and "did not answer" in message
+    assert wire.to(b"w1", P.CANCEL) == [[b"w1", P.CANCEL, ticket]]
+    reply(broker, b"w1", ticket, P.pack("late"))  # the late reply goes nowhere
+    assert len(wire.to(b"c")) == 1 and broker.counters["dropped_stale"] == 1
+    request(broker, b"c", 2)  # and the worker's credit is free again
+    assert len(wire.to(b"w1", P.REQUEST)) == 2
+
+
+def test_an_expired_request_is_never_dispatched(broker: Broker, wire: Wire) -> None:
+    request(broker, b"c", 1, timeout_ms=100)
+    wire.now += 0.2  # no tick ran yet when the worker appears
+    ready(broker, b"w1")
+    assert wire.to(b"w1", P.REQUEST) == []
+    code, _ = P.parse_error(wire.to(b"c")[0][4])
+    assert code == P.ErrorCode.DEADLINE
+
+
+def test_cancel_stops_waiting_and_running_requests(broker: Broker, wire: Wire) -> None:
+    ready(broker, b"w1")
+    request(broker, b"c", 1)
+    request(broker, b"c", 2)
+    [(_, _, ticket, *_)] = wire.to(b"w1", P.REQUEST)
+    broker.handle([b"intruder", P.CANCEL, key_of(1)])  # not the sender: ignored
+    assert wire.to(b"w1", P.CANCEL) == []
+    broker.handle([b"c", P.CANCEL, key_of(2)])  # waiting: just gone
+    broker.handle([b"c", P.CANCEL, key_of(1)])  # running: the worker is told
+    assert wire.to(b"w1", P.CANCEL) == [[b"w1", P.CANCEL, ticket]]
+    assert len(wire.to(b"w1", P.REQUEST)) == 1  # request 2 was never dispatched
+    assert wire.to(b"c") == [] and not broker.active
+    assert broker.status()["services"]["svc"]["waiting"] == 0
+
+
+def test_queue_limits_refuse_with_overloaded(wire: Wire) -> None:
+    broker = Broker(wire.send, clock=lambda: wire.now, max_waiting_per_service=5,
+                    max_waiting_per_client=3)
+    for rid in range(4):
+        request(broker, b"greedy", rid)
+    for rid in range(10, 13):
+        request(broker, b"other%d" % rid, rid)
+    codes = {P.parse_error(f[4])[0] for f in wire.sent}
+    assert codes == {P.ErrorCode.OVERLOADED}
+    assert [f[2] for f in wire.sent] == [key_of(3), key_of(12)]
+    assert "limit" in P.parse_error(wire.sent[0][4])[1]
+
+
+def test_clients_take_turns(broker: Broker, wire: Wire) -> None:
+    for rid in range(100):
+        request(broker, b"flood", rid)
+    request(broker, b"polite", 1000)
+    ready(broker, b"w1")
+    for _ in range(3):
+        ticket = wire.to(b"w1", P.REQUEST)[-1][2]
+        reply(broker, b"w1", ticket)
+    assert [P.unpack(f[5]) for f in wire.to(b"w1", P.REQUEST)][:3] == [0, 1000, 1]
+
+
+def test_least_loaded_among_many_workers(broker: Broker, wire: Wire) -> None:
+    for n in range(50):
+        ready(broker, b"w%02d" % n, credit=4)
+    for rid in range(100):
+        request(broker, b"c", rid)
+    loads = [len(wire.to(b"w%02d" % n, P.REQUEST)) for n in range(50)]
+    assert loads == [2] * 50
