@@ -180,3 +180,29 @@ async def test_requests_for_a_missing_service_end_at_their_deadline(procs: Proce
         wait_for_workers(broker.endpoint, "late", 1)
         status = await client.status()
     assert status["counters"].get("dispatched", 0) == 0
+
+
+async def test_an_expired_query_ends_the_orchestrators_sub_calls(procs: Processes) -> None:
+    """The orchestrator's calls to agents take the query's deadline: when the query ends,
+    so do they, instead of holding the agent for the orchestrator's own call timeout."""
+    broker = procs.broker()
+    procs.agent(broker.endpoint, "generator",
+                {"provider": "sim", "model": "slow", "latency": 600, "credit": 4})
+    procs.agent(broker.endpoint, "orchestrator", {"call_timeout_s": 600})
+    wait_for_workers(broker.endpoint, "generator@sim:slow", 1)
+    wait_for_workers(broker.endpoint, "orchestrator", 1)
+    arch = {"name": "slow", "final": "first", "layers": [
+        [{"technique": "generator", "provider": "sim", "model": "slow"}]]}
+    async with fast_client(broker.endpoint) as client:
+        # The sub-call ends first (its deadline is the query's, less a margin), so the
+        # orchestrator can still say why; or the query's own deadline ends it.
+        with pytest.raises((RequestTimeout, RemoteError)) as failure:
+            await client.ask("q", architecture=arch, timeout=2.0)
+        assert "did not answer" in str(failure.value)
+        with anyio.fail_after(5):
+            while True:
+                services = (await client.status())["services"]
+                if services["generator@sim:slow"]["inflight"] == 0 \
+                        and services["orchestrator"]["inflight"] == 0:
+                    break
+                await anyio.sleep(0.1)
