@@ -66,7 +66,7 @@ class SleepAgent(Agent):
             seconds = float(body["seconds"])
         tag = body.get("tag") if isinstance(body, dict) else None
         if self.record is not None:
-            with open(self.record, "a") as record:
-                record.write(f"{tag}\n")
+            async with await anyio.open_file(self.record, "a") as record:
+                await record.write(f"{tag}\n")
         await anyio.sleep(seconds)
         return {"slept": seconds, "tag": tag, "pid": os.getpid()}

@@ -155,8 +155,12 @@ class AsyncClient:
         outer = anyio.current_effective_deadline()  # the caller's own deadline, if any
         if not math.isinf(outer):
             timeout = max(0.0, min(timeout, outer - started))
+        data = P.pack(body)
+        if len(data) > P.MAX_MESSAGE_BYTES:  # the broker would refuse it: say so without asking
+            raise RemoteError(P.ErrorCode.TOO_LARGE, f"request of {len(data)} bytes is over the "
+                              f"broker's limit of {P.MAX_MESSAGE_BYTES} bytes", service)
         key = self._client_id + next(self._ids).to_bytes(P.KEY_BYTES // 2, "big")
-        pending = _Pending(service, P.pack(body), started + timeout)
+        pending = _Pending(service, data, started + timeout)
         self._pending[key] = pending
         try:
             with anyio.move_on_after(timeout):

@@ -40,13 +40,13 @@ from tests.helpers import Broker, Processes, wait_for_workers
 
 pytestmark = pytest.mark.anyio
 
-SEEDS = [int(s) for s in os.environ.get("ITAS_CHAOS_SEEDS", "1,2").split(",") if s.strip()]
+SEEDS = [int(s) for s in os.environ.get("ITAS_CHAOS_SEEDS", "1,2,3").split(",") if s.strip()]
 HEARTBEAT_S = 0.5  # not the tests' 0.2 s: two loaded cores must not look like faults
 LOAD_S = 12.0
 TIMEOUT_S = 20.0
 HANG_S = TIMEOUT_S + 15.0  # an operation still open after this hangs
 QUERY_STREAMS, SLEEP_STREAMS = 8, 6
-FAULT_GAP_S = (0.8, 2.0)  # between faults
+FAULT_GAP_S = (0.5, 1.5)  # between faults
 DOWN_S = (0.0, 0.5)  # how long a killed process stays dead
 ARCH = {"name": "chaos", "final": "first", "layers": [
     [{"technique": "generator", "provider": "sim", "model": "strong"}]]}
@@ -54,7 +54,7 @@ ARCH = {"name": "chaos", "final": "first", "layers": [
 # the young broker that replaced it has handed out the same ticket numbers (issue 12).
 GENERATOR = {"provider": "sim", "model": "strong", "skill": 0.8,
              "latency": {"mean_s": 0.8, "jitter_s": 0.6}}
-SLEEP_S = (0.1, 1.5)
+SLEEP_S = (0.2, 3.0)
 TAG = re.compile(r"T\d+-[qs]\d+-\d+")
 
 
