@@ -109,7 +109,7 @@ def pack(obj: Any) -> bytes:
 
 def packer() -> Callable[[Any], bytes]:
     """A private packer, faster than ``pack`` (no set-up per call); for one thread only."""
-    return msgpack.Packer(use_bin_type=True).pack  # type: ignore[no-any-return]
+    return msgpack.Packer(use_bin_type=True).pack
 
 
 def unpack(data: bytes, what: str = "body") -> Any:
