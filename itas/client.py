@@ -140,9 +140,13 @@ class AsyncClient:
     async def request(self, service: str, body: Any, *, timeout: float | None = None) -> Any:
         """Send ``body`` to ``service`` and return the decoded reply body.
 
-        Raises ``ServiceUnavailable`` (no worker within the deadline),
-        ``RequestTimeout``, ``RemoteError`` (the agent's error reply, with its
-        code) or ``BrokerUnreachable`` (client not open).
+        The deadline is the smaller of ``timeout`` (default: the client's) and
+        the caller's anyio deadline. Raises ``ServiceUnavailable`` (no worker
+        serves it), ``RequestTimeout`` (the deadline passed: the message says
+        whether the broker never answered, no worker was free, or which worker
+        did not answer), ``RemoteError`` (an error reply with its code, such as
+        ``overloaded`` or ``too_large`` from the broker) or
+        ``BrokerUnreachable`` (client not open).
         """
         return (await self.call(service, body, timeout=timeout)).body
 
