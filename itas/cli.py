@@ -131,6 +131,9 @@ def broker(
     max_attempts: Annotated[int, typer.Option(callback=AT_LEAST_1,
                                               help="Workers tried per request before failing.")
                             ] = 3,
+    unavailable_grace: Annotated[float, typer.Option(
+        callback=POSITIVE, help="Seconds a request waits for a service with no worker at all "
+        "before failing with 'no worker serves ...'.")] = 5.0,
     curve_secret: BrokerSecretOpt = None,
     curve_allow: CurveAllowOpt = None,
     insecure: InsecureOpt = False,
@@ -151,7 +154,7 @@ def broker(
     try:
         server = BrokerServer(bind, curve=keys, curve_allow=curve_allow, insecure=insecure,
                               heartbeat_interval=heartbeat, liveness=liveness,
-                              max_attempts=max_attempts)
+                              max_attempts=max_attempts, unavailable_grace=unavailable_grace)
     except zmq.ZMQError as exc:  # the address is taken, or not this machine's
         raise ConfigError(f"--bind {bind}: cannot bind ({exc.strerror})") from exc
     run_broker(server)

@@ -167,7 +167,7 @@ def probe_bodies(kind: str, nonce: str) -> list[dict[str, Any]]:
     of spread difficulty, candidates half right; a fresh ``nonce`` keeps response caches
     from answering instead of the agent."""
     right, wrong = "The answer is 42.", ["The answer is 41.", "The answer is 43."]
-    bodies = []
+    bodies: list[dict[str, Any]] = []
     for i in range(PROBE_QUESTIONS):
         key = {"id": f"itas-probe/{nonce}/{i}", "answer": right, "wrong": wrong,
                "difficulty": (i + 0.5) / PROBE_QUESTIONS}
