@@ -89,6 +89,9 @@ class Broker:
         self.max_attempts = max_attempts
         self.max_message_bytes = max_message_bytes
         self.unavailable_grace = unavailable_grace
+        # A restarted broker hears from its workers only as they notice the restart (their
+        # next heartbeat); until one expiry has passed, no service counts as unserved.
+        self._workers_back_by = clock() + heartbeat_interval * liveness
         self.epoch = os.urandom(8)
         self.services: dict[str, Service] = {}
         self.workers: dict[bytes, RegisteredWorker] = {}
@@ -289,10 +292,11 @@ class Broker:
         service.waiting = keep
 
     def _unserved_too_long(self, service: Service, request: QueuedRequest, now: float) -> bool:
-        """No worker for the grace, counted from when both the request and the service's
-        last worker loss happened: a retried request gets a full grace after its worker left."""
-        return (not service.workers
-                and now - max(request.arrived, service.unserved_since) >= self.unavailable_grace)
+        """No worker for the grace, counted from the latest of: the request's arrival, the
+        service's last worker loss (a retried request gets a full grace after its worker
+        left) and the time a restarted broker's workers have had to re-announce."""
+        since = max(request.arrived, service.unserved_since, self._workers_back_by)
+        return not service.workers and now - since >= self.unavailable_grace
 
     def disconnect_all(self) -> None:
         """Tell every worker the broker is going away, so they reconnect at once."""
