@@ -47,6 +47,9 @@ HEARTBEAT_LIVENESS = 3
 MAX_ATTEMPTS = 3
 MAX_WAITING_PER_SERVICE = 10_000
 MAX_WAITING_PER_CLIENT = 1_000
+#: How long a request waits for a service that has no worker at all before it fails with
+#: SERVICE_UNAVAILABLE (a service whose workers are all busy waits up to the deadline).
+UNAVAILABLE_GRACE_S = 5.0
 
 Send = Callable[[list[bytes]], bool]
 
@@ -60,6 +63,7 @@ class Request:
     body: bytes
     deadline: float
     timeout_s: float
+    arrived: float
     attempts: int = 0
     worker: Worker | None = None  # set while in flight
     ticket: bytes = b""
@@ -88,6 +92,7 @@ class Service:
     waiting: int = 0  # live requests in lanes (lanes may also hold done ones)
     workers: dict[bytes, Worker] = field(default_factory=dict)
     free: list[tuple[float, int, Worker]] = field(default_factory=list)  # heap by load
+    unserved_since: float = 0.0  # when it last had no worker (creation, or the last left)
 
 
 class Broker:
@@ -103,6 +108,7 @@ class Broker:
         max_message_bytes: int = P.MAX_MESSAGE_BYTES,
         max_waiting_per_service: int = MAX_WAITING_PER_SERVICE,
         max_waiting_per_client: int = MAX_WAITING_PER_CLIENT,
+        unavailable_grace: float = UNAVAILABLE_GRACE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send = send
@@ -114,12 +120,19 @@ class Broker:
         self.max_message_bytes = max_message_bytes
         self.max_waiting_per_service = max_waiting_per_service
         self.max_waiting_per_client = max_waiting_per_client
+        self.unavailable_grace = unavailable_grace
+        # A restarted broker hears from its workers only as they notice the restart (their
+        # next heartbeat); until one expiry has passed, no service counts as unserved.
+        self._workers_back_by = clock() + heartbeat_interval * liveness
         self.epoch = os.urandom(P.EPOCH_BYTES)
         self.services: dict[str, Service] = {}
         self.workers: dict[bytes, Worker] = {}
         self.active: dict[bytes, Request] = {}  # by key: waiting or in flight
         self._waiting_by_client: dict[bytes, int] = {}
         self._deadlines: list[tuple[float, int, Request]] = []  # heap; done ones skipped
+        # When to see whether a request has waited out the grace for a service with no
+        # worker (heap; pushed only while its service has none, so it stays small).
+        self._grace_checks: list[tuple[float, int, Request]] = []
         self._seq = itertools.count()
         self._tickets = itertools.count(1)
         self.counters: collections.Counter[str] = collections.Counter()
@@ -190,8 +203,9 @@ class Broker:
                          "requests waiting (the limit)")
             return
         timeout_s = timeout_ms / 1000.0
-        deadline = self._clock() + timeout_s
-        request = Request(identity, identity, key, service, body, deadline, timeout_s)
+        now = self._clock()
+        deadline = now + timeout_s
+        request = Request(identity, identity, key, service, body, deadline, timeout_s, now)
         self.active[key] = request
         heapq.heappush(self._deadlines, (deadline, next(self._seq), request))
         if len(self._deadlines) > 4 * len(self.active) + 1024:  # drop entries of done ones
@@ -203,6 +217,8 @@ class Broker:
                 self._give(request, worker)
                 return
         self._enqueue(request, front=False)
+        if not service.workers:
+            self._check_grace_later(request)
         self._dispatch(service)
 
     def _refuse(self, identity: bytes, key: bytes, why: str) -> None:
@@ -294,7 +310,7 @@ class Broker:
     def _service(self, name: str) -> Service:
         service = self.services.get(name)
         if service is None:
-            service = self.services[name] = Service(name)
+            service = self.services[name] = Service(name, unserved_since=self._clock())
         return service
 
     def _enqueue(self, request: Request, *, front: bool) -> None:
@@ -388,7 +404,7 @@ class Broker:
         """Forget a worker; its in-flight requests go back to the front of their lanes."""
         self.workers.pop(worker.identity, None)
         service = worker.service
-        service.workers.pop(worker.identity, None)
+        last = service.workers.pop(worker.identity, None) is not None and not service.workers
         worker.offer = -1
         self.counters["workers_lost" if lost else "workers_left"] += 1
         for request in reversed(list(worker.inflight.values())):
@@ -404,6 +420,12 @@ class Broker:
                 self.counters["retried"] += 1
                 self._enqueue(request, front=True)
         worker.inflight.clear()
+        if last:  # unserved from now: every waiting request gets a full grace from here
+            service.unserved_since = self._clock()
+            for lane in service.lanes.values():
+                for request in lane:
+                    if not request.done:
+                        self._check_grace_later(request)
         self._dispatch(service)
 
     def _finish(self, request: Request) -> None:
@@ -450,8 +472,8 @@ class Broker:
             code, message = P.ErrorCode.DEADLINE, (
                 f"service {service.name!r} had no free worker within {request.timeout_s:g} s")
         else:
-            code, message = P.ErrorCode.SERVICE_UNAVAILABLE, (
-                f"no worker serves {service.name!r} (waited {request.timeout_s:g} s)")
+            code, message = P.ErrorCode.SERVICE_UNAVAILABLE, self._unavailable_message(
+                service, min(self.unavailable_grace, request.timeout_s))
         if worker is not None or queued:
             self._stop(request)
         else:
@@ -474,6 +496,19 @@ class Broker:
             request = heapq.heappop(deadlines)[2]
             if not request.done:
                 self._expire(request, queued=request.worker is None)
+        checks = self._grace_checks
+        while checks and checks[0][0] <= now:
+            request = heapq.heappop(checks)[2]
+            if request.done or request.worker is not None or request.service.workers:
+                continue  # answered, running, or served again: its deadline applies
+            since = self._unserved_from(request)
+            if now - since >= self.unavailable_grace:
+                self.counters["unavailable"] += 1
+                self._stop(request)
+                self._fail(request, P.ErrorCode.SERVICE_UNAVAILABLE, self._unavailable_message(
+                    request.service, min(self.unavailable_grace, request.timeout_s)))
+            else:
+                heapq.heappush(checks, (since + self.unavailable_grace, next(self._seq), request))
         for name, service in list(self.services.items()):
             if not service.waiting and not service.workers:
                 del self.services[name]  # names from bad clients must not pile up
@@ -481,6 +516,21 @@ class Broker:
             if now >= worker.next_beat:
                 worker.next_beat = now + worker.interval
                 self._send([worker.identity, P.HEARTBEAT, self.epoch])
+
+    def _unserved_from(self, request: Request) -> float:
+        """The grace counts from the latest of: the request's arrival, its service's last
+        worker loss (a retried request gets a full grace after its worker left) and the
+        time a restarted broker's workers have had to announce again."""
+        return max(request.arrived, request.service.unserved_since, self._workers_back_by)
+
+    def _check_grace_later(self, request: Request) -> None:
+        heapq.heappush(self._grace_checks, (self._unserved_from(request) + self.unavailable_grace,
+                                            next(self._seq), request))
+
+    @staticmethod
+    def _unavailable_message(service: Service, waited: float) -> str:
+        return (f"no worker serves {service.name!r} (none registered in {waited:g} s); "
+                f"{start_hint(service.name)}")
 
     def disconnect_all(self) -> None:
         """Tell every worker the broker is going away, so they reconnect at once."""
@@ -508,3 +558,12 @@ class Broker:
             ],
             "counters": dict(self.counters),
         }
+
+
+def start_hint(service: str) -> str:
+    """The command that starts an agent for ``service``, for 'no worker' errors."""
+    if service == "orchestrator":
+        return "start one with `itas orchestrator` (or `itas up`)"
+    kind = service.split("@", 1)[0]
+    return (f"start its agents with `itas agents --arch FILE` (every agent an architecture "
+            f"needs) or `itas agent --kind {kind} ...`")
