@@ -9,8 +9,8 @@ requests go elsewhere at once instead of after the heartbeat expiry.
 
 What the broker promises (see ``itas.protocol`` for the wire side):
 
-- A reply goes only to the request it answers: tickets carry the broker's epoch,
-  and the worker must echo the request's key. Stale replies are dropped and
+- A reply goes only to the request it answers: tickets carry the broker's epoch
+  and the request's key, and the worker must echo the whole ticket. Stale replies are dropped and
   counted, never answered (only a reply from a forgotten worker with a ticket
   of this epoch draws a DISCONNECT, once, so it announces again).
 - One copy per request key: a resend updates where the reply goes; a worker that
@@ -227,21 +227,20 @@ class Broker:
                     P.error_body(P.ErrorCode.OVERLOADED, f"{why}; try again later")])
 
     def _on_reply(self, frames: list[bytes]) -> None:
-        if len(frames) != 5:
-            raise ProtocolError("REPLY/ERROR: expected 4 frames")
-        identity, hdr, ticket, key, body = frames
+        if len(frames) != 4:
+            raise ProtocolError("REPLY/ERROR: expected 3 frames")
+        identity, hdr, ticket, body = frames
         worker = self.workers.get(identity)
+        # The whole ticket must match, so the key in it is the request's own.
         request = worker.inflight.get(ticket) if worker is not None else None
-        if request is None:  # an old epoch's ticket, or one given up on: nobody waits
+        if request is None:  # an old epoch's ticket, one given up on, or a mangled one
             self.counters["dropped_stale"] += 1
             if worker is None and ticket[:P.EPOCH_BYTES] == self.epoch:
                 self._send([identity, P.DISCONNECT])  # forgotten, yet alive: announce again
             return
         assert worker is not None
         worker.expiry = self._clock() + worker.ttl
-        if key != request.key:  # the worker's bug; never hand the client another's answer
-            self.counters["dropped_mismatch"] += 1
-            return
+        key = request.key
         if hdr == P.ERROR:
             P.parse_error(body)  # a malformed error body is the worker's bug: drop it here
         del worker.inflight[ticket]
@@ -389,13 +388,13 @@ class Broker:
             self._expire(request, queued=False)
             return
         heapq.heappop(worker.service.free)
-        ticket = self.epoch + next(self._tickets).to_bytes(8, "big")
+        ticket = P.ticket(self.epoch, next(self._tickets), max(1, int(remaining * 1000)),
+                          request.key)
         request.attempts += 1
         request.worker, request.ticket = worker, ticket
         worker.inflight[ticket] = request
         self.counters["dispatched"] += 1
-        if self._send([worker.identity, P.REQUEST, ticket, request.key,
-                       self._pack(max(1, int(remaining * 1000))), request.body]):
+        if self._send([worker.identity, P.REQUEST, ticket, request.body]):
             self._offer(worker)
         else:
             self._remove_worker(worker, lost=True)

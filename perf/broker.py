@@ -126,12 +126,10 @@ def role_forwarder() -> None:
         frames = recv()
         header = frames[1]
         if header == P.REQUEST:  # [client, REQUEST, key, meta, body] -> key is the ticket
-            client, frames[0] = frames[0], worker
-            frames.insert(2, frames[2])
-            send(frames)
-        elif header == P.REPLY:  # [worker, REPLY, ticket, key, body]
-            frames[0], frames[2], frames[3] = client, frames[3], ONE_ATTEMPT
-            send(frames)
+            client = frames[0]
+            send([worker, header, frames[2], frames[4]])
+        elif header == P.REPLY:  # [worker, REPLY, ticket, body]
+            send([client, header, frames[2], ONE_ATTEMPT, frames[3]])
         elif header == P.READY:
             worker = frames[0]
             print("worker ready", flush=True)
@@ -152,10 +150,9 @@ def role_forwarder_fastio() -> None:
             frames.append(frame.bytes)
         header = frames[1]
         if header == P.REQUEST:
-            client, frames[0] = frames[0], worker
-            frames.insert(2, frames[2])
+            client, frames = frames[0], [worker, header, frames[2], frames[4]]
         elif header == P.REPLY:
-            frames[0], frames[2], frames[3] = client, frames[3], ONE_ATTEMPT
+            frames = [client, header, frames[2], ONE_ATTEMPT, frames[3]]
         else:
             if header == P.READY:
                 worker = frames[0]
@@ -173,8 +170,8 @@ def _ready(service: str, credit: int, name: str, heartbeat_s: float) -> list[byt
 def _answer(sock: zmq.Socket, frames: list[bytes], service: str, credit: int,
             heartbeat_s: float) -> None:
     """The raw worker's whole protocol: echo a REQUEST, announce again when forgotten."""
-    if frames[0] == P.REQUEST:  # [REQUEST, ticket, key, timeout, body]
-        sock.send_multipart([P.REPLY, frames[1], frames[2], frames[4]])
+    if frames[0] == P.REQUEST:  # [REQUEST, ticket, body]
+        sock.send_multipart([P.REPLY, frames[1], frames[2]])
     elif frames[0] == P.DISCONNECT:  # the broker forgot us: announce again
         sock.send_multipart(_ready(service, credit, f"perf-raw/{os.getpid()}", heartbeat_s))
 
@@ -539,9 +536,9 @@ def measure_core_dispatch(window: int, rounds: int) -> dict[str, Any]:
         jobs = [f for f in out if f[1] == P.REQUEST]
         started = time.process_time()
         for _ in range(rounds):
-            worker, _, ticket, key, _, _ = jobs.pop()
+            worker, _, ticket, _ = jobs.pop()
             out.clear()
-            broker.handle([worker, P.REPLY, ticket, key, b"\x01"])
+            broker.handle([worker, P.REPLY, ticket, b"\x01"])
             sent += 1
             broker.handle([b"c", P.REQUEST, sent.to_bytes(P.KEY_BYTES, "big"), meta, b"\x01"])
             jobs.extend(f for f in out if f[1] == P.REQUEST)
