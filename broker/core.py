@@ -173,20 +173,23 @@ class Broker:
         answered with ``too_large`` so its client does not wait for nothing.
         """
         self.counters["dropped_oversize"] += 1
-        if len(head) == 3 and head[1] == P.REQUEST and 0 < len(head[2]) <= P.MAX_KEY_BYTES:
-            self._send([head[0], P.ERROR, head[2], self._pack(0), P.error_body(
+        if len(head) == 3 and head[1] == P.REQUEST:
+            try:
+                key = P.parse_request_meta(head[2])[0]
+            except ProtocolError:
+                return
+            self._send([head[0], P.ERROR, self._pack([key, 0]), P.error_body(
                 P.ErrorCode.TOO_LARGE,
                 f"request larger than the broker's limit of {self.max_message_bytes} bytes")])
 
     def _on_request(self, frames: list[bytes]) -> None:
-        if len(frames) != 5:
-            raise ProtocolError("REQUEST: expected 4 frames")
-        identity, _, key, meta, body = frames
-        P.check_key(key)
-        service_name, timeout_ms = P.parse_request_meta(meta)
+        if len(frames) != 4:
+            raise ProtocolError("REQUEST: expected 3 frames")
+        identity, _, meta, body = frames
+        key, service_name, timeout_ms = P.parse_request_meta(meta)
         self.counters["requests"] += 1
         if service_name == P.STATUS_SERVICE:
-            self._send([identity, P.REPLY, key, self._pack(0), self._pack(self.status())])
+            self._send([identity, P.REPLY, self._pack([key, 0]), self._pack(self.status())])
             return
         known = self.active.get(key)
         if known is not None:  # a resend: one copy, the reply goes where it came from last
@@ -223,7 +226,7 @@ class Broker:
 
     def _refuse(self, identity: bytes, key: bytes, why: str) -> None:
         self.counters["overloaded"] += 1
-        self._send([identity, P.ERROR, key, self._pack(0),
+        self._send([identity, P.ERROR, self._pack([key, 0]),
                     P.error_body(P.ErrorCode.OVERLOADED, f"{why}; try again later")])
 
     def _on_reply(self, frames: list[bytes]) -> None:
@@ -240,13 +243,13 @@ class Broker:
             return
         assert worker is not None
         worker.expiry = self._clock() + worker.ttl
-        key = request.key
         if hdr == P.ERROR:
             P.parse_error(body)  # a malformed error body is the worker's bug: drop it here
         del worker.inflight[ticket]
         self._finish(request)
         self.counters["replied"] += 1
-        if not self._send([request.client, hdr, key, self._pack(request.attempts), body]):
+        if not self._send([request.client, hdr, self._pack([request.key, request.attempts]),
+                           body]):
             self.counters["undeliverable"] += 1
         self._offer(worker)
         if worker.service.waiting:
@@ -480,7 +483,7 @@ class Broker:
         self._fail(request, code, message)
 
     def _fail(self, request: Request, code: str, message: str) -> None:
-        self._send([request.client, P.ERROR, request.key, self._pack(request.attempts),
+        self._send([request.client, P.ERROR, self._pack([request.key, request.attempts]),
                     P.error_body(code, message)])
 
     # -- time ----------------------------------------------------------------

@@ -237,9 +237,9 @@ class AsyncClient:
         remaining = pending.deadline - anyio.current_time()
         remaining_ms = max(1, int((remaining - min(0.25, remaining / 10)) * 1000))
         pending.epoch = self._epoch
-        meta = P.request_meta(pending.service, remaining_ms)
+        meta = P.request_meta(key, pending.service, remaining_ms)
         try:
-            await self._socket.send_multipart([P.REQUEST, key, meta, pending.body])
+            await self._socket.send_multipart([P.REQUEST, meta, pending.body])
         except zmq.ZMQError:  # the socket is being replaced; the resend that follows covers it
             pass
 
@@ -289,15 +289,15 @@ class AsyncClient:
 
     async def _on_message(self, frames: list[bytes]) -> None:
         header = frames[0]
-        if header in (P.REPLY, P.ERROR) and len(frames) == 4:
-            pending = self._pending.get(frames[1])  # the key: only its own request takes it
-            if pending is None or pending.reply is not None:
-                return
+        if header in (P.REPLY, P.ERROR) and len(frames) == 3:
             try:
-                attempts = P.parse_int(frames[2], "REPLY attempts")
+                key, attempts = P.parse_reply_meta(frames[1])
             except ProtocolError:
                 return
-            pending.reply = (header, attempts, frames[3])
+            pending = self._pending.get(key)  # only its own request takes a reply
+            if pending is None or pending.reply is not None:
+                return
+            pending.reply = (header, attempts, frames[2])
             pending.done.set()
         elif header == P.HEARTBEAT and len(frames) == 2:
             epoch, self._epoch = self._epoch, frames[1]

@@ -6,14 +6,14 @@ routing data from small frames and never decodes request or reply bodies, which
 are msgpack written and read by the two ends.
 
     worker -> broker  READY      [hdr, msgpack {"service", "credit", "name", "heartbeat_ms"}]
-    client -> broker  REQUEST    [hdr, key, msgpack [service, timeout_ms], body]
+    client -> broker  REQUEST    [hdr, msgpack [key, service, timeout_ms], body]
     client -> broker  CANCEL     [hdr, key]
     broker -> worker  REQUEST    [hdr, ticket, body]
     broker -> worker  CANCEL     [hdr, ticket]
     worker -> broker  REPLY      [hdr, ticket, body]
     worker -> broker  ERROR      [hdr, ticket, msgpack [code, message]]
-    broker -> client  REPLY      [hdr, key, msgpack attempts, body]
-    broker -> client  ERROR      [hdr, key, msgpack attempts, msgpack [code, message]]
+    broker -> client  REPLY      [hdr, msgpack [key, attempts], body]
+    broker -> client  ERROR      [hdr, msgpack [key, attempts], msgpack [code, message]]
     broker -> peer    HEARTBEAT  [hdr, broker_epoch]   peer -> broker  HEARTBEAT [hdr]
     worker -> broker  DISCONNECT [hdr]                 broker -> worker DISCONNECT [hdr]
 
@@ -151,17 +151,30 @@ def parse_ready(frame: bytes) -> tuple[str, int, str, int | None]:
     return service, credit, str(name), heartbeat_ms
 
 
-def request_meta(service: str, timeout_ms: int) -> bytes:
-    return pack([service, timeout_ms])
+def request_meta(key: bytes, service: str, timeout_ms: int) -> bytes:
+    return pack([key, service, timeout_ms])
 
 
-def parse_request_meta(frame: bytes) -> tuple[str, int]:
+def parse_request_meta(frame: bytes) -> tuple[bytes, str, int]:
     meta = unpack(frame, "REQUEST meta")
-    if not (isinstance(meta, list) and len(meta) == 2 and isinstance(meta[0], str)
-            and isinstance(meta[1], int) and not isinstance(meta[1], bool)):
-        raise ProtocolError("REQUEST meta: expected [service:str, timeout_ms:int]")
-    if not 0 < len(meta[0]) <= MAX_SERVICE_NAME or meta[1] <= 0:
+    if not (isinstance(meta, list) and len(meta) == 3 and isinstance(meta[0], bytes)
+            and isinstance(meta[1], str) and isinstance(meta[2], int)
+            and not isinstance(meta[2], bool)):
+        raise ProtocolError("REQUEST meta: expected [key:bytes, service:str, timeout_ms:int]")
+    if not 0 < len(meta[1]) <= MAX_SERVICE_NAME or meta[2] <= 0:
         raise ProtocolError("REQUEST meta: empty service name or non-positive timeout")
+    return check_key(meta[0]), meta[1], meta[2]
+
+
+def reply_meta(key: bytes, attempts: int) -> bytes:
+    return pack([key, attempts])
+
+
+def parse_reply_meta(frame: bytes) -> tuple[bytes, int]:
+    meta = unpack(frame, "REPLY meta")
+    if not (isinstance(meta, list) and len(meta) == 2 and isinstance(meta[0], bytes)
+            and isinstance(meta[1], int)):
+        raise ProtocolError("REPLY meta: expected [key:bytes, attempts:int]")
     return meta[0], meta[1]
 
 
@@ -183,13 +196,6 @@ def ticket_timeout_ms(frame: bytes) -> int:
     if len(frame) <= TICKET_HEAD:
         raise ProtocolError(f"ticket: expected more than {TICKET_HEAD} bytes, got {len(frame)}")
     return int.from_bytes(frame[EPOCH_BYTES + 8:TICKET_HEAD], "big")
-
-
-def parse_int(frame: bytes, what: str) -> int:
-    value = unpack(frame, what)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ProtocolError(f"{what}: expected a non-negative integer")
-    return value
 
 
 def error_body(code: str, message: str) -> bytes:

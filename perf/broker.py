@@ -16,7 +16,7 @@ requests in flight, speaking the itas wire protocol. Each request body is its
 own send time (a msgpack integer, which every echo returns unchanged), so
 latency needs no bookkeeping that could differ between set-ups. The raw worker
 speaks the itas worker protocol (READY, REQUEST -> REPLY, heartbeats); the
-forwarder passes the client's key frame to it as the ticket and never decodes
+forwarder passes the client's meta frame to it as the ticket and never decodes
 anything. Every process runs on loopback TCP on a free port; runs interleave
 across set-ups so drift in machine load hits them all alike.
 
@@ -80,7 +80,7 @@ SERVICE_RAW = "perf.raw-echo"
 SERVICE_ITAS = "perf.itas-echo"
 REQUEST_TIMEOUT_MS = 60_000
 LOOPBACK = "tcp://127.0.0.1:0"
-ONE_ATTEMPT = msgpack.packb(1)
+REPLY_META = msgpack.packb([b"", 1])  # the direct echo's: the load client reads bodies only
 # Measured run -> (set-up, requests in flight; None: --window). "unloaded" gives the
 # latency one request sees through the broker when nothing queues in front of it.
 RUNS: dict[str, tuple[str, int | None]] = {
@@ -113,8 +113,8 @@ def role_direct() -> None:
     sock = _router(zmq.Context())
     recv, send = sock.recv_multipart, sock.send_multipart
     while True:
-        client, _, key, _, body = recv()
-        send([client, P.REPLY, key, ONE_ATTEMPT, body])
+        client, _, _, body = recv()
+        send([client, P.REPLY, REPLY_META, body])
 
 
 def role_forwarder() -> None:
@@ -125,11 +125,12 @@ def role_forwarder() -> None:
     while True:
         frames = recv()
         header = frames[1]
-        if header == P.REQUEST:  # [client, REQUEST, key, meta, body] -> key is the ticket
-            client = frames[0]
-            send([worker, header, frames[2], frames[4]])
+        if header == P.REQUEST:  # [client, REQUEST, meta, body] -> meta is the ticket
+            client, frames[0] = frames[0], worker
+            send(frames)
         elif header == P.REPLY:  # [worker, REPLY, ticket, body]
-            send([client, header, frames[2], ONE_ATTEMPT, frames[3]])
+            frames[0] = client
+            send(frames)
         elif header == P.READY:
             worker = frames[0]
             print("worker ready", flush=True)
@@ -150,9 +151,9 @@ def role_forwarder_fastio() -> None:
             frames.append(frame.bytes)
         header = frames[1]
         if header == P.REQUEST:
-            client, frames = frames[0], [worker, header, frames[2], frames[4]]
+            client, frames[0] = frames[0], worker
         elif header == P.REPLY:
-            frames = [client, header, frames[2], ONE_ATTEMPT, frames[3]]
+            frames[0] = client
         else:
             if header == P.READY:
                 worker = frames[0]
@@ -242,8 +243,8 @@ def role_client(endpoint: str, service: str, window: int, duration: float, warmu
     sock.setsockopt(zmq.RCVTIMEO, REPLY_TIMEOUT_MS)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
-    meta = P.request_meta(service, REQUEST_TIMEOUT_MS)  # replies are told apart by body
-    sent = 0  # numbers the keys: the broker keeps one copy per key
+    sent = 0  # numbers the keys (the broker keeps one copy per key); replies are told
+    # apart by body, and the key rides in the meta, which is packed per request here
     recv, send, packb, unpackb = sock.recv_multipart, sock.send_multipart, msgpack.packb, \
         msgpack.unpackb
     clock = time.perf_counter_ns
@@ -256,7 +257,8 @@ def role_client(endpoint: str, service: str, window: int, duration: float, warmu
     while True:
         while outstanding < window:
             sent += 1
-            send([request, sent.to_bytes(P.KEY_BYTES, "big"), meta, packb(clock())])
+            send([request, P.request_meta(sent.to_bytes(P.KEY_BYTES, "big"), service,
+                                          REQUEST_TIMEOUT_MS), packb(clock())])
             outstanding += 1
         try:
             frames = recv()
@@ -270,7 +272,7 @@ def role_client(endpoint: str, service: str, window: int, duration: float, warmu
             if frames[0] != P.REPLY:
                 errors += 1  # the client sends no heartbeats, so only ERROR replies land here
             elif measuring:
-                latencies.append(now - unpackb(frames[3]))
+                latencies.append(now - unpackb(frames[2]))
             try:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -528,11 +530,11 @@ def measure_core_dispatch(window: int, rounds: int) -> dict[str, Any]:
         credit = window if size == 1 else 1
         for n in range(size):
             broker.handle([b"w%d" % n, P.READY, P.ready_body(SERVICE_FLEET, credit, "w", 10_000)])
-        meta = P.request_meta(SERVICE_FLEET, REQUEST_TIMEOUT_MS)
         sent = 0
         for _ in range(window):
             sent += 1
-            broker.handle([b"c", P.REQUEST, sent.to_bytes(P.KEY_BYTES, "big"), meta, b"\x01"])
+            broker.handle([b"c", P.REQUEST, P.request_meta(sent.to_bytes(P.KEY_BYTES, "big"),
+                                                           SERVICE_FLEET, 60_000), b"\x01"])
         jobs = [f for f in out if f[1] == P.REQUEST]
         started = time.process_time()
         for _ in range(rounds):
@@ -540,7 +542,8 @@ def measure_core_dispatch(window: int, rounds: int) -> dict[str, Any]:
             out.clear()
             broker.handle([worker, P.REPLY, ticket, b"\x01"])
             sent += 1
-            broker.handle([b"c", P.REQUEST, sent.to_bytes(P.KEY_BYTES, "big"), meta, b"\x01"])
+            broker.handle([b"c", P.REQUEST, P.request_meta(sent.to_bytes(P.KEY_BYTES, "big"),
+                                                           SERVICE_FLEET, 60_000), b"\x01"])
             jobs.extend(f for f in out if f[1] == P.REQUEST)
         figures[f"workers_{size}_us"] = round((time.process_time() - started) / rounds * 1e6, 2)
     figures["ratio_1000_vs_1"] = round(figures["workers_1000_us"] / figures["workers_1_us"], 3)

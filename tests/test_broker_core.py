@@ -17,6 +17,9 @@ class Wire:
     def send(self, frames: list[bytes]) -> bool:
         if frames[0] in self.gone:
             return False
+        if frames[1] in (P.REPLY, P.ERROR) and len(frames) == 4:  # to a client: kept decoded
+            key, attempts = P.parse_reply_meta(frames[2])
+            frames = [frames[0], frames[1], key, P.pack(attempts), frames[3]]
         self.sent.append(frames)
         return True
 
@@ -46,7 +49,7 @@ def key_of(rid: int) -> bytes:
 
 def request(broker: Broker, client: bytes, rid: int, service: str = "svc",
             timeout_ms: int = 5000) -> None:
-    broker.handle([client, P.REQUEST, key_of(rid), P.request_meta(service, timeout_ms),
+    broker.handle([client, P.REQUEST, P.request_meta(key_of(rid), service, timeout_ms),
                    P.pack(rid)])
 
 
@@ -176,10 +179,10 @@ def test_busy_service_expires_as_expired(broker: Broker, wire: Wire) -> None:
     [b"x"],
     [b"x", b"garbage"],
     [b"x", b"ITAS\x09\x02", b"", b""],  # unsupported version
-    [b"x", P.REQUEST, b"k", b"\xc1", b""],  # bad msgpack
-    [b"x", P.REQUEST, b"k", P.pack([1, "svc"]), b""],  # wrong meta shape
-    [b"x", P.REQUEST, b"", P.request_meta("svc", 10), b""],  # empty key
-    [b"x", P.REQUEST, b"k", P.request_meta("svc", 10)],  # missing body frame
+    [b"x", P.REQUEST, b"\xc1", b""],  # bad msgpack
+    [b"x", P.REQUEST, P.pack([1, "svc"]), b""],  # wrong meta shape
+    [b"x", P.REQUEST, P.request_meta(b"", "svc", 10), b""],  # empty key
+    [b"x", P.REQUEST, P.request_meta(b"k", "svc", 10)],  # missing body frame
     [b"x", P.READY, P.pack({"service": "s", "credit": 0})],
     [b"x", P.READY, P.pack({"service": "", "credit": 1})],
 ])
@@ -192,7 +195,7 @@ def test_malformed_messages_are_dropped_and_counted(broker: Broker, wire: Wire,
 
 def test_oversize_is_refused_with_too_large(wire: Wire) -> None:
     broker = Broker(wire.send, max_message_bytes=1000, clock=lambda: wire.now)
-    broker.handle([b"c", P.REQUEST, b"k1", P.request_meta("s", 100), b"x" * 1000])
+    broker.handle([b"c", P.REQUEST, P.request_meta(b"k1", "s", 100), b"x" * 1000])
     assert broker.counters["dropped_oversize"] == 1 and not broker.services
     [(_, hdr, key, _, body)] = wire.to(b"c")
     assert (hdr, key, P.parse_error(body)[0]) == (P.ERROR, b"k1", P.ErrorCode.TOO_LARGE)

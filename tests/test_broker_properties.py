@@ -54,7 +54,7 @@ class History:
         if header == P.REQUEST:
             self.running.setdefault(peer, []).append(frames[2])
         elif header in (P.REPLY, P.ERROR):
-            self.answers.setdefault(frames[2], []).append(frames)
+            self.answers.setdefault(P.parse_reply_meta(frames[2])[0], []).append(frames)
         return True
 
 
@@ -62,10 +62,10 @@ def check_sent(history: History) -> None:
     for when, frames in history.sent:
         peer, header = frames[0], frames[1]
         if header in (P.REPLY, P.ERROR):
-            key = frames[2]
+            key = P.parse_reply_meta(frames[2])[0]
             assert peer in history.senders[key], "an answer went to a client that did not ask"
             if header == P.REPLY:
-                assert frames[4] == key, "a reply carried another request's result"
+                assert frames[3] == key, "a reply carried another request's result"
         elif header == P.REQUEST and peer in WORKERS:
             key = frames[2][P.TICKET_HEAD:]
             assert when < history.deadline[key], "an expired request was dispatched"
@@ -92,14 +92,14 @@ def test_random_histories_keep_the_promises(history_events: list[tuple]) -> None
             keys.append(key)
             h.senders[key] = {client}
             h.deadline[key] = h.now + timeout_ms / 1000
-            broker.handle([client, P.REQUEST, key, P.request_meta(service, timeout_ms), b"?"])
+            broker.handle([client, P.REQUEST, P.request_meta(key, service, timeout_ms), b"?"])
         elif kind == "resend" and keys:
             _, index, client = event
             key = keys[index % len(keys)]
             if key not in h.answers and key not in h.cancelled:  # clients resend only these
                 h.senders[key].add(client)
                 service = "a"  # the broker ignores the meta of a request it already has
-                broker.handle([client, P.REQUEST, key, P.request_meta(service, 1000), b"?"])
+                broker.handle([client, P.REQUEST, P.request_meta(key, service, 1000), b"?"])
         elif kind == "reply" and h.running.get(event[1]):
             _, worker, index, how = event
             jobs = h.running[worker]

@@ -170,13 +170,14 @@ async def test_oversize_multi_frame_request_gets_too_large(procs: Processes) -> 
     sock.connect(broker.endpoint)
     half = b"x" * (P.MAX_MESSAGE_BYTES // 2 + 1)
     try:
-        sock.send_multipart([P.REQUEST, b"big-one", P.request_meta("echo", 5000), half, half])
-        header, key, _, body = sock.recv_multipart()
+        sock.send_multipart([P.REQUEST, P.request_meta(b"big-one", "echo", 5000), half, half])
+        header, meta, body = sock.recv_multipart()
     finally:
         sock.close()
         context.term()
     code, message = P.parse_error(body)
-    assert (header, key, code) == (P.ERROR, b"big-one", P.ErrorCode.TOO_LARGE)
+    assert (header, P.parse_reply_meta(meta)[0], code) == (P.ERROR, b"big-one",
+                                                          P.ErrorCode.TOO_LARGE)
     assert str(P.MAX_MESSAGE_BYTES) in message
     async with fast_client(broker.endpoint) as client:  # the client knows the limit too
         with pytest.raises(RemoteError) as failure:
