@@ -28,9 +28,11 @@ Version 2 (version 1 had per-process ticket counters and no deadlines or keys):
   it is sent (and routes the reply to the socket that sent it last).
 - A ``ticket`` is the broker's name for one attempt, which the worker echoes:
   ``epoch (8 bytes) + counter (8) + timeout_ms (4, big-endian) + key`` (see
-  ``ticket``; one frame, so the worker's frames cost no more than in version 1). The epoch changes at every broker start, so a late reply to
-  an old broker's ticket can never match a new one; such replies are dropped and
-  counted, without any answer (an answer per stale reply made a re-announce storm).
+  ``ticket``). Keys and times ride in frames that version 1 had anyway, so no
+  message has more frames than before. The epoch changes at every broker start,
+  so a late reply to an old broker's ticket can never match a new one; such
+  replies are dropped and counted, without any answer (an answer per stale
+  reply made a re-announce storm).
   A worker seeing a new epoch re-announces and stops the work of old tickets,
   whose replies nobody would take.
 - ``timeout_ms`` is what is left of the request's time; the broker never hands a
@@ -38,8 +40,10 @@ Version 2 (version 1 had per-process ticket counters and no deadlines or keys):
   ``deadline`` error to the client and a CANCEL to the worker, and forwards a
   client's CANCEL (it gave up) to the worker running the request.
 - Peers learn the epoch from HEARTBEAT answers: a client asks (an empty
-  HEARTBEAT) when it opens and before sending after a silence, and resends what
-  it sent under another epoch.
+  HEARTBEAT, the HELLO) when it opens and before sending after a silence, and
+  resends what it sent under another epoch.
+- CANCEL from a client is honoured only from the socket that sent the request
+  last; ``MAX_MESSAGE_BYTES`` bounds a whole message (``too_large`` beyond).
 
 ``attempts`` tells the client how many workers the request was given to (more
 than one: a worker was lost). Errors the broker itself replies with:
