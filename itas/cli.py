@@ -11,9 +11,12 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import logging
 import sys
+import typing
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -24,6 +27,7 @@ import typer
 from itas import validate
 from itas.errors import ConfigError, ItasError, leaf_exceptions
 from itas.lifecycle import ERROR_PREFIX, EXIT_USER_ERROR
+from itas.logs import DEFAULT_LOG_LEVEL, LOG_LEVEL_ENV, LOG_LEVELS, parse_level, setup_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Inference-time architectures over LLMs as a mesh of ZeroMQ agents.")
@@ -74,12 +78,19 @@ InsecureOpt = Annotated[bool, typer.Option(
     help="Allow binding beyond loopback without CURVE.")]
 HeartbeatOpt = Annotated[float, typer.Option(callback=POSITIVE,
                                              help="Heartbeat interval, seconds.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v")]
 ArchOpt = Annotated[str | None, typer.Option(
     "--arch", help="Architecture file or packaged name: start the agents it needs.")]
 SimOpt = Annotated[bool, typer.Option(
     "--sim", help="Dry run: every model replaced by a simulated one of the same name.")]
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
+#: Where a broker binds: ITAS_BIND, else ITAS_BROKER (the endpoint clients are told to use,
+#: so ``export ITAS_BROKER=...; itas up; itas ask ...`` meet on one port).
+BIND_ENVS = ["ITAS_BIND", "ITAS_BROKER"]
+BindOpt = Annotated[str, typer.Option(
+    "--bind", envvar=BIND_ENVS, show_envvar=True, callback=BIND,
+    help="Broker endpoint to bind; port 0 picks a free port.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document "
+                                                      "on stdout (progress stays on stderr).")]
 ParentPidOpt = Annotated[int | None, typer.Option(
     hidden=True, help="Exit when this process (the one that started us) dies.")]
 DEMO_TIMEOUT_S = 900.0
@@ -104,11 +115,6 @@ def _follow_parent(parent_pid: int | None) -> None:
         die_with_parent(parent_pid)
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-
-
 def _json_object(text: str, option: str) -> dict[str, Any]:
     try:
         parsed = json.loads(text)
@@ -121,9 +127,7 @@ def _json_object(text: str, option: str) -> dict[str, Any]:
 
 @app.command()
 def broker(
-    bind: Annotated[str, typer.Option(callback=BIND,
-                                      help="Endpoint to bind; port 0 picks a free port.")] =
-    "tcp://127.0.0.1:5555",
+    bind: BindOpt = DEFAULT_BROKER,
     heartbeat: HeartbeatOpt = 1.0,
     liveness: Annotated[int, typer.Option(callback=AT_LEAST_1,
                                           help="Heartbeats missed before a worker is dropped.")
@@ -134,7 +138,6 @@ def broker(
     curve_secret: BrokerSecretOpt = None,
     curve_allow: CurveAllowOpt = None,
     insecure: InsecureOpt = False,
-    verbose: VerboseOpt = False,
     parent_pid: ParentPidOpt = None,
 ) -> None:
     """Run the ZeroMQ broker until SIGINT/SIGTERM."""
@@ -143,7 +146,6 @@ def broker(
     from itas.broker.server import BrokerServer, run_broker
     from itas.security import CurveKeys
 
-    _setup_logging(verbose)
     _follow_parent(parent_pid)
     if (curve_secret is None) != (curve_allow is None):
         raise ConfigError("CURVE needs both --curve-secret and --curve-allow")
@@ -168,7 +170,6 @@ def agent(
     heartbeat: HeartbeatOpt = 1.0,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
-    verbose: VerboseOpt = False,
     parent_pid: ParentPidOpt = None,
 ) -> None:
     """Run one agent process until SIGINT/SIGTERM."""
@@ -177,7 +178,6 @@ def agent(
     from itas.agents.kinds import build_agent
     from itas.agents.runtime import Worker
 
-    _setup_logging(verbose)
     _follow_parent(parent_pid)
     if settings == SETTINGS_FROM_STDIN:
         parsed = _json_object(sys.stdin.read(), "--settings (stdin)")
@@ -205,7 +205,6 @@ def agents(
     broker: BrokerOpt = DEFAULT_BROKER,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
-    verbose: VerboseOpt = False,
 ) -> None:
     """Start and supervise agent processes until SIGINT/SIGTERM: a pool file's, and every
     agent an architecture needs that the pool does not already run (--arch)."""
@@ -216,7 +215,6 @@ def agents(
     from itas.spec import load_architecture
     from itas.stack import resolve_config
 
-    _setup_logging(verbose)
     if pool is None and arch is None:
         raise ConfigError("itas agents: give --pool FILE, --arch FILE, or both")
     entries = load_pool(pool) if pool is not None else []
@@ -296,7 +294,6 @@ def orchestrator(
                                         help="Queries this process runs at once.")] = 32,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
-    verbose: VerboseOpt = False,
 ) -> None:
     """Run an orchestrator (the service that runs architectures) until SIGINT/SIGTERM."""
     import anyio
@@ -304,7 +301,6 @@ def orchestrator(
     from itas.agents.runtime import Worker
     from itas.orchestrator.service import OrchestratorAgent
 
-    _setup_logging(verbose)
     worker = Worker(OrchestratorAgent(credit), broker,
                     curve=_client_keys(curve_secret, curve_server))
     anyio.run(worker.run)
@@ -368,11 +364,10 @@ def up(
                     ] = None,
     arch: ArchOpt = None,
     sim: SimOpt = False,
-    bind: Annotated[str, typer.Option(callback=BIND, help="Broker endpoint.")] = DEFAULT_BROKER,
+    bind: BindOpt = DEFAULT_BROKER,
     insecure: InsecureOpt = False,
     curve_secret: BrokerSecretOpt = None,
     curve_allow: CurveAllowOpt = None,
-    verbose: VerboseOpt = False,
 ) -> None:
     """Start broker, embedded model server, agent pool and orchestrator; Ctrl-C stops all.
 
@@ -385,7 +380,6 @@ def up(
     from itas.spec import load_architecture
     from itas.stack import StackKeys, resolve_config, run_stack
 
-    _setup_logging(verbose)
     if (curve_secret is None) != (curve_allow is None):
         raise ConfigError("CURVE needs both --curve-secret and --curve-allow")
     keys = StackKeys(curve_secret, curve_allow) if curve_secret and curve_allow else None
@@ -456,8 +450,10 @@ def check(
 
 @model_app.command("serve")
 def model_serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(envvar="ITAS_MODEL_HOST", show_envvar=True,
+                                      help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(
+        envvar="ITAS_MODEL_PORT", show_envvar=True,
         callback=_checked(partial(validate.port, allow_zero=True)),
         help="Port to listen on; 0 picks a free one.")] = 8765,
     threads: Annotated[int, typer.Option(callback=AT_LEAST_1,
@@ -550,13 +546,15 @@ def eval_(
         help="MT-Bench reference answers (FastChat reference_answer/gpt-4.jsonl).")] = None,
     baseline_answers: Annotated[Path | None, typer.Option(
         help="Arena-Hard: the baseline's answers (model_answer/gpt-4-0314.jsonl).")] = None,
+    as_json: JsonOpt = False,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
 ) -> None:
     """Score architectures on a benchmark through the running mesh (resumable)."""
     import anyio
 
-    from itas.evaluation.run import EvalOptions, run_eval
+    from itas.evaluation.report import console_for
+    from itas.evaluation.run import SUMMARY_FILE, EvalOptions, default_out_dir, run_eval
 
     fields = {"scorer": scorer, "name": benchmark_name, "question_field": question_field,
               "answer_field": answer_field, "id_field": id_field, "prompt": prompt_template,
@@ -567,11 +565,16 @@ def eval_(
         archs=arch, benchmark=benchmark, oracle_tests=oracle_tests,
         benchmark_fields={k: v for k, v in fields.items() if v is not None} or None,
         split=split, limit=limit, concurrency=concurrency,
-        broker=broker, out=out, judge=judge, baseline=baseline, data_dir=data_dir, seed=seed,
+        broker=broker, out=out or default_out_dir(), judge=judge, baseline=baseline, data_dir=data_dir, seed=seed,
         timeout_s=timeout, retry_errors=retry_errors,
         curve=_client_keys(curve_secret, curve_server), judge_prompts=judge_prompts,
         reference_answers=reference_answers, baseline_answers=baseline_answers)
-    anyio.run(run_eval, options)
+    if not as_json:
+        anyio.run(run_eval, options)
+        return
+    anyio.run(run_eval, options, console_for(sys.stderr))  # the tables go to stderr then
+    assert options.out is not None
+    print((options.out / SUMMARY_FILE).read_text(encoding="utf-8"), end="")
 
 
 @app.command()
@@ -582,6 +585,7 @@ def search(
     resume: Annotated[bool, typer.Option(help="Continue the search in the output folder.")
                       ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
+    as_json: JsonOpt = False,
 ) -> None:
     """Search for the best architecture for a benchmark and a budget (ITAS); SIGINT or
     SIGTERM stops it cleanly (exit status 130), and --resume continues it."""
@@ -592,7 +596,10 @@ def search(
     except SearchStopped as stopped:
         print(f"itas: {stopped}", file=sys.stderr)
         raise typer.Exit(SIGNAL_EXIT_BASE + stopped.signum) from None
-    print(f"best architecture: {result['files']['best_spec']}")
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(f"best architecture: {result['files']['best_spec']}")
 
 
 def _user_errors(exc: BaseException) -> list[str] | None:
@@ -615,6 +622,63 @@ def _usage_error(exc: typer.TyperException) -> str:
     if ctx is not None:
         message += f" (see: {ctx.command_path} --help)"
     return message
+
+
+LogLevelOpt = Annotated[str | None, typer.Option(
+    "--log-level", envvar=LOG_LEVEL_ENV, show_envvar=True, metavar="|".join(LOG_LEVELS),
+    help=f"Log level here and in every process this starts (default {DEFAULT_LOG_LEVEL}).")]
+ShorthandVerboseOpt = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Shorthand for --log-level info.")]
+
+
+def _logging_set_up(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """The verb's own callback behind ``--log-level``/``-v``, which it does not declare: the
+    options are added here, once, so no verb can miss them."""
+
+    @functools.wraps(callback)
+    def verb(*args: Any, log_level: str | None = None, verbose: bool = False,
+             **kwargs: Any) -> Any:
+        try:
+            level = parse_level(log_level or ("info" if verbose else DEFAULT_LOG_LEVEL),
+                                f"--log-level (or {LOG_LEVEL_ENV})")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        setup_logging(level)
+        return callback(*args, **kwargs)
+
+    hints = typing.get_type_hints(callback, include_extras=True)  # typer needs real types
+    signature = inspect.signature(callback)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation))
+              for p in signature.parameters.values()]
+    params += [inspect.Parameter("log_level", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                 annotation=LogLevelOpt),
+               inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=False,
+                                 annotation=ShorthandVerboseOpt)]
+    verb.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=params, return_annotation=None)
+    del verb.__wrapped__  # typer reads __signature__, not the callback's own
+    return verb
+
+
+for _info in [*app.registered_commands, *keys_app.registered_commands,
+              *model_app.registered_commands]:
+    assert _info.callback is not None
+    _info.callback = _logging_set_up(_info.callback)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from itas import __version__
+
+        print(f"itas {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _itas(version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version,
+        help="Print the version and exit.")] = False) -> None:
+    """Inference-time architectures over LLMs as a mesh of ZeroMQ agents."""
 
 
 def main() -> None:
