@@ -35,6 +35,9 @@ keys_app = typer.Typer(no_args_is_help=True, help="CURVE key management.")
 app.add_typer(keys_app, name="keys")
 model_app = typer.Typer(no_args_is_help=True, help="The embedded local model.")
 app.add_typer(model_app, name="model")
+cache_app = typer.Typer(no_args_is_help=True, help="The on-disk response cache "
+                                                   "(ITAS_CACHE_DIR, ITAS_CACHE_MAX_MB).")
+app.add_typer(cache_app, name="cache")
 
 
 def _checked(check: Callable[[Any], Any]) -> Callable[..., Any]:
@@ -327,15 +330,23 @@ def ask(
                                                help="Budget: most tokens.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole answer as JSON.")
                        ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the answer: no waiting "
+                                        "line, no summary on stderr.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Ask the models again: no "
+                                           "reply of this query comes from the response "
+                                           "cache (new replies are still stored).")] = False,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
 ) -> None:
     """Answer a prompt (or a conversation) with an architecture, through the orchestrator;
     with --sim, on simulated models of the same names (start them with
     `itas up --arch FILE --sim`)."""
-    from itas.client import Client
+    import anyio
+
+    from itas.client import AsyncClient
     from itas.deploy import simulated
-    from itas.query import load_messages
+    from itas.progress import WaitDisplay, answered_line
+    from itas.query import Answer, load_messages
     from itas.render import print_answer
     from itas.spec import load_architecture
     from itas.stack import resolve_config
@@ -348,13 +359,24 @@ def ask(
     if sim:
         architecture = simulated(architecture)
     budget = {k: v for k, v in (("calls", calls), ("tokens", tokens)) if v is not None}
-    with Client(broker, curve=_client_keys(curve_secret, curve_server)) as client:
-        answer = client.ask(conversation, architecture=architecture, trace=trace,
-                            budget=budget or None, timeout=timeout)
+    display = WaitDisplay("itas ask", architecture)
+
+    async def main() -> Answer:
+        async with AsyncClient(broker, curve=_client_keys(curve_secret, curve_server)) as client:
+            asking = client.ask(conversation, architecture=architecture, trace=trace,
+                                budget=budget or None, timeout=timeout, fresh=no_cache)
+            if as_json or quiet:
+                return await asking
+            async with display.shown():
+                return await asking
+
+    answer = anyio.run(main)
     if as_json:
         print(json.dumps(dataclasses.asdict(answer), indent=2, default=repr))
-    else:
-        print_answer(answer, trace=trace)
+        return
+    if not quiet:
+        print(f"itas ask: {answered_line(answer)}", file=sys.stderr, flush=True)
+    print_answer(answer, trace=trace)
 
 
 @app.command()
@@ -377,6 +399,7 @@ def up(
 
     import anyio
 
+    from itas.progress import line_reporter
     from itas.spec import load_architecture
     from itas.stack import StackKeys, resolve_config, run_stack
 
@@ -389,7 +412,7 @@ def up(
             spec = load_architecture(resolve_config("architectures", arch)) if arch else None
             chosen = pool if pool is not None or spec is not None else "local"
             async with run_stack(chosen, arch=spec, sim=sim, bind=bind, insecure=insecure,
-                                 keys=keys) as stack:
+                                 keys=keys, report=line_reporter("itas up")) as stack:
                 print(f"itas up: broker {stack.broker}; services: {', '.join(stack.services)}"
                       + (" (simulated models)" if sim else "")
                       + (f"; model server {stack.model_url}" if stack.model_url else ""),
@@ -415,13 +438,14 @@ def demo(
     import anyio
 
     from itas.client import AsyncClient
+    from itas.progress import line_reporter
     from itas.render import print_answer
     from itas.stack import resolve_config, run_stack
 
     architecture = resolve_config("architectures", arch)
 
     async def main() -> None:
-        async with run_stack(pool, bind=bind) as stack:
+        async with run_stack(pool, bind=bind, report=line_reporter("itas demo")) as stack:
             print(f"itas demo: stack up (broker {stack.broker}, "
                   f"{len(stack.services)} services); asking {arch}...", flush=True)
             async with AsyncClient(stack.broker, timeout=DEMO_TIMEOUT_S) as client:
@@ -485,6 +509,53 @@ def keys_generate(
 
     public, secret = generate_keys(directory, name)
     print(f"public key: {public}\nsecret key: {secret} (keep it on this machine)")
+
+
+@cache_app.command("stats")
+def cache_stats(as_json: JsonOpt = False) -> None:
+    """Where the response cache is, how many replies it holds and how big it is."""
+    import datetime
+
+    from itas.agents.providers.cache import ResponseCache, default_cache_path
+
+    if not default_cache_path().exists():
+        info: dict[str, Any] = {"path": str(default_cache_path()), "entries": 0, "bytes": 0}
+    else:
+        cache = ResponseCache()
+        try:
+            info = cache.stats()
+        finally:
+            cache.close()
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+
+    def when(stamp: float | None) -> str:
+        return (datetime.datetime.fromtimestamp(stamp, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+                if stamp else "-")
+
+    cap = info.get("max_bytes")
+    print(f"response cache {info['path']}: {info['entries']} replies, "
+          f"{info['bytes'] / 1e6:.1f} MB in use"
+          + (f" of a {cap / 1e6:.1f} MB cap" if cap else " (no cap; set ITAS_CACHE_MAX_MB)")
+          + (f", {info['tokens']} tokens, oldest {when(info['oldest'])}, newest "
+             f"{when(info['newest'])}" if info["entries"] else ""))
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Remove every reply from the response cache."""
+    from itas.agents.providers.cache import ResponseCache, default_cache_path
+
+    if not default_cache_path().exists():
+        print(f"response cache {default_cache_path()}: already empty")
+        return
+    cache = ResponseCache()
+    try:
+        removed = cache.clear()
+    finally:
+        cache.close()
+    print(f"response cache {cache.path}: removed {removed} replies")
 
 
 @app.command("eval")
@@ -661,7 +732,7 @@ def _logging_set_up(callback: Callable[..., Any]) -> Callable[..., Any]:
 
 
 for _info in [*app.registered_commands, *keys_app.registered_commands,
-              *model_app.registered_commands]:
+              *model_app.registered_commands, *cache_app.registered_commands]:
     assert _info.callback is not None
     _info.callback = _logging_set_up(_info.callback)
 

@@ -146,6 +146,7 @@ class _Query:
     generated_tests: list[str] | None
     budget: Budget
     trace: bool
+    fresh: bool = False
     calls_spent: int = 0
     usage: UsageTotals = field(default_factory=UsageTotals)
 
@@ -167,16 +168,17 @@ class Orchestrator:
         tests: Sequence[str] | None = None,
         budget: Budget = NO_BUDGET,
         trace: bool = False,
+        fresh: bool = False,
     ) -> dict[str, Any]:
         """Answer one query. Raises AgentError (``no_candidates``, ``budget_exceeded``,
-        ``bad_request``)."""
+        ``bad_request``). ``fresh``: no reply comes from the agents' response caches."""
         if arch.tests == "benchmark" and not tests:
             raise AgentError(ErrorCode.BAD_REQUEST,
                              f"{arch.name} says 'tests: benchmark', but the query carries no "
                              "tests; send the benchmark's unit tests with the query")
         started = anyio.current_time()
         q = _Query(arch, [dict(m) for m in messages], dict(sim) if sim else None,
-                   list(tests) if tests else None, None, budget, trace)
+                   list(tests) if tests else None, None, budget, trace, fresh)
         candidates: list[Candidate] = []
         layers_trace: list[dict[str, Any]] = []
         stopped: dict[str, Any] | None = None
@@ -296,6 +298,7 @@ class Orchestrator:
                     sim=q.sim,
                     max_calls=base + next(extras),
                     trace=q.trace,
+                    fresh=q.fresh,
                 )
                 run.calls.append(_Call(shard, request))
         async with anyio.create_task_group() as tg:
