@@ -438,7 +438,7 @@ def demo(
     import anyio
 
     from itas.client import AsyncClient
-    from itas.progress import line_reporter
+    from itas.progress import answered_line, line_reporter
     from itas.render import print_answer
     from itas.stack import resolve_config, run_stack
 
@@ -451,6 +451,7 @@ def demo(
             async with AsyncClient(stack.broker, timeout=DEMO_TIMEOUT_S) as client:
                 answer = await client.ask(prompt, architecture=architecture, trace=True)
         print_answer(answer, trace=True)
+        print(f"itas demo: {answered_line(answer)}", file=sys.stderr, flush=True)
 
     anyio.run(main)
 
@@ -710,10 +711,12 @@ def _logging_set_up(callback: Callable[..., Any]) -> Callable[..., Any]:
     def verb(*args: Any, log_level: str | None = None, verbose: bool = False,
              **kwargs: Any) -> Any:
         try:
-            level = parse_level(log_level or ("info" if verbose else DEFAULT_LOG_LEVEL),
+            level = parse_level(log_level or DEFAULT_LOG_LEVEL,
                                 f"--log-level (or {LOG_LEVEL_ENV})")
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if verbose and LOG_LEVELS.index(level) > LOG_LEVELS.index("info"):
+            level = "info"  # -v: at least INFO, whatever the environment says
         setup_logging(level)
         return callback(*args, **kwargs)
 

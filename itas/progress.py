@@ -21,6 +21,9 @@ from rich.console import Console
 from itas.plan import estimate_cost
 from itas.query import Answer
 from itas.spec import Architecture
+from itas.techniques.base import TRUNCATED_FINISHES
+
+SIM_SERVICE_MARK = "@sim:"  # in the service name of every simulated model's agent
 
 TICK_S = 0.5
 
@@ -40,6 +43,13 @@ def answered_line(answer: Answer) -> str:
     from_cache = (f", {cached} of them replayed from the response cache (--no-cache asks "
                   "again)" if cached else ", none from the response cache")
     line = f"answered in {answer.latency_s:.1f} s: {calls} call(s){from_cache}"
+    final = answer.candidates[0] if answer.candidates else {}
+    if (final.get("meta") or {}).get("finish_reason") in TRUNCATED_FINISHES:
+        line += ("; the answer was cut at the token limit (raise the final component's "
+                 "max_tokens)")
+    if SIM_SERVICE_MARK in str(final.get("model", "")):
+        line += ("; simulated model: its text is filler that reads like an answer, it computes "
+                 "nothing")
     if answer.stopped:
         line += f"; stopped early: {answer.stopped.get('reason')}"
     return line

@@ -39,10 +39,14 @@ def _line(*parts: str | tuple[str, str]) -> Text:
 
 
 def _marks(candidate: dict[str, Any]) -> str:
+    """A candidate's annotations; a fallback (an order nobody judged) is named as one, with
+    no rank or score beside it that would read as a measurement."""
     marks = []
-    if candidate.get("rank") is not None:
+    if candidate.get("fallback"):
+        marks.append(f"fallback: {literal(str(candidate['fallback']))}")
+    elif candidate.get("rank") is not None:
         marks.append(f"rank {candidate['rank']}")
-    if candidate.get("score") is not None:
+    if candidate.get("score") is not None and not candidate.get("fallback"):
         marks.append(f"score {candidate['score']:.2f}")
     if candidate.get("verdict") is not None:
         marks.append("passed" if candidate["verdict"] else "failed")
@@ -50,6 +54,8 @@ def _marks(candidate: dict[str, Any]) -> str:
         marks.append(f"tests {candidate.get('tests_passed', 0)}/{candidate['tests_total']}")
     if candidate.get("answer") is not None:
         marks.append(f"answer {snippet(candidate['answer'])}")
+    if candidate.get("truncated"):
+        marks.append("cut at the token limit")
     return ", ".join(marks)
 
 

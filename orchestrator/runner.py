@@ -35,6 +35,7 @@ from itas.query import ORCHESTRATOR_SERVICE, query_body
 from itas.spec import Architecture
 from itas.techniques import technique_of
 from itas.techniques.base import (
+    TRUNCATED_FINISHES,
     ComponentParams,
     LLMParams,
     Material,
@@ -375,6 +376,10 @@ def _material(q: _Query, candidates: Sequence[Candidate]) -> Material:
 
 def _trace_candidate(candidate: Candidate) -> dict[str, Any]:
     shown = {k: v for k, v in candidate.to_dict().items() if v is not None and k != "meta"}
+    if candidate.meta.get("fallback"):  # an order or a mark made up for want of a reading
+        shown["fallback"] = str(candidate.meta["fallback"])
+    if candidate.meta.get("finish_reason") in TRUNCATED_FINISHES:
+        shown["truncated"] = True  # the model stopped at max_tokens, mid-answer perhaps
     for key in ("text", "critique"):
         if isinstance(shown.get(key), str) and len(shown[key]) > TRACE_TEXT_CHARS:
             shown[key] = shown[key][:TRACE_TEXT_CHARS] + "…"
