@@ -153,7 +153,10 @@ async def run_stack(pool: str | os.PathLike[str] | None, *,
             from itas.agents.providers.local import local_model_server
 
             say("starting the embedded model server (loading the model takes a while)")
+            from itas.agents.providers.local import recording
+
             server = await stack.enter_async_context(local_model_server(threads=model_threads))
+            stack.enter_context(recording(server))  # agents started elsewhere find it
             model_url = server.base_url
             say(f"model server ready at {model_url} ({server.load_s:.1f} s)")
             entries = [_at_model(e, model_url) for e in entries]
