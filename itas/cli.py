@@ -15,6 +15,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -44,7 +45,7 @@ def _checked(check: Callable[[Any], Any]) -> Callable[..., Any]:
     """An option callback running ``check``; its ConfigError becomes click's
     "Invalid value for '--option': ..." (one line, from ``main``)."""
 
-    def callback(ctx: typer.Context, value: Any) -> Any:
+    def callback(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
         if value is None or ctx.resilient_parsing:
             return value
         try:
@@ -52,9 +53,22 @@ def _checked(check: Callable[[Any], Any]) -> Callable[..., Any]:
                 return [check(v) for v in value]
             return check(value)
         except ConfigError as exc:
-            raise typer.BadParameter(str(exc)) from None
+            raise typer.BadParameter(str(exc), param_hint=_named(ctx, param)) from None
 
     return callback
+
+
+def _named(ctx: typer.Context, param: typer.CallbackParam) -> str:
+    """The option as the user gave it: ``'--bind'``, or ``'--bind' (from ITAS_BIND)`` when
+    its value came from the environment."""
+    name = f"'{param.opts[0]}'" if param.opts else repr(param.name)
+    variables = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or [])
+    source = ctx.get_parameter_source(param.name or "")
+    if source is not None and source.name == "ENVIRONMENT":
+        used = next((v for v in variables if v and os.environ.get(v)), None)
+        if used:
+            return f"{name} (from {used})"
+    return name
 
 
 CONNECT = _checked(partial(validate.endpoint, bind=False))
@@ -90,7 +104,7 @@ DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 #: so ``export ITAS_BROKER=...; itas up; itas ask ...`` meet on one port).
 BIND_ENVS = ["ITAS_BIND", "ITAS_BROKER"]
 BindOpt = Annotated[str, typer.Option(
-    "--bind", envvar=BIND_ENVS, show_envvar=True, callback=BIND,
+    "--bind", envvar=BIND_ENVS, callback=BIND,
     help="Broker endpoint to bind; port 0 picks a free port.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document "
                                                       "on stdout (progress stays on stderr).")]

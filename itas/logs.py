@@ -24,7 +24,7 @@ DEFAULT_LOG_LEVEL = "warning"
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
-class CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class CurrentStderrHandler(logging.StreamHandler):
     """A StreamHandler that writes to the current ``sys.stderr`` (see the module docstring)."""
 
     def __init__(self) -> None:

@@ -188,7 +188,8 @@ class RemoteProvider(Provider):
         failure = self._classify(exc)
         if failure is None:
             failure = unreadable_reply(exc, self.base_url or self.name)
-        if failure.status is None and failure.message.startswith(CONNECTION_FAILURES):
+        if (failure is not None and failure.status is None
+                and failure.message.startswith(CONNECTION_FAILURES)):
             failure = dataclasses.replace(failure,
                                           message=f"{failure.message} {self._unreached()}")
         return failure
