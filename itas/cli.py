@@ -531,10 +531,11 @@ def cache_stats(as_json: JsonOpt = False) -> None:
     """Where the response cache is, how many replies it holds and how big it is."""
     import datetime
 
-    from itas.agents.providers.cache import ResponseCache, default_cache_path
+    from itas.agents.providers.cache import ResponseCache, cache_cap_bytes, default_cache_path
 
-    if not default_cache_path().exists():
-        info: dict[str, Any] = {"path": str(default_cache_path()), "entries": 0, "bytes": 0}
+    if not default_cache_path().exists():  # not made just to be looked at
+        info: dict[str, Any] = {"path": str(default_cache_path()), "entries": 0, "bytes": 0,
+                                "max_bytes": cache_cap_bytes()}
     else:
         cache = ResponseCache()
         try:

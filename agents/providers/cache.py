@@ -31,6 +31,7 @@ import contextvars
 import hashlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -102,7 +103,7 @@ def cache_cap_bytes() -> int | None:
         megabytes = float(raw)
     except ValueError:
         megabytes = -1.0
-    if not megabytes > 0:
+    if not (megabytes > 0 and math.isfinite(megabytes)):
         raise ConfigError(f"{CACHE_CAP_ENV}={raw!r}: expected a size in MB greater than 0")
     return int(megabytes * 1024 * 1024)
 
