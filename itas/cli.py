@@ -320,6 +320,8 @@ def orchestrator(
 
     worker = Worker(OrchestratorAgent(credit), broker,
                     curve=_client_keys(curve_secret, curve_server))
+    print(f"itas orchestrator: serving 'orchestrator' through {broker}, up to {credit} "
+          "queries at once (Ctrl-C stops)", file=sys.stderr, flush=True)
     anyio.run(worker.run)
 
 

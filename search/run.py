@@ -113,9 +113,13 @@ async def run_search(config: SearchConfig, out_dir: Path, *, resume: bool,
                         console=console, disable=not show_progress, transient=False)
     try:
         with progress:
+            # Starting the broker and agents takes seconds: a line of its own meanwhile.
+            starting = progress.add_task("starting the broker and agents", total=1, best="")
             async with (deployed(config.deploy, config.models, out_dir) as deployment,
                         AsyncClient(deployment.broker, timeout=config.evaluation.timeout_s)
                         as client):
+                progress.update(starting, completed=1,
+                                description=f"mesh ready at {deployment.broker}")
                 runner = MeshRunner(deployment, client,
                                     concurrency=config.evaluation.concurrency,
                                     timeout_s=config.evaluation.timeout_s,

@@ -70,6 +70,34 @@ def plain(text: str) -> str:
     return ANSI_RE.sub("", text)
 
 
+CSI_RE = re.compile(r"\x1b\[([0-?]*)([ -/]*)([@-~])|\x1b[()][0-9A-B]|([\r\n\x07])")
+
+
+def screen(output: str) -> list[str]:
+    """The lines a terminal would show after ``output``: a small emulator of what rich and
+    the logging write (text, CR, LF, erase line, cursor up; other sequences ignored)."""
+    lines, row, col, at = [""], 0, 0, 0
+    for match in CSI_RE.finditer(output + "\x07"):
+        for char in output[at:match.start()]:  # plain text overwrites at the cursor
+            line = lines[row].ljust(col)
+            lines[row] = line[:col] + char + line[col + 1:]
+            col += 1
+        at = match.end()
+        params, _, final, control = match.groups()
+        if control == "\n":
+            row += 1
+            col = 0  # the pty turns LF into CR LF
+            if row == len(lines):
+                lines.append("")
+        elif control == "\r":
+            col = 0
+        elif final == "K":
+            lines[row] = "" if params == "2" else lines[row][:col]
+        elif final == "A":
+            row = max(0, row - int(params or 1))
+    return [line.rstrip() for line in lines]
+
+
 # -- options where users look for them -------------------------------------------------------
 
 def test_version_is_the_package_version() -> None:
@@ -311,3 +339,36 @@ def test_answered_line_names_cached_calls_truncation_and_stops() -> None:
     assert "simulated model" in answered_line(answer({"calls": 1}, {}, "fuser@sim:strong"))
     assert "stopped early: budget" in answered_line(
         answer({"calls": 1}, {}, stopped={"layer": 2, "reason": "budget"}))
+
+
+LIVE_SCRIPT = """
+import logging, sys, time
+from rich.console import Console
+from rich.progress import Progress
+from itas.logs import setup_logging
+setup_logging("warning")
+with Progress(console=Console(stderr=True)) as progress:
+    task = progress.add_task("trials", total=4)
+    for i in range(4):
+        time.sleep(0.3)
+        logging.getLogger("itas.agent").warning("a warning from the parent %d", i)
+        sys.stderr.write("a line a child wrote %d\\n" % i)  # as itas.agents.pool copies them
+        progress.advance(task)
+"""
+
+
+def test_log_lines_and_childrens_lines_never_land_inside_a_live_progress_display() -> None:
+    child = pexpect.spawn(sys.executable, ["-c", LIVE_SCRIPT], cwd=str(REPO), encoding="utf-8",
+                          timeout=LIMIT_S, dimensions=(40, 120))
+    output = child.read()
+    child.close()
+    assert child.exitstatus == 0, output
+    # What the terminal shows, line by line: every log line and child line whole, alone.
+    lines = screen(output)
+    for i in range(4):
+        parent = [line for line in lines if f"a warning from the parent {i}" in line]
+        assert len(parent) == 1 and re.fullmatch(
+            rf"\d{{4}}-\d\d-\d\d [\d:,]+ itas.agent WARNING a warning from the parent {i}\s*",
+            parent[0]), parent
+        from_child = [line for line in lines if f"a line a child wrote {i}" in line]
+        assert len(from_child) == 1 and from_child[0].strip() == f"a line a child wrote {i}"
