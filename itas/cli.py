@@ -406,6 +406,10 @@ def up(
     insecure: InsecureOpt = False,
     curve_secret: BrokerSecretOpt = None,
     curve_allow: CurveAllowOpt = None,
+    detach: Annotated[bool, typer.Option(
+        "--detach", help="Run in the background: return once every part is ready (its "
+                         "output goes to a log file named at start); `itas down` stops it.")
+                      ] = False,
 ) -> None:
     """Start broker, embedded model server, agent pool and orchestrator; Ctrl-C stops all.
 
@@ -422,6 +426,16 @@ def up(
     if (curve_secret is None) != (curve_allow is None):
         raise ConfigError("CURVE needs both --curve-secret and --curve-allow")
     keys = StackKeys(curve_secret, curve_allow) if curve_secret and curve_allow else None
+    if detach:
+        from itas.detach import detach_args, start_detached
+
+        args = detach_args(sys.argv)
+        if "--bind" not in args:  # the endpoint this process resolved (ITAS_BIND, ...)
+            args += ["--bind", bind]
+        endpoint, pid, log = start_detached(args, line_reporter("itas up"))
+        print(f"itas up: broker {endpoint} ready in the background (pid {pid}, log {log}); "
+              f"`itas down --broker {endpoint}` stops it", flush=True)
+        return
 
     async def main() -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -438,6 +452,15 @@ def up(
         print("itas up: stopped", flush=True)
 
     anyio.run(main)
+
+
+@app.command()
+def down(broker: BrokerOpt = DEFAULT_BROKER) -> None:
+    """Stop the stack that `itas up --detach` started on this broker endpoint."""
+    from itas.detach import stop_detached
+
+    pid = stop_detached(broker)
+    print(f"itas down: stopped the stack on {broker} (pid {pid})")
 
 
 @app.command()
