@@ -372,3 +372,36 @@ def test_log_lines_and_childrens_lines_never_land_inside_a_live_progress_display
             parent[0]), parent
         from_child = [line for line in lines if f"a line a child wrote {i}" in line]
         assert len(from_child) == 1 and from_child[0].strip() == f"a line a child wrote {i}"
+
+
+def test_eval_json_is_one_document_with_the_tables_on_stderr(slow_stack: tuple[str, Path],
+                                                             tmp_path: Path) -> None:
+    from tests.helpers import DATA_DIR
+
+    endpoint, arch = slow_stack
+    out = itas_run("eval", "--arch", str(arch), "--benchmark", "gsm8k", "--limit", "2",
+                   "--concurrency", "2", "--data-dir", str(DATA_DIR), "--out",
+                   str(tmp_path / "run"), "--broker", endpoint, "--json")
+    assert out.returncode == 0, out.stderr
+    document = json.loads(out.stdout)
+    assert [a["architecture"] for a in document["architectures"]] == ["slow_single"]
+    assert "itas eval: gsm8k" in out.stderr  # the table went to stderr
+
+
+def test_down_without_a_detached_stack_is_one_line(tmp_path: Path) -> None:
+    line = one_error_line(itas_run("down", "--broker", f"tcp://127.0.0.1:{free_port()}",
+                                   env={"ITAS_RUNTIME_DIR": str(tmp_path)}))
+    assert "no stack started with 'itas up --detach'" in line
+
+
+def test_a_detached_stack_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        out = itas_run("up", "--pool", "echo", "--detach", "--bind", f"tcp://127.0.0.1:{port}",
+                       env={"ITAS_RUNTIME_DIR": str(tmp_path)})
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    started, error = out.stderr.strip().splitlines()  # the log's name, then why
+    assert started.startswith("itas up: starting in the background; its log: ")
+    assert error.startswith("itas: error: --detach: the stack did not start: ")
+    assert f"--bind tcp://127.0.0.1:{port}: cannot bind" in error
+    assert not list(tmp_path.glob("stack-*.json"))
