@@ -105,3 +105,16 @@ def test_ties_go_to_fewer_calls_then_to_the_first_found() -> None:
     a, b, c = _trial("a", 0.7, 6, 1), _trial("b", 0.7, 4, 2), _trial("c", 0.7, 4, 3)
     assert [r.key for r in by_search_objective([a, b, c])] == ["b", "c", "a"]
     assert [r.key for r in by_search_objective([a, c, b])] == ["c", "b", "a"]
+
+
+def test_a_heading_copied_from_the_prompt_is_not_part_of_the_fused_answer() -> None:
+    from itas.techniques.fuser import parse_fused
+
+    for heading in ("### Response [3]", "## Fused response:", "# Answer", "### response"):
+        parsed = parse_fused(f"{heading}\nThe sky scatters blue light.\n")
+        assert parsed.value == "The sky scatters blue light."
+        assert "removed the heading" in parsed.detail and heading.strip() in parsed.detail
+    kept = parse_fused("### Response [3]\n")  # nothing after it: the text stays as written
+    assert kept.value == "### Response [3]"
+    plain = parse_fused("Responses [1] and [2] agree: blue light scatters more.")
+    assert plain.value.startswith("Responses [1]") and "removed" not in plain.detail
