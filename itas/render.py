@@ -64,9 +64,11 @@ def trace_tree(answer: Answer) -> Tree:
     usage = answer.usage
     cost = (f"${usage.get('cost_usd', 0):.4f}" if usage.get("cost_known", True)
             else f"cost unknown (${usage.get('cost_usd', 0):.4f} for priced models)")
+    cached = (f" ({usage['cached_calls']} replayed from the response cache)"
+              if usage.get("cached_calls") else "")
     root = Tree(_line((literal(answer.architecture), "bold"),
-                      f" — {usage.get('calls', 0)} calls, {usage.get('tokens', 0)} tokens, "
-                      f"{cost}, {answer.latency_s:.2f} s"))
+                      f" — {usage.get('calls', 0)} calls{cached}, {usage.get('tokens', 0)} "
+                      f"tokens, {cost}, {answer.latency_s:.2f} s"))
     for layer in (answer.trace or {}).get("layers", []):
         node = root.add(_line((f"layer {layer['layer']}", "bold"),
                               f" ({layer['latency_s']:.2f} s) → "

@@ -381,6 +381,7 @@ def write_outputs(config: SearchConfig, store: TrialStore, outcome: SearchOutcom
     plot = plot_convergence(curves, out_dir / PLOT_FILE,
                             f"{config.name}: {data['benchmark']['name']}, budget "
                             f"{config.budget.calls_per_query} calls/query")
+    data["key_legend"] = KEY_LEGEND
     data["files"] = {"best_spec": str(out_dir / BEST_SPEC_FILE),
                      "best_pool": str(out_dir / BEST_POOL_FILE),
                      "summary": str(out_dir / SUMMARY_FILE),

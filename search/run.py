@@ -62,7 +62,7 @@ class RichReporter:
         self.task = self.progress.add_task(name, total=total, best="")
 
     def advance(self, record: Record, best: float | None) -> None:
-        text = "" if best is None else f"best objective {best:.3f}"
+        text = "" if best is None else f"best so far: search objective {best:.3f}"
         self.progress.update(self.task, advance=1, best=f"{text}  last {record.key} "
                              f"{record.result.score:.3f}")
 
