@@ -470,8 +470,10 @@ def demo(
     arch: Annotated[str, typer.Option(help="Architecture file or packaged name.")] =
     "local_gcrf",
     pool: Annotated[str, typer.Option(help="Pool file or packaged name.")] = "local",
-    bind: Annotated[str, typer.Option(callback=BIND, help="Broker endpoint.")] =
-    "tcp://127.0.0.1:0",
+    bind: Annotated[str, typer.Option(
+        envvar="ITAS_BIND", callback=BIND,
+        help="Broker endpoint (default: a free loopback port, so a running stack is never "
+             "in the way).")] = "tcp://127.0.0.1:0",
 ) -> None:
     """The main job in one command: start the local stack, answer one prompt with a trace, stop."""
     import anyio
