@@ -20,7 +20,13 @@ import zmq
 import zmq.auth.thread
 
 from itas import protocol as P
-from itas.broker.core import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, MAX_ATTEMPTS, Broker
+from itas.broker.core import (
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_LIVENESS,
+    MAX_ATTEMPTS,
+    UNAVAILABLE_GRACE_S,
+    Broker,
+)
 from itas.security import CurveKeys, check_bind
 
 log = logging.getLogger("itas.broker")
@@ -45,6 +51,7 @@ class BrokerServer:
         liveness: int = HEARTBEAT_LIVENESS,
         max_attempts: int = MAX_ATTEMPTS,
         max_message_bytes: int = P.MAX_MESSAGE_BYTES,
+        unavailable_grace: float = UNAVAILABLE_GRACE_S,
     ) -> None:
         check_bind(bind, curve=curve is not None, insecure=insecure)
         self._context = zmq.Context()
@@ -69,6 +76,7 @@ class BrokerServer:
             liveness=liveness,
             max_attempts=max_attempts,
             max_message_bytes=max_message_bytes,
+            unavailable_grace=unavailable_grace,
         )
         self._stopping = threading.Event()
 

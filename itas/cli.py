@@ -152,6 +152,9 @@ def broker(
     max_attempts: Annotated[int, typer.Option(callback=AT_LEAST_1,
                                               help="Workers tried per request before failing.")
                             ] = 3,
+    unavailable_grace: Annotated[float, typer.Option(
+        callback=POSITIVE, help="Seconds a request waits for a service with no worker at all "
+        "before failing with 'no worker serves ...'.")] = 5.0,
     curve_secret: BrokerSecretOpt = None,
     curve_allow: CurveAllowOpt = None,
     insecure: InsecureOpt = False,
@@ -170,7 +173,7 @@ def broker(
     try:
         server = BrokerServer(bind, curve=keys, curve_allow=curve_allow, insecure=insecure,
                               heartbeat_interval=heartbeat, liveness=liveness,
-                              max_attempts=max_attempts)
+                              max_attempts=max_attempts, unavailable_grace=unavailable_grace)
     except zmq.ZMQError as exc:  # the address is taken, or not this machine's
         raise ConfigError(f"--bind {bind}: cannot bind ({exc.strerror})") from exc
     run_broker(server)
@@ -660,11 +663,13 @@ def eval_(
         help="MT-Bench reference answers (FastChat reference_answer/gpt-4.jsonl).")] = None,
     baseline_answers: Annotated[Path | None, typer.Option(
         help="Arena-Hard: the baseline's answers (model_answer/gpt-4-0314.jsonl).")] = None,
+    sim: SimOpt = False,
     as_json: JsonOpt = False,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
 ) -> None:
-    """Score architectures on a benchmark through the running mesh (resumable)."""
+    """Score architectures on a benchmark through the running mesh (resumable); with --sim,
+    on simulated models of the same names (start them with `itas up --arch FILE --sim`)."""
     import anyio
 
     from itas.evaluation.report import console_for
@@ -679,10 +684,11 @@ def eval_(
         archs=arch, benchmark=benchmark, oracle_tests=oracle_tests,
         benchmark_fields={k: v for k, v in fields.items() if v is not None} or None,
         split=split, limit=limit, concurrency=concurrency,
-        broker=broker, out=out or default_out_dir(), judge=judge, baseline=baseline, data_dir=data_dir, seed=seed,
+        broker=broker, out=out or default_out_dir(), judge=judge, baseline=baseline,
+        data_dir=data_dir, seed=seed,
         timeout_s=timeout, retry_errors=retry_errors,
         curve=_client_keys(curve_secret, curve_server), judge_prompts=judge_prompts,
-        reference_answers=reference_answers, baseline_answers=baseline_answers)
+        reference_answers=reference_answers, baseline_answers=baseline_answers, sim=sim)
     if not as_json:
         anyio.run(run_eval, options)
         return
@@ -699,6 +705,9 @@ def search(
     resume: Annotated[bool, typer.Option(help="Continue the search in the output folder.")
                       ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
+    sim: Annotated[bool, typer.Option(
+        "--sim", help="Dry run: every model of the config replaced by a simulated one of the "
+        "same name; the search is named <name>-simulated.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Search for the best architecture for a benchmark and a budget (ITAS); SIGINT or
@@ -706,7 +715,8 @@ def search(
     from itas.search.run import SearchStopped, run_search_cli
 
     try:
-        result = run_search_cli(config, resume=resume, out_dir=out, progress=progress)
+        result = run_search_cli(config, resume=resume, out_dir=out, progress=progress,
+                                sim=sim)
     except SearchStopped as stopped:
         print(f"itas: {stopped}", file=sys.stderr)
         raise typer.Exit(SIGNAL_EXIT_BASE + stopped.signum) from None

@@ -331,7 +331,8 @@ class SearchController:
 
     def leaders(self, n: int) -> list[Record]:
         """The ``n`` best distinct architectures on the search split, by objective, then
-        fewer calls, then first found."""
+        fewer calls, then key (never the order records were found in, which differs
+        between a search and its resumption)."""
         return by_search_objective(self.known.values())[:n]
 
     # -- 3. confirmation ---------------------------------------------------------------
@@ -378,10 +379,10 @@ class SearchController:
 
     def _confirm_order(self, trials: Sequence[Record], merged: Mapping[str, Measurement]
                        ) -> list[Record]:
-        """By objective on the confirm questions, then fewer calls, then search order."""
+        """By objective on the confirm questions, then fewer calls, then key."""
         return sorted(trials, key=lambda t: (
             -self.objective(merged[t.key].score, t.calls_per_query or 0),
-            t.calls_per_query or 0))
+            t.calls_per_query or 0, t.key))
 
     # -- 4. held-out -------------------------------------------------------------------
 
@@ -475,10 +476,12 @@ def outclassed(leader: str, others: Sequence[str], scores: Mapping[str, Mapping[
 
 
 def by_search_objective(records: Iterable[Record]) -> list[Record]:
-    """Best first by search objective; ties to fewer calls per query, then to the first found
-    (the order given). The one ordering of trials: the leaders, the best with no confirm
-    questions, and the leaderboard all use it, so they never disagree on a tie."""
-    return sorted(records, key=lambda r: (-(r.objective or 0.0), r.calls_per_query or 0))
+    """Best first by search objective; ties to fewer calls per query, then by key (not the
+    order found, which differs between a search and its resumption). The one ordering of
+    trials: the leaders, the best with no confirm questions, and the leaderboard all use it,
+    so they never disagree on a tie."""
+    return sorted(records, key=lambda r: (-(r.objective or 0.0), r.calls_per_query or 0,
+                                          r.key))
 
 
 def versus_single(best: Record, singles: Sequence[Record]) -> PairedDifference | None:

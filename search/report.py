@@ -282,7 +282,7 @@ def leaderboard(store: TrialStore, outcome: SearchOutcome,
             firsts.setdefault(record.key, record)
     # In the order the best was chosen: the finalists as the confirm questions ranked them
     # (the best first), then the rest by search objective, ties to fewer calls per query,
-    # then the first found (``SearchController.leaders``'s order), so row 1 is best.yaml.
+    # then by key (``SearchController.leaders``'s order), so row 1 is best.yaml.
     finalists = [firsts[f.trial.key] for f in outcome.finalists if f.trial.key in firsts]
     if outcome.best.key in firsts and outcome.best.key not in {r.key for r in finalists}:
         finalists.insert(0, firsts[outcome.best.key])
@@ -294,7 +294,7 @@ def leaderboard(store: TrialStore, outcome: SearchOutcome,
                   caption=("order: " + ("finalists by confirm score, then the rest "
                                         if finalists[1:] else "")
                            + "by search objective; ties go to fewer calls per query, then "
-                             "to the first found\n" + KEY_LEGEND))
+                             "by key\n" + KEY_LEGEND))
     for column in ("#", "architecture", "strategy", "search", "confirm", "held-out",
                    "calls/query", "calls made", "cost", "time s"):
         table.add_column(column, justify="left" if column == "architecture" else "right",

@@ -49,8 +49,11 @@ def test_eval_table_counts_in_one_format_and_the_delta_names_its_baseline() -> N
     shown = _text(summary_table(summaries, "t"))
     tokens = _column(shown, "tokens/q", 3)
     assert tokens == ["164", "4,812", "1,234,568"], shown
-    assert "Δ score vs single" in shown
-    assert _column(shown, "Δ score vs single", 3) == ["+0.000", "+0.200", "+0.100"]
+    assert _column(shown, "Δ score vs first", 3) == ["+0.000", "+0.200", "+0.100"]
+    assert "each score minus that of single, the first architecture" in shown
+    marked = _text(summary_table([_summary("a [simulated]", 0.5, 10), _summary("b", 0.6, 10)],
+                                 "t"))
+    assert "minus that of a [simulated]" in marked  # a name is data, never markup
 
 
 def _measure(score: float) -> Measurement:
@@ -101,10 +104,10 @@ def test_the_leaderboards_first_row_is_the_chosen_best(
     assert "ties go to fewer calls per query" in " ".join(board.split())
 
 
-def test_ties_go_to_fewer_calls_then_to_the_first_found() -> None:
+def test_ties_go_to_fewer_calls_then_by_key_whatever_the_order_found() -> None:
     a, b, c = _trial("a", 0.7, 6, 1), _trial("b", 0.7, 4, 2), _trial("c", 0.7, 4, 3)
     assert [r.key for r in by_search_objective([a, b, c])] == ["b", "c", "a"]
-    assert [r.key for r in by_search_objective([a, c, b])] == ["c", "b", "a"]
+    assert [r.key for r in by_search_objective([a, c, b])] == ["b", "c", "a"]
 
 
 def test_a_heading_copied_from_the_prompt_is_not_part_of_the_fused_answer() -> None:
