@@ -405,3 +405,35 @@ def test_a_detached_stack_that_cannot_start_says_why_in_one_line(tmp_path: Path)
     assert error.startswith("itas: error: --detach: the stack did not start: ")
     assert f"--bind tcp://127.0.0.1:{port}: cannot bind" in error
     assert not list(tmp_path.glob("stack-*.json"))
+
+
+def test_the_log_level_reaches_the_agents_a_stack_starts(tmp_path: Path) -> None:
+    """``itas up --log-level info``: the agent child logs its INFO start line into the
+    detached stack's log (the level travels in ITAS_LOG_LEVEL, not on command lines)."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    env = {"ITAS_RUNTIME_DIR": str(tmp_path)}
+    up = itas_run("up", "--pool", "echo", "--detach", "--bind", endpoint, "--log-level",
+                  "info", env=env)
+    try:
+        assert up.returncode == 0, up.stderr
+        log = Path(re.search(r"log (\S+)\);", up.stdout).group(1))  # type: ignore[union-attr]
+        assert "itas.agent INFO agent echo, settings {}" in log.read_text()
+        assert "--log-level" not in log.read_text()
+    finally:
+        down = itas_run("down", "--broker", endpoint, env=env)
+    assert down.returncode == 0, down.stderr
+
+
+def test_search_json_is_one_document(tmp_path: Path) -> None:
+    import yaml
+
+    from tests.test_search_run import search_config
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(search_config()))
+    out = itas_run("search", str(config), "--out", str(tmp_path / "out"), "--no-progress",
+                   "--json")
+    assert out.returncode == 0, out.stderr
+    document = json.loads(out.stdout)
+    assert document["files"]["best_spec"] == str(tmp_path / "out" / "best.yaml")
+    assert document["key_legend"].startswith("key: m = models used")
