@@ -22,6 +22,7 @@ import anyio
 
 from itas.agents.base import Agent
 from itas.agents.providers import Provider, make_provider
+from itas.agents.providers.cache import bypassing
 from itas.errors import ConfigError
 from itas.techniques import technique as technique_named
 from itas.techniques.base import AgentContext, Job, Technique, default_parallel_runs, service_name
@@ -117,7 +118,8 @@ class TechniqueAgent(Agent):
                                           "message)")
         job = Job(self.technique, self._context, request, params)
         try:
-            reply = await self.technique.run(job)
+            with bypassing(request.fresh):
+                reply = await self.technique.run(job)
         except ContractError as exc:
             raise bad_request(exc.where, exc.problem) from exc
         return reply.to_dict()

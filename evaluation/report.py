@@ -24,6 +24,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from itas.evaluation.evaluate import EvalSummary, Tally
 
@@ -51,6 +52,12 @@ def _count(n: float) -> str:
         if abs(n) >= size:
             return f"{n / size:.1f}{unit}"
     return f"{n:.0f}"
+
+
+def whole(n: float) -> str:
+    """A count for a table column: a whole number with thousands separators ("4,812"), the
+    one format of every row, so 164 and 4.8k never stand side by side."""
+    return f"{round(n):,}"
 
 
 class ProgressBoard:
@@ -87,7 +94,8 @@ ARCH_COLUMN_WIDTH = 48
 
 def summary_table(summaries: Sequence[EvalSummary], title: str, *,
                   rating_scale: int | None = None) -> Table:
-    """One row per architecture; with several, the score difference to the first.
+    """One row per architecture; with several, the score difference to the first (its
+    column names it).
 
     ``selection tests`` says what tests selection inside the architecture saw (visible,
     oracle, none; see ``itas.benchmarks.selection``); ``rating_scale`` (MT-Bench: 10) adds
@@ -104,7 +112,11 @@ def summary_table(summaries: Sequence[EvalSummary], title: str, *,
         table.add_column(name, justify="right", no_wrap=True)
     several = len(summaries) > 1
     if several:
-        table.add_column("Δ score", justify="right", no_wrap=True)
+        # A delta says what it is relative to: the first architecture, named (as data, never
+        # markup: a name may hold brackets) under the table, where a long name fits.
+        table.add_column("Δ score vs first", justify="right", no_wrap=True)
+        table.caption = Text(f"Δ score vs first: each score minus that of "
+                             f"{summaries[0].architecture}, the first architecture")
     base = summaries[0].score if summaries else 0.0
     for s in summaries:
         per_q = max(s.n, 1)
@@ -114,7 +126,7 @@ def summary_table(summaries: Sequence[EvalSummary], title: str, *,
         if rating_scale:
             row.append(f"{s.score * rating_scale:.2f}")
         row += [str(s.correct), str(s.errors), f"{s.calls / per_q:.1f}",
-                _count(s.tokens / per_q), cost_text(s.cost_usd, s.cost_known),
+                whole(s.tokens / per_q), cost_text(s.cost_usd, s.cost_known),
                 f"{s.latency_s:.2f}"]
         if several:
             row.append(f"{s.score - base:+.3f}")

@@ -11,9 +11,13 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import logging
+import os
 import sys
+import typing
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -24,6 +28,7 @@ import typer
 from itas import validate
 from itas.errors import ConfigError, ItasError, leaf_exceptions
 from itas.lifecycle import ERROR_PREFIX, EXIT_USER_ERROR
+from itas.logs import DEFAULT_LOG_LEVEL, LOG_LEVEL_ENV, LOG_LEVELS, parse_level, setup_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Inference-time architectures over LLMs as a mesh of ZeroMQ agents.")
@@ -31,13 +36,16 @@ keys_app = typer.Typer(no_args_is_help=True, help="CURVE key management.")
 app.add_typer(keys_app, name="keys")
 model_app = typer.Typer(no_args_is_help=True, help="The embedded local model.")
 app.add_typer(model_app, name="model")
+cache_app = typer.Typer(no_args_is_help=True, help="The on-disk response cache "
+                                                   "(ITAS_CACHE_DIR, ITAS_CACHE_MAX_MB).")
+app.add_typer(cache_app, name="cache")
 
 
 def _checked(check: Callable[[Any], Any]) -> Callable[..., Any]:
     """An option callback running ``check``; its ConfigError becomes click's
     "Invalid value for '--option': ..." (one line, from ``main``)."""
 
-    def callback(ctx: typer.Context, value: Any) -> Any:
+    def callback(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
         if value is None or ctx.resilient_parsing:
             return value
         try:
@@ -45,9 +53,22 @@ def _checked(check: Callable[[Any], Any]) -> Callable[..., Any]:
                 return [check(v) for v in value]
             return check(value)
         except ConfigError as exc:
-            raise typer.BadParameter(str(exc)) from None
+            raise typer.BadParameter(str(exc), param_hint=_named(ctx, param)) from None
 
     return callback
+
+
+def _named(ctx: typer.Context, param: typer.CallbackParam) -> str:
+    """The option as the user gave it: ``'--bind'``, or ``'--bind' (from ITAS_BIND)`` when
+    its value came from the environment."""
+    name = f"'{param.opts[0]}'" if param.opts else repr(param.name)
+    variables = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or [])
+    source = ctx.get_parameter_source(param.name or "")
+    if source is not None and source.name == "ENVIRONMENT":
+        used = next((v for v in variables if v and os.environ.get(v)), None)
+        if used:
+            return f"{name} (from {used})"
+    return name
 
 
 CONNECT = _checked(partial(validate.endpoint, bind=False))
@@ -74,12 +95,19 @@ InsecureOpt = Annotated[bool, typer.Option(
     help="Allow binding beyond loopback without CURVE.")]
 HeartbeatOpt = Annotated[float, typer.Option(callback=POSITIVE,
                                              help="Heartbeat interval, seconds.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v")]
 ArchOpt = Annotated[str | None, typer.Option(
     "--arch", help="Architecture file or packaged name: start the agents it needs.")]
 SimOpt = Annotated[bool, typer.Option(
     "--sim", help="Dry run: every model replaced by a simulated one of the same name.")]
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
+#: Where a broker binds: ITAS_BIND, else ITAS_BROKER (the endpoint clients are told to use,
+#: so ``export ITAS_BROKER=...; itas up; itas ask ...`` meet on one port).
+BIND_ENVS = ["ITAS_BIND", "ITAS_BROKER"]
+BindOpt = Annotated[str, typer.Option(
+    "--bind", envvar=BIND_ENVS, callback=BIND,
+    help="Broker endpoint to bind; port 0 picks a free port.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document "
+                                                      "on stdout (progress stays on stderr).")]
 ParentPidOpt = Annotated[int | None, typer.Option(
     hidden=True, help="Exit when this process (the one that started us) dies.")]
 DEMO_TIMEOUT_S = 900.0
@@ -104,11 +132,6 @@ def _follow_parent(parent_pid: int | None) -> None:
         die_with_parent(parent_pid)
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-
-
 def _json_object(text: str, option: str) -> dict[str, Any]:
     try:
         parsed = json.loads(text)
@@ -121,9 +144,7 @@ def _json_object(text: str, option: str) -> dict[str, Any]:
 
 @app.command()
 def broker(
-    bind: Annotated[str, typer.Option(callback=BIND,
-                                      help="Endpoint to bind; port 0 picks a free port.")] =
-    "tcp://127.0.0.1:5555",
+    bind: BindOpt = DEFAULT_BROKER,
     heartbeat: HeartbeatOpt = 1.0,
     liveness: Annotated[int, typer.Option(callback=AT_LEAST_1,
                                           help="Heartbeats missed before a worker is dropped.")
@@ -137,7 +158,6 @@ def broker(
     curve_secret: BrokerSecretOpt = None,
     curve_allow: CurveAllowOpt = None,
     insecure: InsecureOpt = False,
-    verbose: VerboseOpt = False,
     parent_pid: ParentPidOpt = None,
 ) -> None:
     """Run the ZeroMQ broker until SIGINT/SIGTERM."""
@@ -146,7 +166,6 @@ def broker(
     from itas.broker.server import BrokerServer, run_broker
     from itas.security import CurveKeys
 
-    _setup_logging(verbose)
     _follow_parent(parent_pid)
     if (curve_secret is None) != (curve_allow is None):
         raise ConfigError("CURVE needs both --curve-secret and --curve-allow")
@@ -171,7 +190,6 @@ def agent(
     heartbeat: HeartbeatOpt = 1.0,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
-    verbose: VerboseOpt = False,
     parent_pid: ParentPidOpt = None,
 ) -> None:
     """Run one agent process until SIGINT/SIGTERM."""
@@ -180,7 +198,6 @@ def agent(
     from itas.agents.kinds import build_agent
     from itas.agents.runtime import Worker
 
-    _setup_logging(verbose)
     _follow_parent(parent_pid)
     if settings == SETTINGS_FROM_STDIN:
         parsed = _json_object(sys.stdin.read(), "--settings (stdin)")
@@ -208,7 +225,6 @@ def agents(
     broker: BrokerOpt = DEFAULT_BROKER,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
-    verbose: VerboseOpt = False,
 ) -> None:
     """Start and supervise agent processes until SIGINT/SIGTERM: a pool file's, and every
     agent an architecture needs that the pool does not already run (--arch)."""
@@ -219,7 +235,6 @@ def agents(
     from itas.spec import load_architecture
     from itas.stack import resolve_config
 
-    _setup_logging(verbose)
     if pool is None and arch is None:
         raise ConfigError("itas agents: give --pool FILE, --arch FILE, or both")
     entries = load_pool(pool) if pool is not None else []
@@ -299,7 +314,6 @@ def orchestrator(
                                         help="Queries this process runs at once.")] = 32,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
-    verbose: VerboseOpt = False,
 ) -> None:
     """Run an orchestrator (the service that runs architectures) until SIGINT/SIGTERM."""
     import anyio
@@ -307,9 +321,10 @@ def orchestrator(
     from itas.agents.runtime import Worker
     from itas.orchestrator.service import OrchestratorAgent
 
-    _setup_logging(verbose)
     worker = Worker(OrchestratorAgent(credit), broker,
                     curve=_client_keys(curve_secret, curve_server))
+    print(f"itas orchestrator: serving 'orchestrator' through {broker}, up to {credit} "
+          "queries at once (Ctrl-C stops)", file=sys.stderr, flush=True)
     anyio.run(worker.run)
 
 
@@ -334,15 +349,23 @@ def ask(
                                                help="Budget: most tokens.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole answer as JSON.")
                        ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the answer: no waiting "
+                                        "line, no summary on stderr.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Ask the models again: no "
+                                           "reply of this query comes from the response "
+                                           "cache (new replies are still stored).")] = False,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
 ) -> None:
     """Answer a prompt (or a conversation) with an architecture, through the orchestrator;
     with --sim, on simulated models of the same names (start them with
     `itas up --arch FILE --sim`)."""
-    from itas.client import Client
+    import anyio
+
+    from itas.client import AsyncClient
     from itas.deploy import simulated
-    from itas.query import load_messages
+    from itas.progress import WaitDisplay, answered_line
+    from itas.query import Answer, load_messages
     from itas.render import print_answer
     from itas.spec import load_architecture
     from itas.stack import resolve_config
@@ -355,13 +378,24 @@ def ask(
     if sim:
         architecture = simulated(architecture)
     budget = {k: v for k, v in (("calls", calls), ("tokens", tokens)) if v is not None}
-    with Client(broker, curve=_client_keys(curve_secret, curve_server)) as client:
-        answer = client.ask(conversation, architecture=architecture, trace=trace,
-                            budget=budget or None, timeout=timeout)
+    display = WaitDisplay("itas ask", architecture)
+
+    async def main() -> Answer:
+        async with AsyncClient(broker, curve=_client_keys(curve_secret, curve_server)) as client:
+            asking = client.ask(conversation, architecture=architecture, trace=trace,
+                                budget=budget or None, timeout=timeout, fresh=no_cache)
+            if as_json or quiet:
+                return await asking
+            async with display.shown():
+                return await asking
+
+    answer = anyio.run(main)
     if as_json:
         print(json.dumps(dataclasses.asdict(answer), indent=2, default=repr))
-    else:
-        print_answer(answer, trace=trace)
+        return
+    if not quiet:
+        print(f"itas ask: {answered_line(answer)}", file=sys.stderr, flush=True)
+    print_answer(answer, trace=trace)
 
 
 @app.command()
@@ -371,11 +405,14 @@ def up(
                     ] = None,
     arch: ArchOpt = None,
     sim: SimOpt = False,
-    bind: Annotated[str, typer.Option(callback=BIND, help="Broker endpoint.")] = DEFAULT_BROKER,
+    bind: BindOpt = DEFAULT_BROKER,
     insecure: InsecureOpt = False,
     curve_secret: BrokerSecretOpt = None,
     curve_allow: CurveAllowOpt = None,
-    verbose: VerboseOpt = False,
+    detach: Annotated[bool, typer.Option(
+        "--detach", help="Run in the background: return once every part is ready (its "
+                         "output goes to a log file named at start); `itas down` stops it.")
+                      ] = False,
 ) -> None:
     """Start broker, embedded model server, agent pool and orchestrator; Ctrl-C stops all.
 
@@ -385,20 +422,30 @@ def up(
 
     import anyio
 
+    from itas.progress import line_reporter
     from itas.spec import load_architecture
     from itas.stack import StackKeys, resolve_config, run_stack
 
-    _setup_logging(verbose)
     if (curve_secret is None) != (curve_allow is None):
         raise ConfigError("CURVE needs both --curve-secret and --curve-allow")
     keys = StackKeys(curve_secret, curve_allow) if curve_secret and curve_allow else None
+    if detach:
+        from itas.detach import detach_args, start_detached
+
+        args = detach_args(sys.argv)
+        if "--bind" not in args:  # the endpoint this process resolved (ITAS_BIND, ...)
+            args += ["--bind", bind]
+        endpoint, pid, log = start_detached(args, line_reporter("itas up"))
+        print(f"itas up: broker {endpoint} ready in the background (pid {pid}, log {log}); "
+              f"`itas down --broker {endpoint}` stops it", flush=True)
+        return
 
     async def main() -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             spec = load_architecture(resolve_config("architectures", arch)) if arch else None
             chosen = pool if pool is not None or spec is not None else "local"
             async with run_stack(chosen, arch=spec, sim=sim, bind=bind, insecure=insecure,
-                                 keys=keys) as stack:
+                                 keys=keys, report=line_reporter("itas up")) as stack:
                 print(f"itas up: broker {stack.broker}; services: {', '.join(stack.services)}"
                       + (" (simulated models)" if sim else "")
                       + (f"; model server {stack.model_url}" if stack.model_url else ""),
@@ -411,31 +458,44 @@ def up(
 
 
 @app.command()
+def down(broker: BrokerOpt = DEFAULT_BROKER) -> None:
+    """Stop the stack that `itas up --detach` started on this broker endpoint."""
+    from itas.detach import stop_detached
+
+    pid = stop_detached(broker)
+    print(f"itas down: stopped the stack on {broker} (pid {pid})")
+
+
+@app.command()
 def demo(
     prompt: Annotated[str, typer.Argument(help="The question.")] =
     "In two sentences: why does the sky look blue?",
     arch: Annotated[str, typer.Option(help="Architecture file or packaged name.")] =
     "local_gcrf",
     pool: Annotated[str, typer.Option(help="Pool file or packaged name.")] = "local",
-    bind: Annotated[str, typer.Option(callback=BIND, help="Broker endpoint.")] =
-    "tcp://127.0.0.1:0",
+    bind: Annotated[str, typer.Option(
+        envvar="ITAS_BIND", callback=BIND,
+        help="Broker endpoint (default: a free loopback port, so a running stack is never "
+             "in the way).")] = "tcp://127.0.0.1:0",
 ) -> None:
     """The main job in one command: start the local stack, answer one prompt with a trace, stop."""
     import anyio
 
     from itas.client import AsyncClient
+    from itas.progress import answered_line, line_reporter
     from itas.render import print_answer
     from itas.stack import resolve_config, run_stack
 
     architecture = resolve_config("architectures", arch)
 
     async def main() -> None:
-        async with run_stack(pool, bind=bind) as stack:
+        async with run_stack(pool, bind=bind, report=line_reporter("itas demo")) as stack:
             print(f"itas demo: stack up (broker {stack.broker}, "
                   f"{len(stack.services)} services); asking {arch}...", flush=True)
             async with AsyncClient(stack.broker, timeout=DEMO_TIMEOUT_S) as client:
                 answer = await client.ask(prompt, architecture=architecture, trace=True)
         print_answer(answer, trace=True)
+        print(f"itas demo: {answered_line(answer)}", file=sys.stderr, flush=True)
 
     anyio.run(main)
 
@@ -459,8 +519,10 @@ def check(
 
 @model_app.command("serve")
 def model_serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(envvar="ITAS_MODEL_HOST", show_envvar=True,
+                                      help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(
+        envvar="ITAS_MODEL_PORT", show_envvar=True,
         callback=_checked(partial(validate.port, allow_zero=True)),
         help="Port to listen on; 0 picks a free one.")] = 8765,
     threads: Annotated[int, typer.Option(callback=AT_LEAST_1,
@@ -492,6 +554,54 @@ def keys_generate(
 
     public, secret = generate_keys(directory, name)
     print(f"public key: {public}\nsecret key: {secret} (keep it on this machine)")
+
+
+@cache_app.command("stats")
+def cache_stats(as_json: JsonOpt = False) -> None:
+    """Where the response cache is, how many replies it holds and how big it is."""
+    import datetime
+
+    from itas.agents.providers.cache import ResponseCache, cache_cap_bytes, default_cache_path
+
+    if not default_cache_path().exists():  # not made just to be looked at
+        info: dict[str, Any] = {"path": str(default_cache_path()), "entries": 0, "bytes": 0,
+                                "max_bytes": cache_cap_bytes()}
+    else:
+        cache = ResponseCache()
+        try:
+            info = cache.stats()
+        finally:
+            cache.close()
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+
+    def when(stamp: float | None) -> str:
+        return (datetime.datetime.fromtimestamp(stamp, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+                if stamp else "-")
+
+    cap = info.get("max_bytes")
+    print(f"response cache {info['path']}: {info['entries']} replies, "
+          f"{info['bytes'] / 1e6:.1f} MB in use"
+          + (f" of a {cap / 1e6:.1f} MB cap" if cap else " (no cap; set ITAS_CACHE_MAX_MB)")
+          + (f", {info['tokens']} tokens, oldest {when(info['oldest'])}, newest "
+             f"{when(info['newest'])}" if info["entries"] else ""))
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Remove every reply from the response cache."""
+    from itas.agents.providers.cache import ResponseCache, default_cache_path
+
+    if not default_cache_path().exists():
+        print(f"response cache {default_cache_path()}: already empty")
+        return
+    cache = ResponseCache()
+    try:
+        removed = cache.clear()
+    finally:
+        cache.close()
+    print(f"response cache {cache.path}: removed {removed} replies")
 
 
 @app.command("eval")
@@ -554,6 +664,7 @@ def eval_(
     baseline_answers: Annotated[Path | None, typer.Option(
         help="Arena-Hard: the baseline's answers (model_answer/gpt-4-0314.jsonl).")] = None,
     sim: SimOpt = False,
+    as_json: JsonOpt = False,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
 ) -> None:
@@ -561,7 +672,8 @@ def eval_(
     on simulated models of the same names (start them with `itas up --arch FILE --sim`)."""
     import anyio
 
-    from itas.evaluation.run import EvalOptions, run_eval
+    from itas.evaluation.report import console_for
+    from itas.evaluation.run import SUMMARY_FILE, EvalOptions, default_out_dir, run_eval
 
     fields = {"scorer": scorer, "name": benchmark_name, "question_field": question_field,
               "answer_field": answer_field, "id_field": id_field, "prompt": prompt_template,
@@ -572,11 +684,17 @@ def eval_(
         archs=arch, benchmark=benchmark, oracle_tests=oracle_tests,
         benchmark_fields={k: v for k, v in fields.items() if v is not None} or None,
         split=split, limit=limit, concurrency=concurrency,
-        broker=broker, out=out, judge=judge, baseline=baseline, data_dir=data_dir, seed=seed,
+        broker=broker, out=out or default_out_dir(), judge=judge, baseline=baseline,
+        data_dir=data_dir, seed=seed,
         timeout_s=timeout, retry_errors=retry_errors,
         curve=_client_keys(curve_secret, curve_server), judge_prompts=judge_prompts,
         reference_answers=reference_answers, baseline_answers=baseline_answers, sim=sim)
-    anyio.run(run_eval, options)
+    if not as_json:
+        anyio.run(run_eval, options)
+        return
+    anyio.run(run_eval, options, console_for(sys.stderr))  # the tables go to stderr then
+    assert options.out is not None
+    print((options.out / SUMMARY_FILE).read_text(encoding="utf-8"), end="")
 
 
 @app.command()
@@ -590,6 +708,7 @@ def search(
     sim: Annotated[bool, typer.Option(
         "--sim", help="Dry run: every model of the config replaced by a simulated one of the "
         "same name; the search is named <name>-simulated.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Search for the best architecture for a benchmark and a budget (ITAS); SIGINT or
     SIGTERM stops it cleanly (exit status 130), and --resume continues it."""
@@ -601,7 +720,10 @@ def search(
     except SearchStopped as stopped:
         print(f"itas: {stopped}", file=sys.stderr)
         raise typer.Exit(SIGNAL_EXIT_BASE + stopped.signum) from None
-    print(f"best architecture: {result['files']['best_spec']}")
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(f"best architecture: {result['files']['best_spec']}")
 
 
 def _user_errors(exc: BaseException) -> list[str] | None:
@@ -624,6 +746,65 @@ def _usage_error(exc: typer.TyperException) -> str:
     if ctx is not None:
         message += f" (see: {ctx.command_path} --help)"
     return message
+
+
+LogLevelOpt = Annotated[str | None, typer.Option(
+    "--log-level", envvar=LOG_LEVEL_ENV, show_envvar=True, metavar="|".join(LOG_LEVELS),
+    help=f"Log level here and in every process this starts (default {DEFAULT_LOG_LEVEL}).")]
+ShorthandVerboseOpt = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Shorthand for --log-level info.")]
+
+
+def _logging_set_up(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """The verb's own callback behind ``--log-level``/``-v``, which it does not declare: the
+    options are added here, once, so no verb can miss them."""
+
+    @functools.wraps(callback)
+    def verb(*args: Any, log_level: str | None = None, verbose: bool = False,
+             **kwargs: Any) -> Any:
+        try:
+            level = parse_level(log_level or DEFAULT_LOG_LEVEL,
+                                f"--log-level (or {LOG_LEVEL_ENV})")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if verbose and LOG_LEVELS.index(level) > LOG_LEVELS.index("info"):
+            level = "info"  # -v: at least INFO, whatever the environment says
+        setup_logging(level)
+        return callback(*args, **kwargs)
+
+    hints = typing.get_type_hints(callback, include_extras=True)  # typer needs real types
+    signature = inspect.signature(callback)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation))
+              for p in signature.parameters.values()]
+    params += [inspect.Parameter("log_level", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                 annotation=LogLevelOpt),
+               inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=False,
+                                 annotation=ShorthandVerboseOpt)]
+    verb.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=params, return_annotation=None)
+    del verb.__wrapped__  # typer reads __signature__, not the callback's own
+    return verb
+
+
+for _info in [*app.registered_commands, *keys_app.registered_commands,
+              *model_app.registered_commands, *cache_app.registered_commands]:
+    assert _info.callback is not None
+    _info.callback = _logging_set_up(_info.callback)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from itas import __version__
+
+        print(f"itas {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _itas(version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version,
+        help="Print the version and exit.")] = False) -> None:
+    """Inference-time architectures over LLMs as a mesh of ZeroMQ agents."""
 
 
 def main() -> None:

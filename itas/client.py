@@ -193,14 +193,16 @@ class AsyncClient:
     async def ask(self, prompt: PromptLike, *, architecture: ArchitectureLike,
                   trace: bool = False, budget: dict[str, int] | None = None,
                   sim: dict[str, Any] | None = None, tests: list[str] | None = None,
-                  timeout: float | None = None) -> Answer:
+                  timeout: float | None = None, fresh: bool = False) -> Answer:
         """Answer a prompt (or a conversation) with an architecture, through the orchestrator.
 
         ``architecture`` is a spec file path, a mapping or an ``Architecture``;
         it is validated before anything is sent. ``sim`` is an answer key for
-        simulated models only (see ``itas.agents.providers.sim``).
+        simulated models only (see ``itas.agents.providers.sim``); ``fresh`` asks every model
+        again instead of replaying the response cache.
         """
-        body = query_body(prompt, architecture, trace=trace, budget=budget, sim=sim, tests=tests)
+        body = query_body(prompt, architecture, trace=trace, budget=budget, sim=sim, tests=tests,
+                          fresh=fresh)
         return Answer.from_reply(await self.request(ORCHESTRATOR_SERVICE, body, timeout=timeout))
 
     async def status(self, *, timeout: float = 5.0) -> dict[str, Any]:

@@ -88,8 +88,10 @@ def query_body(
     budget: Mapping[str, int] | None = None,
     sim: Mapping[str, Any] | None = None,
     tests: Sequence[str] | None = None,
+    fresh: bool = False,
 ) -> dict[str, Any]:
-    """The request body for one query; the architecture is validated here, before sending."""
+    """The request body for one query; the architecture is validated here, before sending.
+    ``fresh``: every model is asked again, none of its replies from the response cache."""
     messages = ([{"role": "user", "content": prompt}] if isinstance(prompt, str)
                 else [dict(m) for m in prompt])
     body: dict[str, Any] = {"messages": messages,
@@ -101,4 +103,6 @@ def query_body(
         body["sim"] = dict(sim)
     if tests:
         body["tests"] = list(tests)
+    if fresh:
+        body["fresh"] = True
     return body

@@ -39,10 +39,14 @@ def _line(*parts: str | tuple[str, str]) -> Text:
 
 
 def _marks(candidate: dict[str, Any]) -> str:
+    """A candidate's annotations; a fallback (an order nobody judged) is named as one, with
+    no rank or score beside it that would read as a measurement."""
     marks = []
-    if candidate.get("rank") is not None:
+    if candidate.get("fallback"):
+        marks.append(f"fallback: {literal(str(candidate['fallback']))}")
+    elif candidate.get("rank") is not None:
         marks.append(f"rank {candidate['rank']}")
-    if candidate.get("score") is not None:
+    if candidate.get("score") is not None and not candidate.get("fallback"):
         marks.append(f"score {candidate['score']:.2f}")
     if candidate.get("verdict") is not None:
         marks.append("passed" if candidate["verdict"] else "failed")
@@ -50,6 +54,8 @@ def _marks(candidate: dict[str, Any]) -> str:
         marks.append(f"tests {candidate.get('tests_passed', 0)}/{candidate['tests_total']}")
     if candidate.get("answer") is not None:
         marks.append(f"answer {snippet(candidate['answer'])}")
+    if candidate.get("truncated"):
+        marks.append("cut at the token limit")
     return ", ".join(marks)
 
 
@@ -58,9 +64,11 @@ def trace_tree(answer: Answer) -> Tree:
     usage = answer.usage
     cost = (f"${usage.get('cost_usd', 0):.4f}" if usage.get("cost_known", True)
             else f"cost unknown (${usage.get('cost_usd', 0):.4f} for priced models)")
+    cached = (f" ({usage['cached_calls']} replayed from the response cache)"
+              if usage.get("cached_calls") else "")
     root = Tree(_line((literal(answer.architecture), "bold"),
-                      f" — {usage.get('calls', 0)} calls, {usage.get('tokens', 0)} tokens, "
-                      f"{cost}, {answer.latency_s:.2f} s"))
+                      f" — {usage.get('calls', 0)} calls{cached}, {usage.get('tokens', 0)} "
+                      f"tokens, {cost}, {answer.latency_s:.2f} s"))
     for layer in (answer.trace or {}).get("layers", []):
         node = root.add(_line((f"layer {layer['layer']}", "bold"),
                               f" ({layer['latency_s']:.2f} s) → "

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -96,7 +96,8 @@ def _at_model(entry: PoolEntry, model_url: str) -> PoolEntry:
 async def run_stack(pool: str | os.PathLike[str] | None, *,
                     arch: Architecture | None = None, sim: bool = False,
                     bind: str = "tcp://127.0.0.1:5555", model_threads: int = 2,
-                    insecure: bool = False, keys: StackKeys | None = None
+                    insecure: bool = False, keys: StackKeys | None = None,
+                    report: Callable[[str], None] | None = None
                     ) -> AsyncIterator[Stack]:
     """Everything is checked before the first process starts: the pool (every entry's
     settings), the bind rule (beyond loopback only with CURVE or ``insecure``), the keys.
@@ -108,7 +109,12 @@ async def run_stack(pool: str | os.PathLike[str] | None, *,
     With ``keys``, the stack's own agents and its readiness check authenticate with a
     key pair made for this run only, in a private temporary directory that is removed
     when the stack stops; the broker allows it beside the keys in ``keys.allow``.
+
+    ``report`` is told, one line at a time, what has started as each part becomes ready
+    (the broker, the model server, every service as it registers), so a wait of many seconds
+    shows life.
     """
+    say = report or (lambda _line: None)
     check_bind(bind, curve=keys is not None, insecure=insecure)
     if keys is not None:
         keys.check()
@@ -139,19 +145,32 @@ async def run_stack(pool: str | os.PathLike[str] | None, *,
             client_keys = CurveKeys.load(own_secret, keys.broker_public)
         output = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(output.cancel_scope.cancel)
+        started = anyio.current_time()
         broker = await stack.enter_async_context(broker_process(bind, output, broker_args))
+        say(f"broker listening on {broker}")
         model_url = None
         if uses_local:
             from itas.agents.providers.local import local_model_server
 
+            say("starting the embedded model server (loading the model takes a while)")
+            from itas.agents.providers.local import recording
+
             server = await stack.enter_async_context(local_model_server(threads=model_threads))
+            stack.enter_context(recording(server))  # agents started elsewhere find it
             model_url = server.base_url
+            say(f"model server ready at {model_url} ({server.load_s:.1f} s)")
             entries = [_at_model(e, model_url) for e in entries]
         supervisor = Supervisor(entries, broker, agent_args)
         tg = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tg.cancel_scope.cancel)
         await tg.start(supervisor.run)
-        await wait_for_services(broker, services, curve=client_keys)
+        say(f"{sum(e.replicas for e in entries)} agent process(es) started; waiting for "
+            f"{len(services)} service(s) to register")
+
+        def registered(service: str) -> None:
+            say(f"ready: {service} ({anyio.current_time() - started:.1f} s)")
+
+        await wait_for_services(broker, services, curve=client_keys, on_ready=registered)
         yield Stack(broker, services, model_url)
 
 
@@ -209,12 +228,24 @@ async def _copy_to_stderr(stream: anyio.abc.ByteReceiveStream) -> None:
 
 async def wait_for_services(broker: str, services: Sequence[str],
                             timeout: float = READY_TIMEOUT_S, *,
-                            curve: CurveKeys | None = None) -> None:
+                            curve: CurveKeys | None = None,
+                            on_ready: Callable[[str], None] | None = None) -> None:
+    """Until every one of ``services`` has a worker; ``on_ready`` hears of each once, as it
+    registers. TimeoutError after ``timeout`` s names the services still missing."""
+    announced: set[str] = set()
+    missing = list(services)
     async with AsyncClient(broker, curve=curve) as client:
-        with anyio.fail_after(timeout):
+        with anyio.move_on_after(timeout):
             while True:
                 known = (await client.status())["services"]
                 missing = [s for s in services if known.get(s, {}).get("workers", 0) == 0]
+                for service in services:
+                    if service not in missing and service not in announced:
+                        announced.add(service)
+                        if on_ready is not None:
+                            on_ready(service)
                 if not missing:
                     return
                 await anyio.sleep(0.2)
+    raise TimeoutError(f"services not registered within {timeout:.0f} s: "
+                       f"{', '.join(missing)}")

@@ -36,6 +36,7 @@ from itas.query import ORCHESTRATOR_SERVICE, query_body
 from itas.spec import Architecture
 from itas.techniques import technique_of
 from itas.techniques.base import (
+    TRUNCATED_FINISHES,
     ComponentParams,
     LLMParams,
     Material,
@@ -147,6 +148,7 @@ class _Query:
     generated_tests: list[str] | None
     budget: Budget
     trace: bool
+    fresh: bool = False
     calls_spent: int = 0
     usage: UsageTotals = field(default_factory=UsageTotals)
 
@@ -168,16 +170,17 @@ class Orchestrator:
         tests: Sequence[str] | None = None,
         budget: Budget = NO_BUDGET,
         trace: bool = False,
+        fresh: bool = False,
     ) -> dict[str, Any]:
         """Answer one query. Raises AgentError (``no_candidates``, ``budget_exceeded``,
-        ``bad_request``)."""
+        ``bad_request``). ``fresh``: no reply comes from the agents' response caches."""
         if arch.tests == "benchmark" and not tests:
             raise AgentError(ErrorCode.BAD_REQUEST,
                              f"{arch.name} says 'tests: benchmark', but the query carries no "
                              "tests; send the benchmark's unit tests with the query")
         started = anyio.current_time()
         q = _Query(arch, [dict(m) for m in messages], dict(sim) if sim else None,
-                   list(tests) if tests else None, None, budget, trace)
+                   list(tests) if tests else None, None, budget, trace, fresh)
         candidates: list[Candidate] = []
         layers_trace: list[dict[str, Any]] = []
         stopped: dict[str, Any] | None = None
@@ -300,6 +303,7 @@ class Orchestrator:
                     sim=q.sim,
                     max_calls=base + next(extras),
                     trace=q.trace,
+                    fresh=q.fresh,
                 )
                 run.calls.append(_Call(shard, request))
         async with anyio.create_task_group() as tg:
@@ -376,6 +380,10 @@ def _material(q: _Query, candidates: Sequence[Candidate]) -> Material:
 
 def _trace_candidate(candidate: Candidate) -> dict[str, Any]:
     shown = {k: v for k, v in candidate.to_dict().items() if v is not None and k != "meta"}
+    if candidate.meta.get("fallback"):  # an order or a mark made up for want of a reading
+        shown["fallback"] = str(candidate.meta["fallback"])
+    if candidate.meta.get("finish_reason") in TRUNCATED_FINISHES:
+        shown["truncated"] = True  # the model stopped at max_tokens, mid-answer perhaps
     for key in ("text", "critique"):
         if isinstance(shown.get(key), str) and len(shown[key]) > TRACE_TEXT_CHARS:
             shown[key] = shown[key][:TRACE_TEXT_CHARS] + "…"

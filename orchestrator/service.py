@@ -93,5 +93,5 @@ class OrchestratorAgent(Agent):
         return await Orchestrator(self._client, call_timeout=self.call_timeout).run(
             arch, messages, sim=body.get("sim"), tests=body.get("tests"),
             budget=Budget.from_dict(body.get("budget")).with_defaults(),
-            trace=bool(body.get("trace")),
+            trace=bool(body.get("trace")), fresh=body.get("fresh") is True,
         )

@@ -38,7 +38,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -333,9 +333,7 @@ class SearchController:
         """The ``n`` best distinct architectures on the search split, by objective, then
         fewer calls, then key (never the order records were found in, which differs
         between a search and its resumption)."""
-        ranked = sorted(self.known.values(),
-                        key=lambda r: (-(r.objective or 0.0), r.calls_per_query or 0, r.key))
-        return ranked[:n]
+        return by_search_objective(self.known.values())[:n]
 
     # -- 3. confirmation ---------------------------------------------------------------
 
@@ -475,6 +473,15 @@ def outclassed(leader: str, others: Sequence[str], scores: Mapping[str, Mapping[
         if diff.mean - ELIMINATION_Z * diff.stderr > 0:
             out.append(key)
     return out
+
+
+def by_search_objective(records: Iterable[Record]) -> list[Record]:
+    """Best first by search objective; ties to fewer calls per query, then by key (not the
+    order found, which differs between a search and its resumption). The one ordering of
+    trials: the leaders, the best with no confirm questions, and the leaderboard all use it,
+    so they never disagree on a tie."""
+    return sorted(records, key=lambda r: (-(r.objective or 0.0), r.calls_per_query or 0,
+                                          r.key))
 
 
 def versus_single(best: Record, singles: Sequence[Record]) -> PairedDifference | None:

@@ -51,9 +51,15 @@ from rich.table import Table
 
 from itas.benchmarks.registry import ResolvedBenchmark
 from itas.search.config import SearchConfig
-from itas.search.controller import CONFIRM, HELDOUT, SEARCH, SearchOutcome
+from itas.search.controller import (
+    CONFIRM,
+    HELDOUT,
+    SEARCH,
+    SearchOutcome,
+    by_search_objective,
+)
 from itas.search.deploy import pool_entries
-from itas.search.space import SearchSpace
+from itas.search.space import KEY_LEGEND, SearchSpace
 from itas.search.stats import PairedDifference
 from itas.search.store import Measurement, Record, TrialStore
 
@@ -274,12 +280,21 @@ def leaderboard(store: TrialStore, outcome: SearchOutcome,
     for record in store.trials():
         if not record.reused:
             firsts.setdefault(record.key, record)
-    ranked = sorted(firsts.values(),
-                    key=lambda r: (-(r.objective or 0.0), r.calls_per_query or 0))[:rows]
-    if outcome.best.key in firsts and outcome.best.key not in {r.key for r in ranked}:
-        ranked.append(firsts[outcome.best.key])
+    # In the order the best was chosen: the finalists as the confirm questions ranked them
+    # (the best first), then the rest by search objective, ties to fewer calls per query,
+    # then by key (``SearchController.leaders``'s order), so row 1 is best.yaml.
+    finalists = [firsts[f.trial.key] for f in outcome.finalists if f.trial.key in firsts]
+    if outcome.best.key in firsts and outcome.best.key not in {r.key for r in finalists}:
+        finalists.insert(0, firsts[outcome.best.key])
+    chosen = {r.key for r in finalists}
+    ranked = (finalists + [r for r in by_search_objective(firsts.values())
+                           if r.key not in chosen])[:max(rows, len(finalists))]
     table = Table(title=f"ITAS leaderboard: {len(firsts)} architectures evaluated "
-                        "(scores ± standard error)")
+                        "(scores ± standard error)",
+                  caption=("order: " + ("finalists by confirm score, then the rest "
+                                        if finalists[1:] else "")
+                           + "by search objective; ties go to fewer calls per query, then "
+                             "by key\n" + KEY_LEGEND))
     for column in ("#", "architecture", "strategy", "search", "confirm", "held-out",
                    "calls/query", "calls made", "cost", "time s"):
         table.add_column(column, justify="left" if column == "architecture" else "right",
@@ -366,6 +381,7 @@ def write_outputs(config: SearchConfig, store: TrialStore, outcome: SearchOutcom
     plot = plot_convergence(curves, out_dir / PLOT_FILE,
                             f"{config.name}: {data['benchmark']['name']}, budget "
                             f"{config.budget.calls_per_query} calls/query")
+    data["key_legend"] = KEY_LEGEND
     data["files"] = {"best_spec": str(out_dir / BEST_SPEC_FILE),
                      "best_pool": str(out_dir / BEST_POOL_FILE),
                      "summary": str(out_dir / SUMMARY_FILE),

@@ -63,7 +63,7 @@ class RichReporter:
         self.task = self.progress.add_task(escape(name), total=total, best="")
 
     def advance(self, record: Record, best: float | None) -> None:
-        text = "" if best is None else f"best objective {best:.3f}"
+        text = "" if best is None else f"best so far: search objective {best:.3f}"
         self.progress.update(self.task, advance=1, best=f"{text}  last {record.key} "
                              f"{record.result.score:.3f}")
 
@@ -114,9 +114,13 @@ async def run_search(config: SearchConfig, out_dir: Path, *, resume: bool,
                         console=console, disable=not show_progress, transient=False)
     try:
         with progress:
+            # Starting the broker and agents takes seconds: a line of its own meanwhile.
+            starting = progress.add_task("starting the broker and agents", total=1, best="")
             async with (deployed(config.deploy, config.models, out_dir) as deployment,
                         AsyncClient(deployment.broker, timeout=config.evaluation.timeout_s)
                         as client):
+                progress.update(starting, completed=1,
+                                description=f"mesh ready at {deployment.broker}")
                 runner = MeshRunner(deployment, client,
                                     concurrency=config.evaluation.concurrency,
                                     timeout_s=config.evaluation.timeout_s,

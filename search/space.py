@@ -114,6 +114,12 @@ class Verdict:
     calls_per_query: int | None = None
 
 
+#: What each part of a ``point_key`` means, printed under every table of keys.
+KEY_LEGEND = ("key: m = models used, s = samples per model, c = critic (1: on), r = ranker "
+              "top_k (0: no ranker), fNxK = N fusion layers of K fusers, v = verifier (1: on), "
+              "u = unit tests (1: on), mv = majority vote (1: on)")
+
+
 def point_key(point: Point) -> str:
     """A short stable name of a point, used as trial key and architecture name."""
     return (f"m{point.models}-s{point.samples}-c{point.critic}-r{point.ranker_top_k}-"

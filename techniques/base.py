@@ -74,6 +74,9 @@ P = TypeVar("P", bound="ComponentParams")
 DEFAULT_TEMPERATURE = 0.7
 MAX_TEMPERATURE = 2.0
 DEFAULT_MAX_TOKENS = 512
+#: finish_reason of an output cut at max_tokens (OpenAI, Gemini, Bedrock say "length",
+#: Anthropic "max_tokens").
+TRUNCATED_FINISHES = frozenset({"length", "max_tokens"})
 MAX_TOKENS = 1_000_000
 DEFAULT_PARSE_RETRIES = 2
 MAX_PARSE_RETRIES = 5
@@ -571,6 +574,11 @@ class Job(Generic[P]):
                 if not any(n["detail"] == adjustment for n in self.notes):
                     self.note("adjusted", adjustment)
             text, finish = completion.text, completion.finish_reason
+            if finish in TRUNCATED_FINISHES:  # said once per request, in the trace's notes
+                detail = (f"output cut at the token limit (max_tokens "
+                          f"{self.params.max_tokens}); raise max_tokens for whole answers")
+                if not any(n["detail"] == detail for n in self.notes):
+                    self.note("truncated", detail)
             try:
                 parsed = parse(text)
             except OutputFormatError as exc:

@@ -23,6 +23,8 @@ Request body (msgpack map)::
     max_calls     int >= 0 | absent    the LLM calls this request may make, re-asks included;
                                        absent: every re-ask the parameters allow
     trace         bool                 reply with the prompts sent (clipped), for traces
+    fresh         bool | absent        ask the model again: no reply from the response cache
+                                       (``itas ask --no-cache``); new replies are still stored
 
 Candidate::
 
@@ -63,7 +65,7 @@ from itas.protocol import ErrorCode
 
 ROLES = frozenset({"system", "user", "assistant"})
 REQUEST_KEYS = frozenset({"messages", "candidates", "params", "sample_index", "tests", "sim",
-                          "max_calls", "trace"})
+                          "max_calls", "trace", "fresh"})
 REPLY_KEYS = frozenset({"candidates", "tests", "parse", "usage", "notes", "prompts"})
 CANDIDATE_KEYS = frozenset({"id", "text", "model", "critique", "score", "rank", "verdict",
                             "tests_passed", "tests_total", "answer", "meta"})
@@ -354,6 +356,7 @@ class TechniqueRequest:
     sim: dict[str, Any] | None = None
     max_calls: int | None = None
     trace: bool = False
+    fresh: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -362,6 +365,8 @@ class TechniqueRequest:
             "sim": self.sim, "trace": self.trace}
         if self.max_calls is not None:
             body["max_calls"] = self.max_calls
+        if self.fresh:
+            body["fresh"] = True
         return body
 
     @classmethod
@@ -385,6 +390,9 @@ class TechniqueRequest:
         trace = item.get("trace", False)
         if not isinstance(trace, bool):
             raise ContractError("trace", "must be true or false")
+        fresh = item.get("fresh", False)
+        if not isinstance(fresh, bool):
+            raise ContractError("fresh", "must be true or false")
         return cls(
             messages=messages_of(_given(item, "messages", [])),
             candidates=candidates,
@@ -395,6 +403,7 @@ class TechniqueRequest:
             max_calls=None if max_calls is None else _integer(max_calls, "max_calls", 0,
                                                               MAX_CALLS),
             trace=trace,
+            fresh=fresh,
         )
 
 

@@ -77,10 +77,23 @@ def words(text: str) -> int:
     return len(WORD_RE.findall(text))
 
 
+#: A heading a small model copies from the prompt's blocks (``### Response [3]``) before
+#: its answer; it is the prompt's label, not part of the answer.
+ECHOED_HEADING_RE = re.compile(
+    r"\A\s*#{1,6}[ \t]*(?:final |fused |synthesi[sz]ed )?(?:response|answer)"
+    r"(?:[ \t]*\[\d+\])?[ \t]*:?[ \t]*\n", re.IGNORECASE)
+
+
 def parse_fused(text: str) -> Parsed[str]:
+    """The answer as written, less a heading echoed from the prompt (said in the detail)."""
     answer = text.strip()
     if not answer:
         raise OutputFormatError("the reply was empty")
+    echoed = ECHOED_HEADING_RE.match(answer)
+    if echoed and answer[echoed.end():].strip():
+        rest = answer[echoed.end():].strip()
+        return Parsed(rest, "text", f"{words(rest)} words (removed the heading "
+                                    f"{echoed.group().strip()!r} copied from the prompt)")
     return Parsed(answer, "text", f"{words(answer)} words")
 
 

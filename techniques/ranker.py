@@ -17,11 +17,15 @@ Each candidate gets ``rank`` (1 = best); pairwise, ``score`` is its win rate ove
 comparisons that were read (none read: no score). Listwise rankings give no score: a position
 is not a measurement. A single candidate is kept without a call. The merge keeps the
 ``top_k`` best ranks; when the request failed, the first ``top_k`` in input order, which the
-trace names as a fallback.
+trace names as a fallback. Whenever the order is the input order for want of a ranking (the
+listwise output never parsed, no pairwise comparison was read, or the request failed), every
+candidate's ``meta["fallback"]`` says ``"input order"``, and the trace shows that instead of
+ranks that would read as the model's judgement.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -90,6 +94,7 @@ NUMBER_RE = re.compile(r"\[(\d+)\]")
 BETTER_RE = re.compile(r"(?im)^\W*better(?:\s+response)?\W*?[:=-]\W*([AB])\b")
 SIM_REASON = "Reasoning: I checked each response against the request and its final answer."
 MAX_PAIRWISE_CANDIDATES = 64
+INPUT_ORDER = "input order"  # meta["fallback"] when no ranking was read
 
 
 class RankerParams(LLMParams):
@@ -185,7 +190,8 @@ class Ranker(Technique[RankerParams]):
         if not incoming:
             return Merged([])
         if not any(reply for _, reply in results):
-            return Merged(list(incoming[: p.top_k]),
+            return Merged([dataclasses.replace(c, meta={**c.meta, "fallback": INPUT_ORDER})
+                           for c in incoming[: p.top_k]],
                           problems=["fallback: input order (the ranking request failed)"])
         ranked = sorted(annotate(incoming, results), key=lambda c: c.rank or 0)
         return Merged(ranked[: p.top_k])
@@ -194,10 +200,11 @@ class Ranker(Technique[RankerParams]):
         candidates = job.candidates
         n = len(candidates)
         scores: list[float | None]
+        ranked = True  # False: the order is the input order, for want of a ranking
         if n <= 1:
             order, scores = list(range(n)), [None] * n
         elif job.params.mode == "listwise":
-            order = await self._listwise(job, min(job.params.top_k, n))
+            order, ranked = await self._listwise(job, min(job.params.top_k, n))
             scores = [None] * n
         else:
             if n > MAX_PAIRWISE_CANDIDATES:
@@ -208,6 +215,7 @@ class Ranker(Technique[RankerParams]):
             # The score counts only comparisons that were read: a tie made up for an
             # unreadable one is no evidence (and would push the rate above 1).
             scores = [read_wins[i] / read[i] if read[i] else None for i in range(n)]
+            ranked = any(read)
             for i, c in enumerate(candidates):
                 c.meta.update(wins=wins[i], comparisons_read=read[i])
         for position, i in enumerate(order):
@@ -215,9 +223,12 @@ class Ranker(Technique[RankerParams]):
             candidate.rank = position + 1
             candidate.score = scores[i]
             candidate.meta["ranker"] = job.agent.service
+            if not ranked:
+                candidate.meta["fallback"] = INPUT_ORDER
         return job.reply(candidates)
 
-    async def _listwise(self, job: Job[RankerParams], keep: int) -> list[int]:
+    async def _listwise(self, job: Job[RankerParams], keep: int) -> tuple[list[int], bool]:
+        """The order, and whether it is the model's (False: the input order, as a fallback)."""
         candidates = job.candidates
         blocks = "\n\n".join(candidate_block(i + 1, c, with_critique=job.params.use_critiques)
                              for i, c in enumerate(candidates))
@@ -230,7 +241,7 @@ class Ranker(Technique[RankerParams]):
             fallback=lambda _text: list(range(len(candidates))), fallback_name="input_order",
             format_hint=LIST_HINT, candidates=[c.text for c in candidates],
             render=render_ranking, subject="ranking")
-        return asked.value
+        return asked.value, asked.record.ok
 
     async def _pairwise(self, job: Job[RankerParams]
                         ) -> tuple[list[float], list[float], list[int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -14,13 +15,31 @@ from tests.helpers import Processes
 def fresh_response_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Every test run starts with an empty response cache, inherited by the processes it
     starts, so a test that needs a model's text really asks the model."""
-    previous = os.environ.get("ITAS_CACHE_DIR")
-    os.environ["ITAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("response-cache"))
-    yield
-    if previous is None:
-        del os.environ["ITAS_CACHE_DIR"]
-    else:
-        os.environ["ITAS_CACHE_DIR"] = previous
+    with _env("ITAS_CACHE_DIR", str(tmp_path_factory.mktemp("response-cache"))):
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Model servers that tests start are recorded here, never in the user's runtime
+    directory, and a server the user runs is not found by the tests' agents."""
+    with _env("ITAS_RUNTIME_DIR", str(tmp_path_factory.mktemp("runtime"))):
+        yield
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in this process's environment (and its children's) while the block
+    runs, then as it was."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = previous
 
 
 @pytest.fixture

@@ -89,3 +89,72 @@ async def test_embedded_model_examples_run_as_written(tmp_path: Path) -> None:
     selected = [b for b in blocks() if LOCAL_MARK in b]
     with anyio.fail_after(BLOCK_TIMEOUT_S):
         await run_blocks(pool_with_echo("local", tmp_path / "pool.yaml"), selected)
+
+
+# -- "Using it": the shell blocks, top to bottom -------------------------------------------
+
+USING_IT_RE = re.compile(r"^## Using it\n(.*?)^##? ", re.DOTALL | re.MULTILINE)
+BASH_RE = re.compile(r"^```bash\n(.*?)^```", re.DOTALL | re.MULTILINE)
+PORT_RE = re.compile(r"tcp://127\.0\.0\.1:(\d+)")
+USING_IT_TIMEOUT_S = 240.0
+
+
+def using_it_blocks() -> list[str]:
+    match = USING_IT_RE.search(README.read_text(encoding="utf-8"))
+    assert match, "README has no 'Using it' section"
+    return BASH_RE.findall(match.group(1))[:2]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def run_using_it(block: str, runtime: Path) -> str:
+    """The block in bash -e, as a reader pastes it, on free ports instead of the README's
+    (other test runs share this machine); whatever it leaves running is stopped after."""
+    import json
+    import signal
+    import subprocess
+
+    script = PORT_RE.sub(lambda m: f"tcp://127.0.0.1:{_free_port()}", block)
+    env = {**os.environ, "ITAS_RUNTIME_DIR": str(runtime), "COLUMNS": "160",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("ITAS_BROKER", None)
+    try:
+        done = subprocess.run(["bash", "-e", "-c", script], cwd=REPO, env=env, text=True,
+                              capture_output=True, timeout=USING_IT_TIMEOUT_S, check=False)
+    finally:
+        for record in runtime.glob("stack-*.json"):  # a stack the block failed to stop
+            os.kill(json.loads(record.read_text())["pid"], signal.SIGTERM)
+    assert done.returncode == 0, f"README block failed:\n{script}\n{done.stderr[-3000:]}"
+    assert not list(runtime.glob("stack-*.json")), "the block left its stack running"
+    return done.stdout + done.stderr
+
+
+def test_using_it_blocks_use_ports_that_do_not_collide() -> None:
+    blocks = using_it_blocks()
+    assert len(blocks) == 2
+    ports = [set(PORT_RE.findall(b)) for b in blocks]
+    assert all(len(p) == 1 for p in ports) and not ports[0] & ports[1]
+    assert all("itas down" in b and "--detach" in b for b in blocks)
+
+
+def test_using_it_on_simulated_models_runs_top_to_bottom(tmp_path: Path) -> None:
+    sim = next(b for b in using_it_blocks() if LOCAL_MARK not in b)
+    shown = run_using_it(sim, tmp_path)
+    assert "itas up: ready: orchestrator" in shown and "Simulated answer" in shown
+    assert "itas ask: answered in" in shown and "itas down: stopped" in shown
+
+
+@pytest.mark.local_model
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_LLAMA_CPP, reason="llama-cpp-python is not installed")
+def test_using_it_on_the_embedded_model_runs_top_to_bottom(tmp_path: Path) -> None:
+    local = next(b for b in using_it_blocks() if LOCAL_MARK in b)
+    shown = run_using_it(local, tmp_path)
+    assert "model server ready at" in shown and "itas down: stopped" in shown

@@ -14,6 +14,8 @@ per cache, so the event loop never blocks on disk.
 
 On by default at ``~/.cache/itas/responses.sqlite`` (``ITAS_CACHE_DIR`` moves
 it); ``ITAS_CACHE=off`` or the provider setting ``cache: false`` turns it off.
+``ITAS_CACHE_MAX_MB`` caps it: after a write that takes it over the cap, the oldest replies
+are dropped until it fits. ``itas cache stats`` and ``itas cache clear`` show and empty it.
 The cache holds prompts and replies, so its directory is created readable by
 its owner only. A reply keeps its ``adjustments`` (what its call was changed to
 fit the model), so a replayed reply says what the original said. Errors are
@@ -24,13 +26,16 @@ never fail a call that the provider could answer.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +53,24 @@ CACHE_FILE = "responses.sqlite"
 DEFAULT_CACHE_DIR = Path("~/.cache/itas")
 CACHE_DIR_ENV = "ITAS_CACHE_DIR"
 CACHE_SWITCH_ENV = "ITAS_CACHE"
+CACHE_CAP_ENV = "ITAS_CACHE_MAX_MB"
 OFF_VALUES = frozenset({"off", "0", "false", "no"})
+EVICT_BATCH = 64  # rows dropped per step while the cache is over its cap
 BUSY_TIMEOUT_S = 30.0
+#: Set while an agent serves a request that asked to bypass the cache (``itas ask
+#: --no-cache``): replies are fetched fresh and stored, never replayed. A context variable, so
+#: it follows the request into every task it starts and no other request sees it.
+_BYPASS: contextvars.ContextVar[bool] = contextvars.ContextVar("itas_cache_bypass", default=False)
+
+
+@contextlib.contextmanager
+def bypassing(bypass: bool = True) -> Iterator[None]:
+    """Within this block (and the tasks it starts) no reply is read from the cache."""
+    token = _BYPASS.set(bypass)
+    try:
+        yield
+    finally:
+        _BYPASS.reset(token)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -71,6 +92,20 @@ _ADD_ADJUSTMENTS = "ALTER TABLE responses ADD COLUMN adjustments TEXT"
 
 def cache_enabled_by_env() -> bool:
     return os.environ.get(CACHE_SWITCH_ENV, "on").strip().lower() not in OFF_VALUES
+
+
+def cache_cap_bytes() -> int | None:
+    """The size cap from ``ITAS_CACHE_MAX_MB`` (None: no cap); ConfigError names a bad one."""
+    raw = os.environ.get(CACHE_CAP_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        megabytes = float(raw)
+    except ValueError:
+        megabytes = -1.0
+    if not (megabytes > 0 and math.isfinite(megabytes)):
+        raise ConfigError(f"{CACHE_CAP_ENV}={raw!r}: expected a size in MB greater than 0")
+    return int(megabytes * 1024 * 1024)
 
 
 def default_cache_path() -> Path:
@@ -112,8 +147,10 @@ def cache_key(
 class ResponseCache:
     """One SQLite file; one connection per instance (per process)."""
 
-    def __init__(self, path: Path | str | None = None) -> None:
+    def __init__(self, path: Path | str | None = None, *, max_bytes: int | None = None
+                 ) -> None:
         self.path = Path(path) if path is not None else default_cache_path()
+        self.max_bytes = max_bytes if max_bytes is not None else cache_cap_bytes()
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._db = sqlite3.connect(
@@ -176,6 +213,39 @@ class ResponseCache:
                 json.dumps(list(completion.adjustments)) if completion.adjustments else None,
             ),
         )
+        if self.max_bytes is not None:
+            self._evict_to(self.max_bytes)
+
+    def used_bytes(self) -> int:
+        """Bytes of the database's pages in use (free pages of deleted rows not counted)."""
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+    def _evict_to(self, limit: int) -> None:
+        """Drop the oldest replies until the pages in use fit ``limit`` (or nothing is left)."""
+        while self.used_bytes() > limit:
+            dropped = self._db.execute(
+                "DELETE FROM responses WHERE key IN (SELECT key FROM responses "
+                "ORDER BY created_at LIMIT ?)", (EVICT_BATCH,)).rowcount
+            if not dropped:
+                return
+
+    def stats(self) -> dict[str, Any]:
+        """What ``itas cache stats`` shows: where, how many replies, how big, how old."""
+        count, oldest, newest, tokens = self._db.execute(
+            "SELECT COUNT(*), MIN(created_at), MAX(created_at), "
+            "COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM responses").fetchone()
+        return {"path": str(self.path), "entries": int(count), "bytes": self.used_bytes(),
+                "file_bytes": self.path.stat().st_size, "max_bytes": self.max_bytes,
+                "tokens": int(tokens), "oldest": oldest, "newest": newest}
+
+    def clear(self) -> int:
+        """Remove every reply; the number removed. The file shrinks too (VACUUM)."""
+        removed = self._db.execute("DELETE FROM responses").rowcount
+        self._db.execute("VACUUM")
+        return int(removed)
 
     async def aget(self, key: str) -> Completion | None:
         return await anyio.to_thread.run_sync(self.get, key, limiter=self._limiter)
@@ -247,7 +317,7 @@ class CachingProvider(Provider):
             sim=sim,
         )
         try:
-            hit = await self.cache.aget(key)
+            hit = None if _BYPASS.get() else await self.cache.aget(key)
         except sqlite3.Error as exc:  # a broken cache must not break the call
             log.warning(
                 "response cache %s unreadable (%s); calling the provider", self.cache.path, exc

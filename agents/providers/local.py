@@ -6,7 +6,10 @@ never imported, since importing it would pull in the ``llm`` tool). The model is
 served by ``python -m llama_cpp.server`` in its own process, and agents reach
 it only over HTTP, exactly like a remote OpenAI-compatible server: the
 ``local`` provider is the ``openai`` provider pointed at that server
-(``base_url``, default ``ITAS_LOCAL_MODEL_URL`` or ``DEFAULT_LOCAL_URL``).
+(``base_url``; else ``ITAS_LOCAL_MODEL_URL``; else the server that ``itas model serve`` or
+``itas up`` last started on this machine, which each records in a state file,
+``model_state_path()``, while it runs; else ``DEFAULT_LOCAL_URL``). A connection error names
+the URL tried and how it was chosen.
 One server process then serves every agent on the machine, and the agents stay
 small and quick to start. The server answers one request at a time (others
 queue), so the ``local`` provider waits longer before it calls a request
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import signal
@@ -43,7 +47,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -66,6 +70,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_LOCAL_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}/v1"
 LOCAL_URL_ENV = "ITAS_LOCAL_MODEL_URL"
+RUNTIME_DIR_ENV = "ITAS_RUNTIME_DIR"
+MODEL_STATE_FILE = "model-server.json"
 DEFAULT_THREADS = 2
 LOCAL_TIMEOUT_S = 600.0
 #: SmolLM2 was trained for 8k tokens; 4k keeps the KV cache near 100 MB and fits fusion prompts.
@@ -152,6 +158,60 @@ class LocalModelServer:
     async def wait(self) -> int:
         """Return when the server process exits, with its exit code."""
         return await self.process.wait()
+
+
+def model_state_path() -> Path:
+    """Where a running model server is recorded: ``$ITAS_RUNTIME_DIR``, else the user's
+    runtime directory (``$XDG_RUNTIME_DIR/itas``, private to the user and cleared at logout),
+    else ``~/.cache/itas``."""
+    base = os.environ.get(RUNTIME_DIR_ENV)
+    if base:
+        return Path(base).expanduser() / MODEL_STATE_FILE
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    root = Path(runtime) / "itas" if runtime else Path("~/.cache/itas").expanduser()
+    return root / MODEL_STATE_FILE
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):  # gone, or another user's: not ours
+        return False
+    return True
+
+
+def recorded_model_url() -> str | None:
+    """The URL of the model server recorded in ``model_state_path()``, if its process still
+    runs; None when there is none (no file, a stale or unreadable one)."""
+    try:
+        state = json.loads(model_state_path().read_text(encoding="utf-8"))
+        url, pid = state["url"], state["pid"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(url, str) or not isinstance(pid, int) or not _alive(pid):
+        return None
+    return url
+
+
+@contextlib.contextmanager
+def recording(server: LocalModelServer) -> Iterator[None]:
+    """Record ``server`` in the state file while the block runs (owner-only, written whole
+    by a rename), then remove the record if it is still this server's."""
+    path = model_state_path()
+    record = {"url": server.base_url, "pid": server.process.pid}
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(json.dumps(record), encoding="utf-8")
+        partial.replace(path)
+    except OSError as exc:  # agents then need ITAS_LOCAL_MODEL_URL; the server still serves
+        log.warning("could not record the model server in %s (%s)", path, exc)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_text(encoding="utf-8")) == record:
+                path.unlink()
 
 
 async def _ready(process: anyio.abc.Process, base_url: str, deadline_s: float) -> bool:
@@ -294,7 +354,8 @@ async def _serve_until_signal(
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with local_model_server(
             host, port, threads, n_ctx=n_ctx, model_path=model_path, inherit_output=True
-        ) as server:
+        ) as server, contextlib.AsyncExitStack() as records:
+            records.enter_context(recording(server))  # agents on this machine find it
             if on_ready is not None:
                 on_ready(server)
             code: int | None = None
@@ -322,11 +383,29 @@ class LocalProvider(OpenAIProvider):
     default_timeout_s = LOCAL_TIMEOUT_S
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
+        self._found_url, self._url_source = discover_model_url()
+        if settings.get("base_url") is not None:
+            self._url_source = "its base_url setting"
         super().__init__(settings)
         self._price = self._price or FREE
 
     def default_base_url(self) -> str | None:
-        return os.environ.get(LOCAL_URL_ENV) or DEFAULT_LOCAL_URL
+        return self._found_url
 
     def keyless_default(self) -> bool:
         return True
+
+    def _unreached(self) -> str:
+        return (f"(the local model server at {self.base_url}, from {self._url_source}; start "
+                f"one with `itas model serve` or `itas up`, or set {LOCAL_URL_ENV})")
+
+
+def discover_model_url() -> tuple[str, str]:
+    """The local model server's URL and where it came from: ``ITAS_LOCAL_MODEL_URL``, else the
+    running server recorded by ``itas model serve`` / ``itas up``, else the default."""
+    if os.environ.get(LOCAL_URL_ENV):
+        return os.environ[LOCAL_URL_ENV], LOCAL_URL_ENV
+    recorded = recorded_model_url()
+    if recorded is not None:
+        return recorded, f"the server recorded in {model_state_path()}"
+    return DEFAULT_LOCAL_URL, "the default (no server recorded as running)"

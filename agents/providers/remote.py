@@ -23,6 +23,7 @@ queued behind its siblings in this process.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -51,6 +52,8 @@ log = logging.getLogger("itas.providers")
 NO_KEY = "no-key-needed"
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_MAX_CONCURRENCY = 8
+#: How sdk_failure begins the message of a failure that never reached a reply.
+CONNECTION_FAILURES = ("connection error", "timeout")
 DEFAULT_POLICY = RetryPolicy()
 #: Distinct adjustment lines logged per provider instance; later ones still reach the reply.
 MAX_LOGGED_ADJUSTMENTS = 256
@@ -188,7 +191,15 @@ class RemoteProvider(Provider):
         failure = self._classify(exc)
         if failure is None:
             failure = unreadable_reply(exc, self.base_url or self.name)
+        if (failure is not None and failure.status is None
+                and failure.message.startswith(CONNECTION_FAILURES)):
+            failure = dataclasses.replace(failure,
+                                          message=f"{failure.message} {self._unreached()}")
         return failure
+
+    def _unreached(self) -> str:
+        """Said after a connection error or a timeout: where the call was going."""
+        return f"(at {self.base_url or self.name})"
 
     def _price_model(self, model: str) -> str:
         """The name ``prices.price_for`` knows this model by."""
