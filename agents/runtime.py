@@ -6,6 +6,14 @@ epoch in the broker's heartbeat); then it reconnects with backoff and announces
 again. On SIGINT/SIGTERM it stops taking work, finishes what is in flight (up to
 a grace period), replies, and says goodbye so the broker re-queues whatever it
 had sent that was never started.
+
+Each request runs in its own cancel scope with the request's deadline, so
+everything under it (provider calls and their retries, an orchestrator's
+sub-calls, which take the deadline as theirs) stops when the deadline passes,
+when the broker sends CANCEL (the client gave up, or the broker expired it),
+and when the broker no longer knows the work: a new epoch ends the old
+broker's tickets, a DISCONNECT ends all of them. Nobody would take their
+replies.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ class Worker:
         self._epoch: bytes | None = None
         self._last_heard = 0.0
         self._inflight = 0
+        self._running: dict[bytes, anyio.CancelScope] = {}  # by ticket
         self._draining = False
         self._limiter = anyio.CapacityLimiter(agent.credit)
 
@@ -169,22 +178,48 @@ class Worker:
                 continue
             if command is P.Command.REQUEST and len(frames) == 3:
                 if not self._draining:
+                    try:
+                        timeout_ms = P.ticket_timeout_ms(frames[1])
+                    except ProtocolError as exc:
+                        log.warning("%s: dropped a request: %s", self.name, exc)
+                        continue
                     self._inflight += 1
-                    handlers.start_soon(self._serve_one, frames[1], frames[2])
+                    handlers.start_soon(self._serve_one, frames[1], timeout_ms / 1000.0,
+                                        frames[2])
+            elif command is P.Command.CANCEL and len(frames) == 2:
+                scope = self._running.get(frames[1])
+                if scope is not None:
+                    scope.cancel()
             elif command is P.Command.HEARTBEAT and len(frames) == 2:
+                epoch = frames[1]
                 if self._epoch is None:
-                    self._epoch = frames[1]
-                elif frames[1] != self._epoch:  # the broker restarted and forgot us
+                    self._epoch = epoch
+                elif epoch != self._epoch:  # the broker restarted and forgot us
                     await self._announce()
-            elif command is P.Command.DISCONNECT:
+                    self._epoch = epoch
+                self._stop_work(unless_epoch=epoch)
+            elif command is P.Command.DISCONNECT:  # forgotten: none of our tickets counts
+                self._stop_work(unless_epoch=None)
                 await self._announce()
+
+    def _stop_work(self, *, unless_epoch: bytes | None) -> None:
+        """Cancel the requests of tickets not of ``unless_epoch`` (None: all of them)."""
+        for ticket, scope in self._running.items():
+            if unless_epoch is None or ticket[:P.EPOCH_BYTES] != unless_epoch:
+                scope.cancel()
 
     # -- requests ----------------------------------------------------------------
 
-    async def _serve_one(self, ticket: bytes, body: bytes) -> None:
+    async def _serve_one(self, ticket: bytes, timeout_s: float, body: bytes) -> None:
+        reply: tuple[bytes, bytes] | None = None
         try:
-            async with self._limiter:
-                reply = await self._reply_for(body)
+            with anyio.CancelScope(deadline=anyio.current_time() + timeout_s) as scope:
+                self._running[ticket] = scope
+                async with self._limiter:
+                    reply = await self._reply_for(body)
+            if scope.cancelled_caught or reply is None:
+                log.info("%s: stopped a request (deadline or cancel)", self.name)
+                return
             sock = self._socket
             if sock is not None:
                 try:
@@ -192,6 +227,7 @@ class Worker:
                 except zmq.ZMQError as exc:  # reconnecting: the broker re-sends the request
                     log.warning("%s: reply lost to a reconnect: %s", self.name, exc)
         finally:
+            self._running.pop(ticket, None)
             self._inflight -= 1
 
     async def _reply_for(self, body: bytes) -> tuple[bytes, bytes]:

@@ -7,15 +7,32 @@ way out; the socket layer (``itas.broker.server``) supplies it. ``send`` returns
 False when the peer is gone (ROUTER_MANDATORY), which for a worker means its
 requests go elsewhere at once instead of after the heartbeat expiry.
 
-What the broker promises: a request is answered exactly once from the client's
-point of view (a reply, or an error naming why), unless the client itself goes
-away. Replies whose ticket the broker no longer knows are dropped and counted;
-the client resends after a broker restart.
+What the broker promises (see ``itas.protocol`` for the wire side):
+
+- A reply goes only to the request it answers: tickets carry the broker's epoch
+  and the request's key, and the worker must echo the whole ticket. Stale replies are dropped and
+  counted, never answered (only a reply from a forgotten worker with a ticket
+  of this epoch draws a DISCONNECT, once, so it announces again).
+- One copy per request key: a resend updates where the reply goes; a worker that
+  announces again keeps its in-flight work instead of being handed it twice.
+- Every request ends by its deadline: never dispatched once expired; waiting or
+  in flight, it is failed with ``service_unavailable`` (no worker serves it) or
+  ``deadline`` when the time is up, and an in-flight one is cancelled on its
+  worker. A client's CANCEL ends it the same way, without a reply.
+- Bounded queues: at most ``max_waiting_per_service`` and, per client,
+  ``max_waiting_per_client`` waiting requests; beyond them the request is
+  refused at once with ``overloaded``. Waiting requests are served round-robin
+  between clients (one lane per client), so one client's flood delays others
+  by at most one request per lane.
+- Dispatch cost does not grow with the worker count: workers with free credit
+  sit in a heap keyed by load (in-flight / credit), least loaded first.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -28,6 +45,8 @@ from itas.errors import ProtocolError
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_LIVENESS = 3
 MAX_ATTEMPTS = 3
+MAX_WAITING_PER_SERVICE = 10_000
+MAX_WAITING_PER_CLIENT = 1_000
 #: How long a request waits for a service that has no worker at all before it fails with
 #: SERVICE_UNAVAILABLE (a service whose workers are all busy waits up to the deadline).
 UNAVAILABLE_GRACE_S = 5.0
@@ -36,19 +55,23 @@ Send = Callable[[list[bytes]], bool]
 
 
 @dataclass(slots=True, eq=False)
-class QueuedRequest:
-    client: bytes
-    request_id: int  # the client's id, echoed in the reply
-    service: str
+class Request:
+    client: bytes  # where the reply goes: the socket that sent the request last
+    lane: bytes  # the client lane it waits in (its first sender), for fairness and limits
+    key: bytes  # the client's name for it, echoed by the worker and back to the client
+    service: Service
     body: bytes
     deadline: float
     timeout_s: float
     arrived: float
     attempts: int = 0
+    worker: Worker | None = None  # set while in flight
+    ticket: bytes = b""
+    done: bool = False  # answered, failed or cancelled; skipped wherever it still sits
 
 
 @dataclass(slots=True, eq=False)
-class RegisteredWorker:
+class Worker:
     identity: bytes
     service: Service
     credit: int
@@ -57,14 +80,18 @@ class RegisteredWorker:
     ttl: float
     expiry: float
     next_beat: float
-    inflight: dict[bytes, QueuedRequest] = field(default_factory=dict)
+    inflight: dict[bytes, Request] = field(default_factory=dict)
+    offer: int = -1  # sequence number of its valid entry in service.free; -1: none
 
 
 @dataclass(slots=True, eq=False)
 class Service:
     name: str
-    waiting: collections.deque[QueuedRequest] = field(default_factory=collections.deque)
-    workers: list[RegisteredWorker] = field(default_factory=list)
+    lanes: dict[bytes, collections.deque[Request]] = field(default_factory=dict)  # by client
+    turns: collections.deque[bytes] = field(default_factory=collections.deque)  # lane order
+    waiting: int = 0  # live requests in lanes (lanes may also hold done ones)
+    workers: dict[bytes, Worker] = field(default_factory=dict)
+    free: list[tuple[float, int, Worker]] = field(default_factory=list)  # heap by load
     unserved_since: float = 0.0  # when it last had no worker (creation, or the last left)
 
 
@@ -79,29 +106,42 @@ class Broker:
         liveness: int = HEARTBEAT_LIVENESS,
         max_attempts: int = MAX_ATTEMPTS,
         max_message_bytes: int = P.MAX_MESSAGE_BYTES,
+        max_waiting_per_service: int = MAX_WAITING_PER_SERVICE,
+        max_waiting_per_client: int = MAX_WAITING_PER_CLIENT,
         unavailable_grace: float = UNAVAILABLE_GRACE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send = send
         self._clock = clock
+        self._pack = P.packer()
         self.heartbeat_interval = heartbeat_interval
         self.liveness = liveness
         self.max_attempts = max_attempts
         self.max_message_bytes = max_message_bytes
+        self.max_waiting_per_service = max_waiting_per_service
+        self.max_waiting_per_client = max_waiting_per_client
         self.unavailable_grace = unavailable_grace
         # A restarted broker hears from its workers only as they notice the restart (their
         # next heartbeat); until one expiry has passed, no service counts as unserved.
         self._workers_back_by = clock() + heartbeat_interval * liveness
-        self.epoch = os.urandom(8)
+        self.epoch = os.urandom(P.EPOCH_BYTES)
         self.services: dict[str, Service] = {}
-        self.workers: dict[bytes, RegisteredWorker] = {}
-        self._tickets = 0
+        self.workers: dict[bytes, Worker] = {}
+        self.active: dict[bytes, Request] = {}  # by key: waiting or in flight
+        self._waiting_by_client: dict[bytes, int] = {}
+        self._deadlines: list[tuple[float, int, Request]] = []  # heap; done ones skipped
+        # When to see whether a request has waited out the grace for a service with no
+        # worker (heap; pushed only while its service has none, so it stays small).
+        self._grace_checks: list[tuple[float, int, Request]] = []
+        self._seq = itertools.count()
+        self._tickets = itertools.count(1)
         self.counters: collections.Counter[str] = collections.Counter()
         # Keyed by the whole header, so one dict lookup checks version and command.
         self._handlers = {
             P.REQUEST: self._on_request,
             P.REPLY: self._on_reply,
             P.ERROR: self._on_reply,
+            P.CANCEL: self._on_cancel,
             P.READY: self._on_ready,
             P.HEARTBEAT: self._on_heartbeat,
             P.DISCONNECT: self._on_disconnect,
@@ -115,7 +155,7 @@ class Broker:
             self.counters["dropped_malformed"] += 1
             return
         if sum(map(len, frames)) > self.max_message_bytes:
-            self.counters["dropped_oversize"] += 1
+            self.oversize(frames[:3])
             return
         handler = self._handlers.get(frames[1])
         if handler is None:
@@ -126,63 +166,132 @@ class Broker:
         except ProtocolError:
             self.counters["dropped_malformed"] += 1
 
+    def oversize(self, head: list[bytes]) -> None:
+        """A message over the size limit, of which only ``[identity, header, key]`` was kept.
+
+        The socket layer calls this before reassembling the rest; a request is
+        answered with ``too_large`` so its client does not wait for nothing.
+        """
+        self.counters["dropped_oversize"] += 1
+        if len(head) == 3 and head[1] == P.REQUEST:
+            try:
+                key = P.parse_request_meta(head[2])[0]
+            except ProtocolError:
+                return
+            self._send([head[0], P.ERROR, self._pack([key, 0]), P.error_body(
+                P.ErrorCode.TOO_LARGE,
+                f"request larger than the broker's limit of {self.max_message_bytes} bytes")])
+
     def _on_request(self, frames: list[bytes]) -> None:
         if len(frames) != 4:
             raise ProtocolError("REQUEST: expected 3 frames")
         identity, _, meta, body = frames
-        request_id, service_name, timeout_ms = P.parse_request_meta(meta)
+        key, service_name, timeout_ms = P.parse_request_meta(meta)
         self.counters["requests"] += 1
         if service_name == P.STATUS_SERVICE:
-            self._send([identity, P.REPLY, P.reply_meta(request_id, 0), P.pack(self.status())])
+            self._send([identity, P.REPLY, self._pack([key, 0]), self._pack(self.status())])
+            return
+        known = self.active.get(key)
+        if known is not None:  # a resend: one copy, the reply goes where it came from last
+            self.counters["resends_merged"] += 1
+            known.client = identity
+            return
+        service = self._service(service_name)
+        if service.waiting >= self.max_waiting_per_service:
+            self._refuse(identity, key, f"service {service_name!r} has "
+                         f"{service.waiting} requests waiting (the limit)")
+            return
+        if self._waiting_by_client.get(identity, 0) >= self.max_waiting_per_client:
+            self._refuse(identity, key, f"this client has {self.max_waiting_per_client} "
+                         "requests waiting (the limit)")
             return
         timeout_s = timeout_ms / 1000.0
         now = self._clock()
-        request = QueuedRequest(identity, request_id, service_name, body, now + timeout_s,
-                                timeout_s, now)
-        service = self._service(service_name)
-        service.waiting.append(request)
+        deadline = now + timeout_s
+        request = Request(identity, identity, key, service, body, deadline, timeout_s, now)
+        self.active[key] = request
+        heapq.heappush(self._deadlines, (deadline, next(self._seq), request))
+        if len(self._deadlines) > 4 * len(self.active) + 1024:  # drop entries of done ones
+            self._deadlines = [e for e in self._deadlines if not e[2].done]
+            heapq.heapify(self._deadlines)
+        if not service.waiting:  # the usual case: straight to a free worker, if any
+            worker = self._free_worker(service)
+            if worker is not None:
+                self._give(request, worker)
+                return
+        self._enqueue(request, front=False)
+        if not service.workers:
+            self._check_grace_later(request)
         self._dispatch(service)
+
+    def _refuse(self, identity: bytes, key: bytes, why: str) -> None:
+        self.counters["overloaded"] += 1
+        self._send([identity, P.ERROR, self._pack([key, 0]),
+                    P.error_body(P.ErrorCode.OVERLOADED, f"{why}; try again later")])
 
     def _on_reply(self, frames: list[bytes]) -> None:
         if len(frames) != 4:
             raise ProtocolError("REPLY/ERROR: expected 3 frames")
         identity, hdr, ticket, body = frames
         worker = self.workers.get(identity)
-        if worker is None:
+        # The whole ticket must match, so the key in it is the request's own.
+        request = worker.inflight.get(ticket) if worker is not None else None
+        if request is None:  # an old epoch's ticket, one given up on, or a mangled one
             self.counters["dropped_stale"] += 1
-            self._send([identity, P.DISCONNECT])
+            if worker is None and ticket[:P.EPOCH_BYTES] == self.epoch:
+                self._send([identity, P.DISCONNECT])  # forgotten, yet alive: announce again
             return
+        assert worker is not None
+        worker.expiry = self._clock() + worker.ttl
         if hdr == P.ERROR:
             P.parse_error(body)  # a malformed error body is the worker's bug: drop it here
-        worker.expiry = self._clock() + worker.ttl
-        request = worker.inflight.pop(ticket, None)
-        if request is None:
-            self.counters["dropped_stale"] += 1
-        else:
-            self.counters["replied"] += 1
-            meta = P.reply_meta(request.request_id, request.attempts)
-            if not self._send([request.client, hdr, meta, body]):
-                self.counters["undeliverable"] += 1
+        del worker.inflight[ticket]
+        self._finish(request)
+        self.counters["replied"] += 1
+        if not self._send([request.client, hdr, self._pack([request.key, request.attempts]),
+                           body]):
+            self.counters["undeliverable"] += 1
+        self._offer(worker)
         if worker.service.waiting:
             self._dispatch(worker.service)
+
+    def _on_cancel(self, frames: list[bytes]) -> None:
+        if len(frames) != 3:
+            raise ProtocolError("CANCEL: expected 2 frames")
+        request = self.active.get(frames[2])
+        if request is None or request.client != frames[0]:
+            return  # answered already, or not this sender's to cancel
+        self.counters["cancelled"] += 1
+        self._stop(request)
 
     def _on_ready(self, frames: list[bytes]) -> None:
         if len(frames) != 3:
             raise ProtocolError("READY: expected 2 frames")
         identity = frames[0]
         service_name, credit, name, heartbeat_ms = P.parse_ready(frames[2])
-        old = self.workers.get(identity)
-        if old is not None:  # announced again (reconnect): its old work goes elsewhere
-            self._remove_worker(old, lost=False)
-        service = self._service(service_name)
         interval = heartbeat_ms / 1000.0 if heartbeat_ms else self.heartbeat_interval
         now = self._clock()
         ttl = interval * self.liveness
-        worker = RegisteredWorker(identity, service, credit, name, interval, ttl, now + ttl, now + interval)
+        old = self.workers.get(identity)
+        if old is not None and old.service.name == service_name:
+            # The same socket announcing again (it saw a new epoch or a DISCONNECT): it
+            # still runs its in-flight work, so that work stays with it.
+            self.counters["workers_reannounced"] += 1
+            old.credit, old.name, old.interval, old.ttl = credit, name, interval, ttl
+            old.expiry = now + ttl
+            self._send([identity, P.HEARTBEAT, self.epoch])
+            self._offer(old)
+            self._dispatch(old.service)
+            return
+        if old is not None:
+            self._remove_worker(old, lost=False)
+        service = self._service(service_name)
+        worker = Worker(identity, service, credit, name, interval, ttl, now + ttl, now + interval)
         self.workers[identity] = worker
-        service.workers.append(worker)
+        service.workers[identity] = worker
         self.counters["workers_joined"] += 1
         self._send([identity, P.HEARTBEAT, self.epoch])
+        self._offer(worker)
         self._dispatch(service)
 
     def _on_heartbeat(self, frames: list[bytes]) -> None:
@@ -198,7 +307,7 @@ class Broker:
         if worker is not None:
             self._remove_worker(worker, lost=False)
 
-    # -- dispatch ------------------------------------------------------------
+    # -- queues and dispatch -------------------------------------------------
 
     def _service(self, name: str) -> Service:
         service = self.services.get(name)
@@ -206,51 +315,176 @@ class Broker:
             service = self.services[name] = Service(name, unserved_since=self._clock())
         return service
 
+    def _enqueue(self, request: Request, *, front: bool) -> None:
+        service = request.service
+        lane = service.lanes.get(request.lane)
+        if lane is None:
+            lane = service.lanes[request.lane] = collections.deque()
+            (service.turns.appendleft if front else service.turns.append)(request.lane)
+        (lane.appendleft if front else lane.append)(request)
+        service.waiting += 1
+        self._waiting_by_client[request.lane] = self._waiting_by_client.get(request.lane, 0) + 1
+
+    def _unqueue(self, request: Request) -> None:
+        """Account for a request leaving its lane (popped, or left there marked done)."""
+        request.service.waiting -= 1
+        count = self._waiting_by_client[request.lane] - 1
+        if count:
+            self._waiting_by_client[request.lane] = count
+        else:
+            del self._waiting_by_client[request.lane]
+
+    def _next_waiting(self, service: Service) -> Request | None:
+        """The next live request, one per client lane in turn."""
+        lanes, turns = service.lanes, service.turns
+        while turns:
+            client = turns[0]
+            lane = lanes[client]
+            request = lane.popleft()
+            if lane:
+                turns.rotate(-1)
+            else:
+                turns.popleft()
+                del lanes[client]
+            if not request.done:
+                return request
+        return None
+
+    def _offer(self, worker: Worker) -> None:
+        """(Re)place the worker in its service's heap of workers with free credit."""
+        if worker.identity not in worker.service.workers or len(worker.inflight) >= worker.credit:
+            worker.offer = -1
+            return
+        free = worker.service.free
+        worker.offer = next(self._seq)
+        heapq.heappush(free, (len(worker.inflight) / worker.credit, worker.offer, worker))
+        if len(free) > 2 * len(worker.service.workers) + 64:  # drop superseded entries
+            free[:] = [e for e in free if e[2].offer == e[1]]
+            heapq.heapify(free)
+
+    def _free_worker(self, service: Service) -> Worker | None:
+        """The least-loaded worker with credit left (superseded heap entries are dropped)."""
+        free = service.free
+        while free:
+            _, offer, worker = free[0]
+            if worker.offer == offer:
+                return worker
+            heapq.heappop(free)
+        return None
+
     def _dispatch(self, service: Service) -> None:
         """Hand waiting requests to the least-loaded workers that have credit left."""
-        waiting, workers = service.waiting, service.workers
-        while waiting and workers:
-            best, best_load = None, 1.0
-            for worker in workers:
-                load = len(worker.inflight) / worker.credit
-                if load < best_load:
-                    best, best_load = worker, load
-            if best is None:
+        while service.waiting:
+            worker = self._free_worker(service)
+            if worker is None:
                 return
-            request = waiting.popleft()
-            self._tickets += 1
-            ticket = self._tickets.to_bytes(8, "big")
-            request.attempts += 1
-            best.inflight[ticket] = request
-            self.counters["dispatched"] += 1
-            if not self._send([best.identity, P.REQUEST, ticket, request.body]):
-                self._remove_worker(best, lost=True)
+            request = self._next_waiting(service)
+            if request is None:
+                return
+            self._unqueue(request)
+            self._give(request, worker)
 
-    def _remove_worker(self, worker: RegisteredWorker, *, lost: bool) -> None:
-        """Forget a worker; its in-flight requests go back to the front of the queue."""
+    def _give(self, request: Request, worker: Worker) -> None:
+        """Send the request to ``worker``, the top of its service's free heap."""
+        remaining = request.deadline - self._clock()
+        if remaining <= 0:  # never dispatch an expired request
+            self._expire(request, queued=False)
+            return
+        heapq.heappop(worker.service.free)
+        ticket = P.ticket(self.epoch, next(self._tickets), max(1, int(remaining * 1000)),
+                          request.key)
+        request.attempts += 1
+        request.worker, request.ticket = worker, ticket
+        worker.inflight[ticket] = request
+        self.counters["dispatched"] += 1
+        if self._send([worker.identity, P.REQUEST, ticket, request.body]):
+            self._offer(worker)
+        else:
+            self._remove_worker(worker, lost=True)
+
+    def _remove_worker(self, worker: Worker, *, lost: bool) -> None:
+        """Forget a worker; its in-flight requests go back to the front of their lanes."""
         self.workers.pop(worker.identity, None)
         service = worker.service
-        if worker in service.workers:
-            service.workers.remove(worker)
-            if not service.workers:
-                service.unserved_since = self._clock()
+        last = service.workers.pop(worker.identity, None) is not None and not service.workers
+        worker.offer = -1
         self.counters["workers_lost" if lost else "workers_left"] += 1
         for request in reversed(list(worker.inflight.values())):
+            request.worker = None
             if not lost:
                 request.attempts -= 1  # a clean goodbye is not a failed attempt
             if request.attempts >= self.max_attempts:
+                self._finish(request)
                 self._fail(request, P.ErrorCode.WORKER_LOST,
-                           f"service {request.service!r}: {request.attempts} workers were lost "
+                           f"service {service.name!r}: {request.attempts} workers were lost "
                            "while running this request; giving up")
             else:
                 self.counters["retried"] += 1
-                service.waiting.appendleft(request)
+                self._enqueue(request, front=True)
         worker.inflight.clear()
+        if last:  # unserved from now: every waiting request gets a full grace from here
+            service.unserved_since = self._clock()
+            for lane in service.lanes.values():
+                for request in lane:
+                    if not request.done:
+                        self._check_grace_later(request)
         self._dispatch(service)
 
-    def _fail(self, request: QueuedRequest, code: str, message: str) -> None:
-        meta = P.reply_meta(request.request_id, request.attempts)
-        self._send([request.client, P.ERROR, meta, P.error_body(code, message)])
+    def _finish(self, request: Request) -> None:
+        request.done = True
+        request.worker = None
+        del self.active[request.key]
+
+    def _stop(self, request: Request) -> None:
+        """End a live request without replying: cancel it on its worker, or unqueue it."""
+        worker = request.worker
+        if worker is not None:
+            del worker.inflight[request.ticket]
+            self._send([worker.identity, P.CANCEL, request.ticket])
+            self._finish(request)
+            self._offer(worker)
+            self._dispatch(worker.service)
+        else:
+            self._unqueue(request)
+            self._finish(request)
+            self._tidy_lane(request)
+
+    def _tidy_lane(self, request: Request) -> None:
+        """Pop done requests off the front of the request's lane (usually it is there)."""
+        service = request.service
+        lane = service.lanes.get(request.lane)
+        while lane and lane[0].done:
+            lane.popleft()
+        if lane is not None and not lane:
+            del service.lanes[request.lane]
+            service.turns.remove(request.lane)  # O(clients waiting), rare: the lane's last
+        if not service.waiting:
+            service.lanes.clear()
+            service.turns.clear()
+
+    def _expire(self, request: Request, *, queued: bool) -> None:
+        """Fail a request whose deadline passed: in flight, in its lane, or just taken out."""
+        self.counters["expired"] += 1
+        service, worker = request.service, request.worker
+        if worker is not None:
+            code, message = P.ErrorCode.DEADLINE, (
+                f"service {service.name!r}: worker {worker.name!r} did not answer within "
+                f"the request's {request.timeout_s:g} s")
+        elif service.workers:
+            code, message = P.ErrorCode.DEADLINE, (
+                f"service {service.name!r} had no free worker within {request.timeout_s:g} s")
+        else:
+            code, message = P.ErrorCode.SERVICE_UNAVAILABLE, self._unavailable_message(
+                service, min(self.unavailable_grace, request.timeout_s))
+        if worker is not None or queued:
+            self._stop(request)
+        else:
+            self._finish(request)
+        self._fail(request, code, message)
+
+    def _fail(self, request: Request, code: str, message: str) -> None:
+        self._send([request.client, P.ERROR, self._pack([request.key, request.attempts]),
+                    P.error_body(code, message)])
 
     # -- time ----------------------------------------------------------------
 
@@ -259,44 +493,46 @@ class Broker:
         now = self._clock()
         for worker in [w for w in self.workers.values() if w.expiry < now]:
             self._remove_worker(worker, lost=True)
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            request = heapq.heappop(deadlines)[2]
+            if not request.done:
+                self._expire(request, queued=request.worker is None)
+        checks = self._grace_checks
+        while checks and checks[0][0] <= now:
+            request = heapq.heappop(checks)[2]
+            if request.done or request.worker is not None or request.service.workers:
+                continue  # answered, running, or served again: its deadline applies
+            since = self._unserved_from(request)
+            if now - since >= self.unavailable_grace:
+                self.counters["unavailable"] += 1
+                self._stop(request)
+                self._fail(request, P.ErrorCode.SERVICE_UNAVAILABLE, self._unavailable_message(
+                    request.service, min(self.unavailable_grace, request.timeout_s)))
+            else:
+                heapq.heappush(checks, (since + self.unavailable_grace, next(self._seq), request))
         for name, service in list(self.services.items()):
-            if any(r.deadline <= now or self._unserved_too_long(service, r, now)
-                   for r in service.waiting):
-                self._expire(service, now)
             if not service.waiting and not service.workers:
                 del self.services[name]  # names from bad clients must not pile up
-        for worker in list(self.workers.values()):
+        for worker in self.workers.values():
             if now >= worker.next_beat:
                 worker.next_beat = now + worker.interval
                 self._send([worker.identity, P.HEARTBEAT, self.epoch])
 
-    def _expire(self, service: Service, now: float) -> None:
-        keep: collections.deque[QueuedRequest] = collections.deque()
-        for request in service.waiting:
-            if service.workers:
-                if request.deadline > now:
-                    keep.append(request)
-                    continue
-                self.counters["expired"] += 1
-                self._fail(request, P.ErrorCode.EXPIRED,
-                           f"service {service.name!r} had no free worker within "
-                           f"{request.timeout_s:g} s")
-            elif request.deadline > now and not self._unserved_too_long(service, request, now):
-                keep.append(request)
-            else:
-                self.counters["unavailable"] += 1
-                waited = min(self.unavailable_grace, request.timeout_s)
-                self._fail(request, P.ErrorCode.SERVICE_UNAVAILABLE,
-                           f"no worker serves {service.name!r} (none registered in "
-                           f"{waited:g} s); {start_hint(service.name)}")
-        service.waiting = keep
+    def _unserved_from(self, request: Request) -> float:
+        """The grace counts from the latest of: the request's arrival, its service's last
+        worker loss (a retried request gets a full grace after its worker left) and the
+        time a restarted broker's workers have had to announce again."""
+        return max(request.arrived, request.service.unserved_since, self._workers_back_by)
 
-    def _unserved_too_long(self, service: Service, request: QueuedRequest, now: float) -> bool:
-        """No worker for the grace, counted from the latest of: the request's arrival, the
-        service's last worker loss (a retried request gets a full grace after its worker
-        left) and the time a restarted broker's workers have had to re-announce."""
-        since = max(request.arrived, service.unserved_since, self._workers_back_by)
-        return not service.workers and now - since >= self.unavailable_grace
+    def _check_grace_later(self, request: Request) -> None:
+        heapq.heappush(self._grace_checks, (self._unserved_from(request) + self.unavailable_grace,
+                                            next(self._seq), request))
+
+    @staticmethod
+    def _unavailable_message(service: Service, waited: float) -> str:
+        return (f"no worker serves {service.name!r} (none registered in {waited:g} s); "
+                f"{start_hint(service.name)}")
 
     def disconnect_all(self) -> None:
         """Tell every worker the broker is going away, so they reconnect at once."""
@@ -310,10 +546,10 @@ class Broker:
             "epoch": self.epoch.hex(),
             "services": {
                 name: {
-                    "waiting": len(s.waiting),
+                    "waiting": s.waiting,
                     "workers": len(s.workers),
-                    "inflight": sum(len(w.inflight) for w in s.workers),
-                    "credit": sum(w.credit for w in s.workers),
+                    "inflight": sum(len(w.inflight) for w in s.workers.values()),
+                    "credit": sum(w.credit for w in s.workers.values()),
                 }
                 for name, s in sorted(self.services.items())
             },

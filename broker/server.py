@@ -4,6 +4,14 @@ The loop is synchronous on purpose: one socket, no awaits, so every message
 costs only its recv, its routing and its send. Messages are drained in batches
 after each poll; time-driven work (heartbeats, expiry) runs at most every
 ``TICK_S``.
+
+Memory is bounded at the socket: no frame larger than the message limit is
+accepted (``MAXMSGSIZE``), each peer's queue holds at most ``PEER_HWM``
+messages each way, and a multi-frame message is measured frame by frame as it
+is read, without copying it into Python, so an oversize one is answered with
+``too_large`` and freed before it is ever assembled. (ZeroMQ itself delivers a
+message whole, so one peer can still hold up to ``PEER_HWM`` messages in the
+broker's buffers; the limits make that finite.)
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ log = logging.getLogger("itas.broker")
 
 TICK_S = 0.05
 DRAIN_BATCH = 256
+#: Messages queued per peer each way. A worker holds at most its credit of requests,
+#: a client at most its window; a peer that lets this many pile up is not reading.
+PEER_HWM = 50_000
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
@@ -59,10 +70,11 @@ class BrokerServer:
         self.socket = self._context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.LINGER, 500)
-        self.socket.setsockopt(zmq.SNDHWM, 0)
-        self.socket.setsockopt(zmq.RCVHWM, 0)
-        # A hard guard far above the counted limit: larger messages never reach Python.
-        self.socket.setsockopt(zmq.MAXMSGSIZE, 4 * max_message_bytes)
+        self.socket.setsockopt(zmq.SNDHWM, PEER_HWM)
+        self.socket.setsockopt(zmq.RCVHWM, PEER_HWM)
+        # No single frame above the limit gets in (the peer is disconnected instead).
+        self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self._max_message_bytes = max_message_bytes
         if curve is not None:
             self._auth = zmq.auth.thread.ThreadAuthenticator(self._context, log=log)
             self._auth.start()
@@ -82,8 +94,8 @@ class BrokerServer:
 
     def _send(self, frames: list[bytes]) -> bool:
         # Frame by frame with plain int flags: send_multipart's per-frame enum arithmetic
-        # cost more than the routing itself. With SNDHWM=0 a send cannot stop halfway
-        # through a message, and an unreachable peer fails on the first frame.
+        # cost more than the routing itself. ZeroMQ checks the HWM and the peer on the
+        # first frame only, so a send cannot stop halfway through a message.
         send = self.socket.send
         try:
             for frame in frames[:-1]:
@@ -95,6 +107,11 @@ class BrokerServer:
                 log.warning("send to %r failed: %s", frames[0][:16], exc)
             return False
 
+    def _discard_rest(self, frame: zmq.Frame, head: list[bytes]) -> None:
+        while frame.more:
+            frame = self.socket.recv(_NOBLOCK, copy=False)
+        self.broker.oversize(head)
+
     def stop(self) -> None:
         self._stopping.set()
 
@@ -103,6 +120,7 @@ class BrokerServer:
         poller.register(self.socket, zmq.POLLIN)
         recv = self.socket.recv
         handle = self.broker.handle
+        limit = self._max_message_bytes
         next_tick = time.monotonic() + TICK_S
         try:
             while not self._stopping.is_set():
@@ -114,10 +132,16 @@ class BrokerServer:
                         except zmq.Again:
                             break
                         frames = [frame.bytes]
+                        size = 0
                         while frame.more:
                             frame = recv(_NOBLOCK, copy=False)
+                            size += len(frame)
+                            if size > limit:  # free it unread: only its head is kept
+                                self._discard_rest(frame, frames[:3])
+                                break
                             frames.append(frame.bytes)
-                        handle(frames)
+                        else:
+                            handle(frames)
                 now = time.monotonic()
                 if now >= next_tick:
                     self.broker.tick()

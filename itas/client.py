@@ -1,15 +1,28 @@
 """Client library: ``AsyncClient`` (anyio) and ``Client``, its blocking twin.
 
-Many requests share one DEALER connection; each waits on its own event. The
-client heartbeats the broker while requests are pending and learns the broker's
-epoch from its answers: a new epoch (the broker restarted) or a long silence
-(the broker is gone; a new socket is made) means every pending request is sent
-again. Requests are idempotent, so a duplicate reply is simply ignored.
+Many requests share one DEALER connection; each waits on its own event, found
+by the request's key, which the broker and the worker echo: a reply is only
+ever accepted by the request it was made for.
+
+The client learns the broker's epoch before it sends: when it opens, and again
+after any silence longer than a heartbeat interval (an empty HEARTBEAT, which
+the broker answers with its epoch). While requests are pending it heartbeats;
+a new epoch (the broker restarted) means every request sent under the old one
+is sent again, and a long silence (the broker is gone, or the connection is
+half-open) means a new socket and the same. A resend carries the same key, so
+a broker that did get the first copy keeps one.
+
+Each request carries its deadline: the smaller of its timeout and the caller's
+anyio deadline (``current_effective_deadline``), so sub-calls made while
+serving a request end when it does. A caller that gives up (timeout or
+cancellation) sends CANCEL, and the broker stops the work on its worker.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import os
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +50,8 @@ DEFAULT_TIMEOUT_S = 60.0
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_LIVENESS = 3
 _DRAIN_BATCH = 256
+#: Messages queued each way on the client's socket; sends beyond it wait.
+SOCKET_HWM = 10_000
 
 
 @dataclass(eq=False)
@@ -44,6 +59,7 @@ class _Pending:
     service: str
     body: bytes
     deadline: float
+    epoch: bytes | None = None  # the broker epoch it was last sent under; None: not sent
     done: anyio.Event = field(default_factory=anyio.Event)
     reply: tuple[bytes, int, bytes] | None = None  # (header, attempts, body)
 
@@ -77,13 +93,16 @@ class AsyncClient:
         self.curve = curve
         self.heartbeat_interval = heartbeat_interval
         self.silence_limit = heartbeat_interval * liveness
+        self._client_id = os.urandom(P.KEY_BYTES // 2)
         self._ids = itertools.count(1)
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[bytes, _Pending] = {}
         self._context: zmq.asyncio.Context | None = None
         self._socket: zmq.asyncio.Socket | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
         self._epoch: bytes | None = None
+        self._epoch_known = anyio.Event()
         self._last_heard = 0.0
+        self._asking_since: float | None = None  # first unanswered ask since last heard
         self.resends = 0
 
     async def __aenter__(self) -> Self:
@@ -93,6 +112,7 @@ class AsyncClient:
         self._tasks = anyio.create_task_group()
         await self._tasks.__aenter__()
         self._tasks.start_soon(self._io_loop)
+        await self._ask_epoch()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -108,8 +128,8 @@ class AsyncClient:
         assert self._context is not None
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
+        sock.setsockopt(zmq.RCVHWM, SOCKET_HWM)
         if self.curve is not None:
             self.curve.apply_client(sock)
         sock.connect(self.broker)
@@ -120,9 +140,13 @@ class AsyncClient:
     async def request(self, service: str, body: Any, *, timeout: float | None = None) -> Any:
         """Send ``body`` to ``service`` and return the decoded reply body.
 
-        Raises ``ServiceUnavailable`` (no worker within the deadline),
-        ``RequestTimeout``, ``RemoteError`` (the agent's error reply, with its
-        code) or ``BrokerUnreachable`` (client not open).
+        The deadline is the smaller of ``timeout`` (default: the client's) and
+        the caller's anyio deadline. Raises ``ServiceUnavailable`` (no worker
+        serves it), ``RequestTimeout`` (the deadline passed: the message says
+        whether the broker never answered, no worker was free, or which worker
+        did not answer), ``RemoteError`` (an error reply with its code, such as
+        ``overloaded`` or ``too_large`` from the broker) or
+        ``BrokerUnreachable`` (client not open).
         """
         return (await self.call(service, body, timeout=timeout)).body
 
@@ -130,18 +154,30 @@ class AsyncClient:
         """Like ``request``, but also says how many attempts it took and how long."""
         if self._tasks is None or self._socket is None:
             raise BrokerUnreachable("client is not open: use 'async with AsyncClient(...)'")
-        timeout = self.timeout if timeout is None else timeout
-        request_id = next(self._ids)
         started = anyio.current_time()
-        pending = _Pending(service, P.pack(body), started + timeout)
-        self._pending[request_id] = pending
+        timeout = self.timeout if timeout is None else timeout
+        outer = anyio.current_effective_deadline()  # the caller's own deadline, if any
+        if not math.isinf(outer):
+            timeout = max(0.0, min(timeout, outer - started))
+        data = P.pack(body)
+        if len(data) > P.MAX_MESSAGE_BYTES:  # the broker would refuse it: say so without asking
+            raise RemoteError(P.ErrorCode.TOO_LARGE, f"request of {len(data)} bytes is over the "
+                              f"broker's limit of {P.MAX_MESSAGE_BYTES} bytes", service)
+        key = self._client_id + next(self._ids).to_bytes(P.KEY_BYTES // 2, "big")
+        pending = _Pending(service, data, started + timeout)
+        self._pending[key] = pending
         try:
             with anyio.move_on_after(timeout):
-                await self._send(request_id, pending)
+                await self._send_when_epoch_known(key, pending)
                 await pending.done.wait()
         finally:
-            del self._pending[request_id]
+            del self._pending[key]
+            if pending.reply is None and pending.epoch is not None:
+                await self._cancel(key)
         if pending.reply is None:
+            if pending.epoch is None:
+                raise RequestTimeout(f"{service!r}: the broker {self.broker} did not answer "
+                                     f"within {timeout:g} s (is it running?)")
             raise RequestTimeout(f"no reply from {service!r} within {timeout:g} s")
         header, attempts, data = pending.reply
         if header == P.REPLY:
@@ -150,6 +186,8 @@ class AsyncClient:
         code, message = P.parse_error(data)
         if code == P.ErrorCode.SERVICE_UNAVAILABLE:
             raise ServiceUnavailable(service, message)
+        if code == P.ErrorCode.DEADLINE:
+            raise RequestTimeout(message)
         raise RemoteError(code, message, service)
 
     async def ask(self, prompt: PromptLike, *, architecture: ArchitectureLike,
@@ -172,23 +210,57 @@ class AsyncClient:
         result: dict[str, Any] = await self.request(P.STATUS_SERVICE, None, timeout=timeout)
         return result
 
-    async def _send(self, request_id: int, pending: _Pending) -> None:
+    async def _send_when_epoch_known(self, key: bytes, pending: _Pending) -> None:
+        """Send once the broker's epoch is known, asking for it first after a silence.
+
+        Knowing the epoch a request went out under is what lets a restart be
+        noticed and the request resent; the ask costs one round trip, and only
+        after the client has heard nothing for a heartbeat interval.
+        """
+        if anyio.current_time() - self._last_heard > self.heartbeat_interval:
+            await self._ask_epoch()
+        while not self._epoch_known.is_set():
+            await self._epoch_known.wait()
+        if pending.epoch is None:  # a restart noticed meanwhile may have sent it already
+            await self._send(key, pending)
+
+    async def _ask_epoch(self) -> None:
+        if self._epoch_known.is_set():
+            self._epoch_known = anyio.Event()
+        if self._asking_since is None:
+            self._asking_since = anyio.current_time()
+        assert self._socket is not None
+        await self._socket.send_multipart([P.HEARTBEAT])
+
+    async def _send(self, key: bytes, pending: _Pending) -> None:
         assert self._socket is not None
         # The broker's deadline falls a little before ours, so an unserved request
         # gets the broker's clear error rather than a bare timeout.
         remaining = pending.deadline - anyio.current_time()
         remaining_ms = max(1, int((remaining - min(0.25, remaining / 10)) * 1000))
-        meta = P.request_meta(request_id, pending.service, remaining_ms)
+        pending.epoch = self._epoch
+        meta = P.request_meta(key, pending.service, remaining_ms)
         try:
             await self._socket.send_multipart([P.REQUEST, meta, pending.body])
         except zmq.ZMQError:  # the socket is being replaced; the resend that follows covers it
             pass
 
-    async def _resend_all(self) -> None:
-        for request_id, pending in list(self._pending.items()):
-            if pending.reply is None:
+    async def _cancel(self, key: bytes) -> None:
+        """Tell the broker this request is given up, so its worker stops (best effort)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(0.5):
+            if self._socket is not None:
+                try:
+                    await self._socket.send_multipart([P.CANCEL, key])
+                except zmq.ZMQError:
+                    pass
+
+    async def _resend(self, unless_epoch: bytes | None) -> None:
+        """Send again every request sent under another epoch than ``unless_epoch``."""
+        for key, pending in list(self._pending.items()):
+            if pending.reply is None and pending.epoch is not None \
+                    and pending.epoch != unless_epoch:
                 self.resends += 1
-                await self._send(request_id, pending)
+                await self._send(key, pending)
 
     # -- background ----------------------------------------------------------------
 
@@ -210,6 +282,7 @@ class AsyncClient:
                     except zmq.Again:
                         break
                     self._last_heard = anyio.current_time()
+                    self._asking_since = None
                     await self._on_message(frames)
             now = anyio.current_time()
             if now >= next_beat:
@@ -220,31 +293,32 @@ class AsyncClient:
         header = frames[0]
         if header in (P.REPLY, P.ERROR) and len(frames) == 3:
             try:
-                request_id, attempts = P.parse_reply_meta(frames[1])
+                key, attempts = P.parse_reply_meta(frames[1])
             except ProtocolError:
                 return
-            pending = self._pending.get(request_id)
-            if pending is not None and pending.reply is None:
-                pending.reply = (header, attempts, frames[2])
-                pending.done.set()
+            pending = self._pending.get(key)  # only its own request takes a reply
+            if pending is None or pending.reply is not None:
+                return
+            pending.reply = (header, attempts, frames[2])
+            pending.done.set()
         elif header == P.HEARTBEAT and len(frames) == 2:
-            restarted = self._epoch is not None and frames[1] != self._epoch
-            self._epoch = frames[1]
-            if restarted:
-                await self._resend_all()
+            epoch, self._epoch = self._epoch, frames[1]
+            if epoch is not None and frames[1] != epoch:
+                await self._resend(unless_epoch=frames[1])
+            self._epoch_known.set()
 
     async def _heartbeat(self, now: float) -> None:
-        if not self._pending:
-            self._last_heard = now
+        if not self._pending:  # idle: nothing to lose; the next send asks first
             return
-        if now - self._last_heard > self.silence_limit:
+        if self._asking_since is not None and now - self._asking_since > self.silence_limit:
             # Silence: a fresh socket (the old one may be half-open), then resend.
             assert self._socket is not None
             self._socket.close(linger=0)
             self._socket = self._connect()
-            self._epoch = None
-            self._last_heard = now
-            await self._resend_all()
+            self._asking_since = now
+            await self._resend(unless_epoch=None)
+        elif self._asking_since is None:
+            self._asking_since = now
         assert self._socket is not None
         await self._socket.send_multipart([P.HEARTBEAT])
 

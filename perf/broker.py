@@ -20,6 +20,14 @@ forwarder passes the client's meta frame to it as the ticket and never decodes
 anything. Every process runs on loopback TCP on a free port; runs interleave
 across set-ups so drift in machine load hits them all alike.
 
+A second measurement keeps one service with 1, 100 and 1,000 connected workers
+(``--role workers``: one process holding that many DEALER sockets, credit 1
+each, except the single worker, which has the whole window) and reports the
+broker's CPU per round trip for each: dispatch must not cost more as workers
+are added (``worker_scaling``). Its ``routing_only`` part times the broker's routing
+in this process with no sockets, which isolates the choice of worker from the cost
+of many connections in the kernel and ZeroMQ.
+
 Figures: round trips per second, best of ``--repeats`` runs; ``p50_us``/``p99_us``
 from that broker run, so they include queueing behind the window;
 ``*_unloaded`` latencies from a run with one request in flight; and the CPU the
@@ -42,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +68,10 @@ QUICK_REPEATS = 1
 WARMUP_S = 0.3
 QUICK_WARMUP_S = 0.1
 WORKER_HEARTBEAT_S = 1.0
+FLEET_HEARTBEAT_S = 10.0
+FLEET_SIZES = (1, 100, 1000)
+SERVICE_FLEET = "perf.fleet-echo"
+CORE_ROUNDS, CORE_ROUNDS_QUICK = 50_000, 5_000
 REPLY_TIMEOUT_MS = 10_000
 STARTUP_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
@@ -67,6 +80,7 @@ SERVICE_RAW = "perf.raw-echo"
 SERVICE_ITAS = "perf.itas-echo"
 REQUEST_TIMEOUT_MS = 60_000
 LOOPBACK = "tcp://127.0.0.1:0"
+REPLY_META = msgpack.packb([b"", 1])  # the direct echo's: the load client reads bodies only
 # Measured run -> (set-up, requests in flight; None: --window). "unloaded" gives the
 # latency one request sees through the broker when nothing queues in front of it.
 RUNS: dict[str, tuple[str, int | None]] = {
@@ -99,8 +113,8 @@ def role_direct() -> None:
     sock = _router(zmq.Context())
     recv, send = sock.recv_multipart, sock.send_multipart
     while True:
-        client, _, meta, body = recv()
-        send([client, P.REPLY, meta, body])
+        client, _, _, body = recv()
+        send([client, P.REPLY, REPLY_META, body])
 
 
 def role_forwarder() -> None:
@@ -150,16 +164,27 @@ def role_forwarder_fastio() -> None:
         send(frames[-1], noblock)
 
 
+def _ready(service: str, credit: int, name: str, heartbeat_s: float) -> list[bytes]:
+    return [P.READY, P.ready_body(service, credit, name, heartbeat_ms=int(heartbeat_s * 1000))]
+
+
+def _answer(sock: zmq.Socket, frames: list[bytes], service: str, credit: int,
+            heartbeat_s: float) -> None:
+    """The raw worker's whole protocol: echo a REQUEST, announce again when forgotten."""
+    if frames[0] == P.REQUEST:  # [REQUEST, ticket, body]
+        sock.send_multipart([P.REPLY, frames[1], frames[2]])
+    elif frames[0] == P.DISCONNECT:  # the broker forgot us: announce again
+        sock.send_multipart(_ready(service, credit, f"perf-raw/{os.getpid()}", heartbeat_s))
+
+
 def role_worker(endpoint: str, service: str, credit: int) -> None:
     """A raw echo worker speaking the itas worker protocol, with no asyncio under it."""
     sock = zmq.Context().socket(zmq.DEALER)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.connect(endpoint)
-    ready = [P.READY, P.ready_body(service, credit, f"perf-raw/{os.getpid()}",
-                                   heartbeat_ms=int(WORKER_HEARTBEAT_S * 1000))]
-    sock.send_multipart(ready)
-    recv, send = sock.recv_multipart, sock.send_multipart
+    sock.send_multipart(_ready(service, credit, f"perf-raw/{os.getpid()}", WORKER_HEARTBEAT_S))
+    recv = sock.recv_multipart
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     next_beat = time.monotonic() + WORKER_HEARTBEAT_S
@@ -170,13 +195,43 @@ def role_worker(endpoint: str, service: str, credit: int) -> None:
                     frames = recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                if frames[0] == P.REQUEST:
-                    send([P.REPLY, frames[1], frames[2]])
-                elif frames[0] == P.DISCONNECT:  # the broker forgot us: announce again
-                    send(ready)
+                _answer(sock, frames, service, credit, WORKER_HEARTBEAT_S)
         if time.monotonic() >= next_beat:
-            send([P.HEARTBEAT])
+            sock.send_multipart([P.HEARTBEAT])
             next_beat = time.monotonic() + WORKER_HEARTBEAT_S
+
+
+def role_workers(endpoint: str, service: str, count: int, credit: int) -> None:
+    """``count`` raw echo workers of one service in one process: one DEALER socket each.
+
+    They heartbeat slowly (``FLEET_HEARTBEAT_S``) so that a thousand of them cost the
+    broker little besides what is measured: choosing among them.
+    """
+    context = zmq.Context()
+    poller = zmq.Poller()
+    socks: list[zmq.Socket] = []
+    for n in range(count):
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        sock.send_multipart(_ready(service, credit, f"perf-fleet/{os.getpid()}/{n}",
+                                   FLEET_HEARTBEAT_S))
+        poller.register(sock, zmq.POLLIN)
+        socks.append(sock)
+    print(f"{count} workers ready", flush=True)
+    next_beat = time.monotonic() + FLEET_HEARTBEAT_S
+    while True:
+        for sock, _ in poller.poll(max(0.0, next_beat - time.monotonic()) * 1000):
+            while True:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                _answer(sock, frames, service, credit, FLEET_HEARTBEAT_S)
+        if time.monotonic() >= next_beat:
+            for sock in socks:
+                sock.send_multipart([P.HEARTBEAT])
+            next_beat = time.monotonic() + FLEET_HEARTBEAT_S
 
 
 def role_client(endpoint: str, service: str, window: int, duration: float, warmup: float
@@ -188,7 +243,8 @@ def role_client(endpoint: str, service: str, window: int, duration: float, warmu
     sock.setsockopt(zmq.RCVTIMEO, REPLY_TIMEOUT_MS)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
-    meta = P.request_meta(1, service, REQUEST_TIMEOUT_MS)  # replies are told apart by body
+    sent = 0  # numbers the keys (the broker keeps one copy per key); replies are told
+    # apart by body, and the key rides in the meta, which is packed per request here
     recv, send, packb, unpackb = sock.recv_multipart, sock.send_multipart, msgpack.packb, \
         msgpack.unpackb
     clock = time.perf_counter_ns
@@ -200,7 +256,9 @@ def role_client(endpoint: str, service: str, window: int, duration: float, warmu
     phase_end = start + int(warmup * 1e9)
     while True:
         while outstanding < window:
-            send([request, meta, packb(clock())])
+            sent += 1
+            send([request, P.request_meta(sent.to_bytes(P.KEY_BYTES, "big"), service,
+                                          REQUEST_TIMEOUT_MS), packb(clock())])
             outstanding += 1
         try:
             frames = recv()
@@ -327,12 +385,7 @@ def start_setups(children: Children, window: int) -> dict[str, Target]:
     children.role("worker", "--endpoint", fastio, "--service", SERVICE_RAW,
                   "--window", str(window))
     children.read_line(fastio_proc, "forwarder_fastio (waiting for its worker)")
-    broker_proc = children.start("-m", "itas", "broker", "--bind", LOOPBACK)
-    broker_line = children.read_line(broker_proc, "itas broker")
-    match = re.search(r"listening on (\S+)", broker_line)
-    if match is None:
-        raise RuntimeError(f"itas broker: unexpected first line {broker_line!r}")
-    broker = match.group(1)
+    broker, broker_proc = _start_broker(children)
     children.role("worker", "--endpoint", broker, "--service", SERVICE_RAW,
                   "--window", str(window))
     children.start("-m", "itas", "agent", "--kind", "echo", "--broker", broker,
@@ -414,6 +467,89 @@ def measure(window: int, duration: float, warmup: float, repeats: int) -> dict[s
     }
 
 
+def _start_broker(children: Children) -> tuple[str, subprocess.Popen[bytes]]:
+    proc = children.start("-m", "itas", "broker", "--bind", LOOPBACK)
+    line = children.read_line(proc, "itas broker")
+    match = re.search(r"listening on (\S+)", line)
+    if match is None:
+        raise RuntimeError(f"itas broker: unexpected first line {line!r}")
+    return match.group(1), proc
+
+
+def measure_worker_scaling(window: int, duration: float, warmup: float, repeats: int
+                           ) -> dict[str, Any]:
+    """Broker CPU per round trip with 1, 100 and 1,000 workers of one service connected.
+
+    Each fleet size gets its own broker, so nothing left over from one size is
+    counted in another; the client and window are those of the main measurement.
+    """
+    figures: dict[str, Any] = {}
+    for size in FLEET_SIZES:
+        children = Children()
+        try:
+            endpoint, broker = _start_broker(children)
+            credit = window if size == 1 else 1
+            fleet = children.role("workers", "--endpoint", endpoint, "--service", SERVICE_FLEET,
+                                  "--window", str(credit), "--count", str(size))
+            children.read_line(fleet, f"{size} workers")
+            results = [run_client(children, Target(endpoint, SERVICE_FLEET, broker),
+                                  min(window, size * credit), duration, warmup)
+                       for _ in range(repeats)]
+        finally:
+            children.stop_all()
+        figures[f"workers_{size}"] = {
+            "broker_cpu_us_per_rt": round(statistics.median(
+                r["middle_cpu_us_per_rt"] for r in results), 2),
+            "rps": round(max(r["rps"] for r in results)),
+        }
+    base = figures[f"workers_{FLEET_SIZES[0]}"]["broker_cpu_us_per_rt"]
+    figures["cpu_ratio_1000_vs_1"] = round(
+        figures[f"workers_{FLEET_SIZES[-1]}"]["broker_cpu_us_per_rt"] / base, 3)
+    return figures
+
+
+def _collector(out: list[list[bytes]]) -> Callable[[list[bytes]], bool]:
+    def send(frames: list[bytes]) -> bool:
+        out.append(frames)
+        return True
+    return send
+
+
+def measure_core_dispatch(window: int, rounds: int) -> dict[str, Any]:
+    """The routing alone, in this process and with no sockets: CPU per request and reply
+    through ``Broker`` with 1, 100 and 1,000 workers of one service (credit 1 each, except
+    the single worker, which has the whole window). This isolates the choice of worker
+    from the kernel and ZeroMQ costs of many connections, which the process figures
+    include."""
+    from itas.broker.core import Broker
+
+    figures: dict[str, Any] = {}
+    for size in FLEET_SIZES:
+        out: list[list[bytes]] = []
+        broker = Broker(_collector(out))
+        credit = window if size == 1 else 1
+        for n in range(size):
+            broker.handle([b"w%d" % n, P.READY, P.ready_body(SERVICE_FLEET, credit, "w", 10_000)])
+        sent = 0
+        for _ in range(window):
+            sent += 1
+            broker.handle([b"c", P.REQUEST, P.request_meta(sent.to_bytes(P.KEY_BYTES, "big"),
+                                                           SERVICE_FLEET, 60_000), b"\x01"])
+        jobs = [f for f in out if f[1] == P.REQUEST]
+        started = time.process_time()
+        for _ in range(rounds):
+            worker, _, ticket, _ = jobs.pop()
+            out.clear()
+            broker.handle([worker, P.REPLY, ticket, b"\x01"])
+            sent += 1
+            broker.handle([b"c", P.REQUEST, P.request_meta(sent.to_bytes(P.KEY_BYTES, "big"),
+                                                           SERVICE_FLEET, 60_000), b"\x01"])
+            jobs.extend(f for f in out if f[1] == P.REQUEST)
+        figures[f"workers_{size}_us"] = round((time.process_time() - started) / rounds * 1e6, 2)
+    figures["ratio_1000_vs_1"] = round(figures["workers_1000_us"] / figures["workers_1_us"], 3)
+    return figures
+
+
 def _print_table(result: dict[str, Any]) -> None:
     rows = [("direct (ceiling)", "direct_rps"), ("forwarder (floor of a hop)", "forwarder_rps"),
             ("forwarder, frame-level I/O", "forwarder_fastio_rps"),
@@ -429,6 +565,16 @@ def _print_table(result: dict[str, Any]) -> None:
     print(f"broker latency at window {result['config']['window']}: "
           f"p50 {result['p50_us']:.0f} us, p99 {result['p99_us']:.0f} us; one at a time: "
           f"p50 {result['p50_us_unloaded']:.0f} us, p99 {result['p99_us_unloaded']:.0f} us")
+    scaling = result["worker_scaling"]
+    for size in FLEET_SIZES:
+        row = scaling[f"workers_{size}"]
+        print(f"{size:>5} workers of one service: broker {row['broker_cpu_us_per_rt']:.1f} us CPU "
+              f"per round trip, {row['rps']:,} round trips/s")
+    print(f"CPU per round trip, 1000 workers / 1 worker = {scaling['cpu_ratio_1000_vs_1']:.3f}")
+    core = scaling["routing_only"]
+    print("routing alone (no sockets), CPU per request: " + ", ".join(
+        f"{size} workers {core[f'workers_{size}_us']:.1f} us" for size in FLEET_SIZES)
+        + f" (1000 / 1 = {core['ratio_1000_vs_1']:.3f})")
 
 
 def main() -> None:
@@ -438,11 +584,13 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=WINDOW, help="requests in flight")
     parser.add_argument("--duration", type=float, help="seconds per measured run")
     parser.add_argument("--repeats", type=int, help="runs per set-up; the best one counts")
-    parser.add_argument("--role", choices=["direct", "forwarder", "forwarder_fastio", "worker", "client"],
+    parser.add_argument("--role", choices=["direct", "forwarder", "forwarder_fastio", "worker", "workers",
+                                 "client"],
                         help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
     parser.add_argument("--service", default=SERVICE_RAW, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=float, default=WARMUP_S, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     repeats = args.repeats or (QUICK_REPEATS if args.quick else REPEATS)
     if args.window < 1 or repeats < 1:
@@ -458,6 +606,9 @@ def main() -> None:
         signal.signal(sig, signal.default_int_handler)
     try:
         result = measure(args.window, duration, warmup, repeats)
+        result["worker_scaling"] = measure_worker_scaling(args.window, duration, warmup, repeats)
+        result["worker_scaling"]["routing_only"] = measure_core_dispatch(
+            args.window, CORE_ROUNDS_QUICK if args.quick else CORE_ROUNDS)
     except KeyboardInterrupt:
         print("interrupted; every process this run started is stopped", file=sys.stderr)
         raise SystemExit(130) from None
@@ -483,6 +634,8 @@ def _run_role(args: argparse.Namespace) -> None:
             role_forwarder_fastio()
         elif args.role == "worker":
             role_worker(args.endpoint, args.service, args.window)
+        elif args.role == "workers":
+            role_workers(args.endpoint, args.service, args.count, args.window)
         else:
             role_client(args.endpoint, args.service, args.window, args.duration, args.warmup)
     except KeyboardInterrupt:

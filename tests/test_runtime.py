@@ -145,8 +145,9 @@ async def test_fuzzing_the_broker_while_it_serves(procs: Processes) -> None:
         if kind == 3:
             return [P.READY, b"\xc1\xc1"]
         if kind == 4:
-            return [b"ITAS\x07\x02", P.request_meta(1, "echo", 100), b""]  # bad version
-        return [P.REQUEST, P.request_meta(1, "echo", 100), b"x" * (P.MAX_MESSAGE_BYTES + 1)]
+            return [b"ITAS\x07\x02", P.request_meta(os.urandom(16), "echo", 100), b""]  # version
+        half = b"x" * (P.MAX_MESSAGE_BYTES // 2 + 1)  # each frame fits; the whole does not
+        return [P.REQUEST, P.request_meta(os.urandom(16), "echo", 100), half, half]
 
     context = zmq.Context()
     fuzzer = context.socket(zmq.DEALER)
