@@ -70,6 +70,9 @@ BrokerSecretOpt = Annotated[Path | None, typer.Option(
 CurveAllowOpt = Annotated[Path | None, typer.Option(
     "--curve-allow", callback=DIRECTORY,
     help="Directory of allowed client/agent public .key files.")]
+CurveRolesOpt = Annotated[Path | None, typer.Option(
+    "--curve-roles", callback=FILE,
+    help="YAML roles file: which services each allowed key may serve and call.")]
 InsecureOpt = Annotated[bool, typer.Option(
     help="Allow binding beyond loopback without CURVE.")]
 HeartbeatOpt = Annotated[float, typer.Option(callback=POSITIVE,
@@ -133,6 +136,7 @@ def broker(
                             ] = 3,
     curve_secret: BrokerSecretOpt = None,
     curve_allow: CurveAllowOpt = None,
+    curve_roles: CurveRolesOpt = None,
     insecure: InsecureOpt = False,
     verbose: VerboseOpt = False,
     parent_pid: ParentPidOpt = None,
@@ -141,15 +145,19 @@ def broker(
     import zmq
 
     from itas.broker.server import BrokerServer, run_broker
-    from itas.security import CurveKeys
+    from itas.security import CurveKeys, Roles
 
     _setup_logging(verbose)
     _follow_parent(parent_pid)
     if (curve_secret is None) != (curve_allow is None):
         raise ConfigError("CURVE needs both --curve-secret and --curve-allow")
+    if curve_roles is not None and curve_allow is None:
+        raise ConfigError("--curve-roles needs CURVE: --curve-secret and --curve-allow")
     keys = CurveKeys.load(curve_secret) if curve_secret else None
+    roles = Roles.load(curve_roles, curve_allow) if curve_roles and curve_allow else None
     try:
         server = BrokerServer(bind, curve=keys, curve_allow=curve_allow, insecure=insecure,
+                              roles=roles,
                               heartbeat_interval=heartbeat, liveness=liveness,
                               max_attempts=max_attempts)
     except zmq.ZMQError as exc:  # the address is taken, or not this machine's
@@ -372,12 +380,15 @@ def up(
     insecure: InsecureOpt = False,
     curve_secret: BrokerSecretOpt = None,
     curve_allow: CurveAllowOpt = None,
+    curve_roles: CurveRolesOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Start broker, embedded model server, agent pool and orchestrator; Ctrl-C stops all.
 
     With --curve-secret (the broker's key; its .key file beside it) and --curve-allow,
-    the broker admits the keys in that directory and the stack's own processes."""
+    the broker admits the keys in that directory and the stack's own processes; with
+    --curve-roles, each key may serve and call only what that file says (the stack's own
+    processes may serve and call everything)."""
     import signal
 
     import anyio
@@ -388,7 +399,10 @@ def up(
     _setup_logging(verbose)
     if (curve_secret is None) != (curve_allow is None):
         raise ConfigError("CURVE needs both --curve-secret and --curve-allow")
-    keys = StackKeys(curve_secret, curve_allow) if curve_secret and curve_allow else None
+    if curve_roles is not None and curve_allow is None:
+        raise ConfigError("--curve-roles needs CURVE: --curve-secret and --curve-allow")
+    keys = (StackKeys(curve_secret, curve_allow, curve_roles) if curve_secret and curve_allow
+            else None)
 
     async def main() -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

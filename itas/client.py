@@ -23,6 +23,7 @@ import zmq.asyncio
 
 from itas import protocol as P
 from itas.errors import (
+    AuthenticationError,
     BrokerUnreachable,
     ProtocolError,
     RemoteError,
@@ -30,7 +31,7 @@ from itas.errors import (
     ServiceUnavailable,
 )
 from itas.query import ORCHESTRATOR_SERVICE, Answer, ArchitectureLike, PromptLike, query_body
-from itas.security import CurveKeys
+from itas.security import UNAUTHORIZED, CurveKeys, refused_line, watch_handshake
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 DEFAULT_TIMEOUT_S = 60.0
@@ -84,6 +85,8 @@ class AsyncClient:
         self._tasks: anyio.abc.TaskGroup | None = None
         self._epoch: bytes | None = None
         self._last_heard = 0.0
+        self._monitor: zmq.asyncio.Socket | None = None  # the CURVE handshake's, if any
+        self._refused: str | None = None  # set once the broker refused our key
         self.resends = 0
 
     async def __aenter__(self) -> Self:
@@ -93,6 +96,8 @@ class AsyncClient:
         self._tasks = anyio.create_task_group()
         await self._tasks.__aenter__()
         self._tasks.start_soon(self._io_loop)
+        if self.curve is not None:
+            self._tasks.start_soon(self._watch_handshake)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -102,6 +107,8 @@ class AsyncClient:
         self._tasks = None
         if self._socket is not None:
             self._socket.close(linger=0)
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
         self._context.term()
 
     def _connect(self) -> zmq.asyncio.Socket:
@@ -112,6 +119,7 @@ class AsyncClient:
         sock.setsockopt(zmq.RCVHWM, 0)
         if self.curve is not None:
             self.curve.apply_client(sock)
+            self._monitor = watch_handshake(sock)
         sock.connect(self.broker)
         return sock
 
@@ -130,6 +138,8 @@ class AsyncClient:
         """Like ``request``, but also says how many attempts it took and how long."""
         if self._tasks is None or self._socket is None:
             raise BrokerUnreachable("client is not open: use 'async with AsyncClient(...)'")
+        if self._refused is not None:
+            raise AuthenticationError(self._refused)
         timeout = self.timeout if timeout is None else timeout
         request_id = next(self._ids)
         started = anyio.current_time()
@@ -150,6 +160,8 @@ class AsyncClient:
         code, message = P.parse_error(data)
         if code == P.ErrorCode.SERVICE_UNAVAILABLE:
             raise ServiceUnavailable(service, message)
+        if code == UNAUTHORIZED:
+            raise AuthenticationError(message)
         raise RemoteError(code, message, service)
 
     async def ask(self, prompt: PromptLike, *, architecture: ArchitectureLike,
@@ -213,6 +225,30 @@ class AsyncClient:
             if now >= next_beat:
                 next_beat = now + self.heartbeat_interval
                 await self._heartbeat(now)
+
+    async def _watch_handshake(self) -> None:
+        """Fail every pending request, and all later ones, once the broker refuses our
+        CURVE key: otherwise the refusal looks like silence and each waits its timeout.
+        The socket (and its monitor) may be replaced meanwhile; this task closes the old
+        monitors."""
+        assert self.curve is not None
+        monitor = self._monitor
+        try:
+            while monitor is not None:
+                if await monitor.poll(200):
+                    line = refused_line(await monitor.recv_multipart(), self.broker, self.curve)
+                    if line is not None:
+                        self._refused = line
+                        for pending in self._pending.values():
+                            if pending.reply is None:
+                                pending.reply = (P.ERROR, 0, P.error_body(UNAUTHORIZED, line))
+                                pending.done.set()
+                if monitor is not self._monitor:
+                    monitor.close(linger=0)
+                    monitor = self._monitor
+        finally:
+            if monitor is not None and monitor is not self._monitor:
+                monitor.close(linger=0)
 
     async def _on_message(self, frames: list[bytes]) -> None:
         header = frames[0]
