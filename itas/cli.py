@@ -499,10 +499,14 @@ def keys_generate(
     name: Annotated[str, typer.Option(help="Base name of the key files.")] = "itas",
 ) -> None:
     """Write NAME.key (public: give it to the broker's allow-list) and NAME.key_secret (0600)."""
-    from itas.security import generate_keys
+    import zmq.auth
+
+    from itas.security import generate_keys, key_fingerprint
 
     public, secret = generate_keys(directory, name)
-    print(f"public key: {public}\nsecret key: {secret} (keep it on this machine)")
+    fingerprint = key_fingerprint(zmq.auth.load_certificate(public)[0])
+    print(f"public key: {public} (fingerprint {fingerprint}, as the broker's log names it)\n"
+          f"secret key: {secret} (keep it on this machine)")
 
 
 @app.command("eval")

@@ -217,3 +217,34 @@ def _glob(text: str, pattern: str) -> bool:
     if pattern[0] == "*":
         return any(_glob(text[i:], pattern[1:]) for i in range(len(text) + 1))
     return bool(text) and pattern[0] in ("?", text[0]) and _glob(text[1:], pattern[1:])
+
+
+# -- the whole stack, as a user runs it ---------------------------------------------------------
+
+ONE_GENERATOR = {"name": "one-generator", "layers": [[
+    {"technique": "generator", "provider": "sim", "model": "strong"}]]}
+
+
+def test_itas_up_with_roles_serves_alice_through_the_orchestrator_only(
+        procs: Processes, keys, tmp_path: Path) -> None:
+    """``itas up --curve-roles``: the stack's own orchestrator and agents may do everything;
+    alice, who may call only the orchestrator, gets answers but cannot reach an agent."""
+    made, allow, roles = keys
+    pool = tmp_path / "pool.yaml"
+    pool.write_text('{"agents": [{"kind": "generator", "settings": '
+                    '{"provider": "sim", "model": "strong", "skill": 0.8}}]}')
+    up = procs.spawn("up", "--pool", str(pool), "--bind", "tcp://127.0.0.1:0",
+                     "--curve-secret", str(made["broker"][1]), "--curve-allow", str(allow),
+                     "--curve-roles", str(roles))
+    assert up.stdout is not None
+    line = up.stdout.readline()
+    assert line.startswith("itas up: broker"), (line, up.stderr.read() if up.stderr else "")
+    broker = line.split()[3].rstrip(";")
+    with Client(broker, curve=_client_keys(made, "alice"),
+                heartbeat_interval=FAST_HEARTBEAT) as client:
+        answer = client.ask("What is 6 x 7?", architecture=ONE_GENERATOR, timeout=PATIENT_S)
+        assert answer.text
+        [generator] = [s for s in client.status()["services"] if s.startswith("generator@")]
+        with pytest.raises(AuthenticationError, match=f"alice may not call '{generator}'"):
+            client.request(generator, {"messages": [{"role": "user", "content": "hi"}]},
+                           timeout=PATIENT_S)
