@@ -36,7 +36,7 @@ from itas.benchmarks.scoring import scorer_for
 from itas.benchmarks.selection import ORACLE, VISIBLE
 from itas.benchmarks.splits import select
 from itas.client import AsyncClient
-from itas.errors import ConfigError, ItasError
+from itas.errors import BrokerUnreachable, ConfigError, ServiceUnavailable
 from itas.evaluation.evaluate import (
     DEFAULT_CONCURRENCY,
     EvalSummary,
@@ -125,15 +125,13 @@ def _needs_baseline(questions: Sequence[Question]) -> bool:
 
 async def _check_services(client: AsyncClient, broker: str, services: Sequence[str]) -> None:
     try:
-        status = await client.status(timeout=STATUS_TIMEOUT_S)
-    except ItasError as e:
-        raise ConfigError(f"no broker answered at {broker} ({e}); start the mesh with "
-                          "`itas up --pool ...` or pass --broker") from e
-    live = status.get("services", {})
-    missing = [s for s in dict.fromkeys(services) if live.get(s, {}).get("workers", 0) == 0]
-    if missing:
-        raise ConfigError(f"no worker serves {', '.join(missing)} at {broker}; start agents "
-                          "for them (e.g. `itas agents --pool FILE --broker ...`)")
+        await client.require_services(services, timeout=STATUS_TIMEOUT_S)
+    except BrokerUnreachable as e:
+        raise ConfigError(f"{e}; start the mesh with `itas up --pool ...` or pass --broker"
+                          ) from e
+    except ServiceUnavailable as e:
+        raise ConfigError(f"{e}; start agents for them (e.g. `itas agents --pool FILE "
+                          "--broker ...`)") from e
 
 
 def fingerprint(benchmark: ResolvedBenchmark, options: EvalOptions,

@@ -22,7 +22,13 @@ from typing import Annotated, Any
 import typer
 
 from itas import validate
-from itas.errors import ConfigError, ItasError, leaf_exceptions
+from itas.errors import (
+    BrokerUnreachable,
+    ConfigError,
+    ItasError,
+    ServiceUnavailable,
+    leaf_exceptions,
+)
 from itas.lifecycle import ERROR_PREFIX, EXIT_USER_ERROR
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -347,7 +353,7 @@ def ask(
     `itas up --arch FILE --sim`)."""
     from itas.client import Client
     from itas.deploy import simulated
-    from itas.query import load_messages
+    from itas.query import ORCHESTRATOR_SERVICE, load_messages
     from itas.render import print_answer
     from itas.spec import load_architecture
     from itas.stack import resolve_config
@@ -361,8 +367,13 @@ def ask(
         architecture = simulated(architecture)
     budget = {k: v for k, v in (("calls", calls), ("tokens", tokens)) if v is not None}
     with Client(broker, curve=_client_keys(curve_secret, curve_server)) as client:
+        try:  # fail fast: no broker, or a service nobody serves, is one line, not a long wait
+            client.require_services([ORCHESTRATOR_SERVICE, *architecture.services])
+        except (BrokerUnreachable, ServiceUnavailable) as exc:
+            raise ConfigError(f"{exc}; start the mesh with `itas up` (or `itas up --arch "
+                              f"{arch}{' --sim' if sim else ''}`), or pass --broker") from exc
         answer = client.ask(conversation, architecture=architecture, trace=trace,
-                            budget=budget or None, timeout=timeout)
+                            budget=budget or None, timeout=timeout, check=False)
     if as_json:
         print(json.dumps(dataclasses.asdict(answer), indent=2, default=repr))
     else:

@@ -9,9 +9,10 @@ again. Requests are idempotent, so a duplicate reply is simply ignored.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -35,9 +36,20 @@ from itas.security import UNAUTHORIZED, CurveKeys, refused_line, watch_handshake
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 DEFAULT_TIMEOUT_S = 60.0
+STATUS_TIMEOUT_S = 5.0  # a broker answers its status in milliseconds; this is "no broker"
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_LIVENESS = 3
 _DRAIN_BATCH = 256
+
+
+@contextlib.contextmanager
+def translated_zmq_errors(what: str) -> Iterator[None]:
+    """The one place zmq errors become itas errors: ``BrokerUnreachable`` naming ``what``
+    (a malformed or unknown endpoint, a closed context), chained to the zmq error."""
+    try:
+        yield
+    except zmq.ZMQError as exc:
+        raise BrokerUnreachable(f"{what}: {exc.strerror}") from exc
 
 
 @dataclass(eq=False)
@@ -91,7 +103,11 @@ class AsyncClient:
 
     async def __aenter__(self) -> Self:
         self._context = zmq.asyncio.Context()
-        self._socket = self._connect()
+        try:
+            self._socket = self._connect()
+        except BrokerUnreachable:
+            self._context.term()
+            raise
         self._last_heard = anyio.current_time()
         self._tasks = anyio.create_task_group()
         await self._tasks.__aenter__()
@@ -120,7 +136,12 @@ class AsyncClient:
         if self.curve is not None:
             self.curve.apply_client(sock)
             self._monitor = watch_handshake(sock)
-        sock.connect(self.broker)
+        with translated_zmq_errors(f"cannot connect to broker {self.broker!r}"):
+            try:
+                sock.connect(self.broker)
+            except zmq.ZMQError:
+                sock.close(linger=0)
+                raise
         return sock
 
     # -- requests ----------------------------------------------------------------
@@ -167,15 +188,38 @@ class AsyncClient:
     async def ask(self, prompt: PromptLike, *, architecture: ArchitectureLike,
                   trace: bool = False, budget: dict[str, int] | None = None,
                   sim: dict[str, Any] | None = None, tests: list[str] | None = None,
-                  timeout: float | None = None) -> Answer:
+                  timeout: float | None = None, check: bool = True) -> Answer:
         """Answer a prompt (or a conversation) with an architecture, through the orchestrator.
 
         ``architecture`` is a spec file path, a mapping or an ``Architecture``;
         it is validated before anything is sent. ``sim`` is an answer key for
-        simulated models only (see ``itas.agents.providers.sim``).
+        simulated models only (see ``itas.agents.providers.sim``). With ``check`` (the
+        default), a missing broker or orchestrator fails at once (``require_services``)
+        instead of after ``timeout``; an agent service the architecture names and nobody
+        serves is the orchestrator's to report (that branch fails, the layer goes on).
         """
         body = query_body(prompt, architecture, trace=trace, budget=budget, sim=sim, tests=tests)
+        if check:
+            await self.require_services([ORCHESTRATOR_SERVICE])
         return Answer.from_reply(await self.request(ORCHESTRATOR_SERVICE, body, timeout=timeout))
+
+    async def require_services(self, services: Sequence[str], *,
+                               timeout: float = STATUS_TIMEOUT_S) -> dict[str, Any]:
+        """Fail fast, before a long request: ``BrokerUnreachable`` when no broker answers its
+        status within ``timeout``, ``ServiceUnavailable`` naming every service in
+        ``services`` that no worker serves. Returns the status. (An ``AuthenticationError``
+        from a broker that refuses this key passes through.)"""
+        try:
+            status = await self.status(timeout=timeout)
+        except RequestTimeout as exc:
+            raise BrokerUnreachable(f"no broker answered at {self.broker} within "
+                                    f"{timeout:g} s") from exc
+        live = status.get("services", {})
+        missing = [s for s in dict.fromkeys(services) if live.get(s, {}).get("workers", 0) == 0]
+        if missing:
+            raise ServiceUnavailable(missing[0], f"no worker serves {', '.join(missing)} at "
+                                                 f"{self.broker}")
+        return status
 
     async def status(self, *, timeout: float = 5.0) -> dict[str, Any]:
         """The broker's services, workers, queue depths and counters."""
@@ -280,7 +324,8 @@ class AsyncClient:
             self._last_heard = now
             await self._resend_all()
         assert self._socket is not None
-        await self._socket.send_multipart([P.HEARTBEAT])
+        with translated_zmq_errors(f"broker {self.broker!r}"):
+            await self._socket.send_multipart([P.HEARTBEAT])
 
 
 class Client:
@@ -312,6 +357,13 @@ class Client:
 
     def status(self, *, timeout: float = 5.0) -> dict[str, Any]:
         result: dict[str, Any] = self._call(self._async.status, timeout=timeout)
+        return result
+
+    def require_services(self, services: Sequence[str], *, timeout: float = STATUS_TIMEOUT_S
+                         ) -> dict[str, Any]:
+        """Blocking ``AsyncClient.require_services``."""
+        result: dict[str, Any] = self._call(self._async.require_services, services,
+                                            timeout=timeout)
         return result
 
     def close(self) -> None:
