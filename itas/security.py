@@ -259,13 +259,12 @@ def refusal(roles: Roles, frames: list[bytes], key: str | None) -> Refusal | Non
     if len(frames) < 3:
         return None
     header = frames[1]
-    who = roles.name_of(key) if key else "a peer without a CURVE key"
     try:
         if header == P.READY:
             service = P.parse_ready(frames[2])[0]
             if roles.permits(key, "serve", service):
                 return None
-            message = f"{who} may not serve {service!r} (see the broker's roles file)"
+            message = f"{_who(roles, key)} may not serve {service!r} (see the broker's roles file)"
             return Refusal([frames[0], P.ERROR, P.error_body(UNAUTHORIZED, message)],
                            f"refused a worker: {message}")
         if header == P.REQUEST:
@@ -273,13 +272,17 @@ def refusal(roles: Roles, frames: list[bytes], key: str | None) -> Refusal | Non
             request_id, service = meta[0], meta[1]
             if roles.permits(key, "call", service):
                 return None
-            message = f"{who} may not call {service!r} (see the broker's roles file)"
+            message = f"{_who(roles, key)} may not call {service!r} (see the broker's roles file)"
             return Refusal([frames[0], P.ERROR, P.reply_meta(request_id, 0),
                             P.error_body(UNAUTHORIZED, message)],
                            f"refused a request: {message}")
     except ProtocolError:
         return None
     return None
+
+
+def _who(roles: Roles, key: str | None) -> str:
+    return roles.name_of(key) if key else "a peer without a CURVE key"
 
 
 class LoggingAuthenticator(zmq.auth.thread.ThreadAuthenticator):
