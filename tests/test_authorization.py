@@ -248,3 +248,19 @@ def test_itas_up_with_roles_serves_alice_through_the_orchestrator_only(
         with pytest.raises(AuthenticationError, match=f"alice may not call '{generator}'"):
             client.request(generator, {"messages": [{"role": "user", "content": "hi"}]},
                            timeout=PATIENT_S)
+
+
+def test_itas_agents_with_a_refused_key_stops_with_one_line(procs: Processes, keys,
+                                                            tmp_path: Path) -> None:
+    """A pool whose key may not serve its services is a configuration error: the supervisor
+    reports the replica's line once and stops, instead of restarting it forever."""
+    made, allow, roles = keys
+    broker = procs.broker("tcp://127.0.0.1:0", "--curve-secret", str(made["broker"][1]),
+                          "--curve-allow", str(allow), "--curve-roles", str(roles))
+    pool = tmp_path / "pool.yaml"
+    pool.write_text('{"agents": [{"kind": "echo", "settings": {"service": "orchestrator"}}]}')
+    for name, why in (("alice", "may not serve 'orchestrator'"), ("intruder", "refused CURVE key")):
+        agents = procs.spawn("agents", "--pool", str(pool), "--broker", broker.endpoint,
+                             *_curve_args(made, name))
+        line = _exits_with_one_line(agents)
+        assert why in line, line
