@@ -1,7 +1,17 @@
-"""CURVE keys: generating them, loading them, and the rule for insecure binds.
+"""CURVE keys and what each may do: generating and loading keys, the rule for insecure
+binds, and authorization.
 
 Secret key files are written readable by their owner only (0600): anyone who
 can read one can impersonate that agent or broker.
+
+Authentication is libzmq's CURVE with pyzmq's ZAP handler (``LoggingAuthenticator``: the
+allow directory's keys are in, every other key is turned away and logged by fingerprint).
+Authorization is ``Roles`` (the broker's ``--curve-roles`` file): the ZAP handler stamps each
+message with its sender's public key (the ``User-Id`` property), and ``refusal`` decides,
+before the broker routes a READY or a REQUEST, whether that key may serve or call the service
+named; a refused peer gets an ``unauthorized`` error at once. A refused handshake reaches the
+peer as a socket-monitor event (``watch_handshake``, ``refused_line``), so both the client
+and the agent runtime end with ``AuthenticationError`` instead of waiting in silence.
 """
 
 from __future__ import annotations
@@ -102,7 +112,7 @@ def check_bind(endpoint: str, *, curve: bool, insecure: bool) -> None:
 # -- authorization -------------------------------------------------------------
 
 #: The error code of a refusal: ``AuthenticationError`` on the client's side.
-UNAUTHORIZED = "unauthorized"
+UNAUTHORIZED = P.ErrorCode.UNAUTHORIZED
 _Z85_KEY = re.compile(r"[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 
 
