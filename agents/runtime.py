@@ -119,8 +119,8 @@ class Worker:
         sock.setsockopt(zmq.LINGER, 0)
         if self.curve is not None:
             self.curve.apply_client(sock)
-            self._close_monitor()
-            self._monitor = watch_handshake(sock)
+        self._close_monitor()
+        self._monitor = watch_handshake(sock)
         sock.connect(self.broker)
         return sock
 
@@ -130,13 +130,13 @@ class Worker:
             self._monitor = None
 
     async def _watch_handshake(self) -> None:
-        """A broker that refuses our CURVE key ends the worker with one clear error: it
-        would otherwise reconnect in silence forever."""
-        monitor, curve = self._monitor, self.curve
-        if monitor is None or curve is None:
+        """A broker that refuses our CURVE key (or disagrees with us on CURVE) ends the
+        worker with one clear error: it would otherwise reconnect in silence forever."""
+        monitor = self._monitor
+        if monitor is None:
             return
         while True:
-            line = refused_line(await monitor.recv_multipart(), self.broker, curve)
+            line = refused_line(await monitor.recv_multipart(), self.broker, self.curve)
             if line is not None:
                 raise AuthenticationError(f"{self.name}: {line}")
 

@@ -112,8 +112,7 @@ class AsyncClient:
         self._tasks = anyio.create_task_group()
         await self._tasks.__aenter__()
         self._tasks.start_soon(self._io_loop)
-        if self.curve is not None:
-            self._tasks.start_soon(self._watch_handshake)
+        self._tasks.start_soon(self._watch_handshake)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -135,7 +134,7 @@ class AsyncClient:
         sock.setsockopt(zmq.RCVHWM, 0)
         if self.curve is not None:
             self.curve.apply_client(sock)
-            self._monitor = watch_handshake(sock)
+        self._monitor = watch_handshake(sock)
         with translated_zmq_errors(f"cannot connect to broker {self.broker!r}"):
             try:
                 sock.connect(self.broker)
@@ -272,10 +271,9 @@ class AsyncClient:
 
     async def _watch_handshake(self) -> None:
         """Fail every pending request, and all later ones, once the broker refuses our
-        CURVE key: otherwise the refusal looks like silence and each waits its timeout.
-        The socket (and its monitor) may be replaced meanwhile; this task closes the old
-        monitors."""
-        assert self.curve is not None
+        CURVE key (or we and it disagree on CURVE): otherwise the refusal looks like silence
+        and each waits its timeout. The socket (and its monitor) may be replaced meanwhile;
+        this task closes the old monitors."""
         monitor = self._monitor
         try:
             while monitor is not None:

@@ -327,21 +327,31 @@ class LoggingAuthenticator(zmq.auth.thread.ThreadAuthenticator):
 
 
 def watch_handshake(socket: _S) -> _S:
-    """A monitor for ``socket``'s CURVE handshake; make it before ``connect``, or the
-    first refusal can come before anyone listens. The caller closes it after the socket."""
-    return socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+    """A monitor for ``socket``'s handshake; make it before ``connect``, or the first
+    refusal can come before anyone listens. The caller closes it after the socket."""
+    return socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 
 
-def refused_line(event_frames: list[bytes], broker: str, keys: CurveKeys) -> str | None:
+def refused_line(event_frames: list[bytes], broker: str, keys: CurveKeys | None) -> str | None:
     """The one line to report for a monitor event, or None if it is not a refusal.
 
     libzmq reports the broker's ZAP verdict (ZMTP 3.1 ERROR) as HANDSHAKE_FAILED_AUTH with
-    the ZAP status code; 400 is "this key is not allowed". Without this, a refused peer
-    would see only silence and wait its whole timeout."""
+    the ZAP status code (400: this key is not allowed), and a peer with keys meeting one
+    without (either way round) as a mechanism mismatch. Without this, a refused peer would
+    see only silence and wait its whole timeout. (A wrong broker public key shows as nothing
+    but a dropped connection, so it still ends in a timeout.)"""
     from zmq.utils.monitor import parse_monitor_message
 
     event = parse_monitor_message(event_frames)
-    if event["event"] != zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return None
-    return (f"broker {broker} refused CURVE key {key_fingerprint(keys.public)} "
-            f"(ZAP status {int(event['value'])}): it is not in the broker's allow directory")
+    if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        who = f"CURVE key {key_fingerprint(keys.public)}" if keys is not None else "this peer"
+        return (f"broker {broker} refused {who} (ZAP status {int(event['value'])}): it is not "
+                "in the broker's allow directory")
+    if (event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            and int(event["value"]) == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH):
+        if keys is None:
+            return (f"broker {broker} requires CURVE: give this side keys (--curve-secret "
+                    "and --curve-server, the broker's public key)")
+        return f"broker {broker} does not use CURVE: connect without keys"
+    return None

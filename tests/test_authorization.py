@@ -18,7 +18,7 @@ import pytest
 import zmq.auth
 import zmq.utils.z85
 
-from itas import AuthenticationError, Client, RequestTimeout
+from itas import AuthenticationError, Client
 from itas import protocol as P
 from itas.errors import ConfigError
 from itas.security import (
@@ -143,14 +143,22 @@ def test_without_roles_any_admitted_key_still_serves_anything(procs: Processes, 
         client.request("orchestrator", {}, timeout=PATIENT_S)
 
 
-def test_a_plain_client_of_a_curve_broker_still_times_out_cleanly(procs: Processes, keys) -> None:
-    """Without keys there is no CURVE handshake to be refused; the client's timeout holds."""
+def test_keys_and_no_keys_that_disagree_fail_at_once(procs: Processes, keys) -> None:
+    """A client without keys at a CURVE broker, or with keys at a plain one: one clear
+    AuthenticationError naming what to change, for the client and for an agent."""
     made, allow, roles = keys
-    broker = procs.broker("tcp://127.0.0.1:0", "--curve-secret", str(made["broker"][1]),
-                          "--curve-allow", str(allow), "--curve-roles", str(roles))
-    with (Client(broker.endpoint, heartbeat_interval=FAST_HEARTBEAT) as client,
-          pytest.raises(RequestTimeout)):
-        client.request("echo-public", {}, timeout=1.0)
+    curve_broker = procs.broker("tcp://127.0.0.1:0", "--curve-secret", str(made["broker"][1]),
+                                "--curve-allow", str(allow), "--curve-roles", str(roles))
+    plain_broker = procs.broker("tcp://127.0.0.1:0")
+    with (Client(curve_broker.endpoint, heartbeat_interval=FAST_HEARTBEAT) as client,
+          pytest.raises(AuthenticationError, match="requires CURVE: give this side keys")):
+        client.request("echo-public", {}, timeout=PATIENT_S)
+    with (Client(plain_broker.endpoint, curve=_client_keys(made, "alice"),
+                 heartbeat_interval=FAST_HEARTBEAT) as client,
+          pytest.raises(AuthenticationError, match="does not use CURVE")):
+        client.request("echo-public", {}, timeout=PATIENT_S)
+    agent = procs.agent(curve_broker.endpoint, "echo", {"service": "echo-public"})
+    assert "requires CURVE" in _exits_with_one_line(agent)
 
 
 # -- the roles file and the decision, without sockets -------------------------------------------
