@@ -9,6 +9,7 @@ roles-file name or key fingerprint, never a secret.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import subprocess
@@ -17,10 +18,12 @@ from pathlib import Path
 import pytest
 import zmq.auth
 import zmq.utils.z85
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from itas import AuthenticationError, Client
 from itas import protocol as P
-from itas.errors import ConfigError
+from itas.errors import ConfigError, ProtocolError
 from itas.security import (
     UNAUTHORIZED,
     CurveKeys,
@@ -272,3 +275,36 @@ def test_itas_agents_with_a_refused_key_stops_with_one_line(procs: Processes, ke
                              *_curve_args(made, name))
         line = _exits_with_one_line(agents)
         assert why in line, line
+
+
+FRAME = st.one_of(st.binary(max_size=40), st.sampled_from([P.READY, P.REQUEST, P.REPLY,
+                                                           P.HEARTBEAT, b"ITAS\x09\x02"]))
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(frames=st.lists(FRAME, min_size=0, max_size=5),
+       service=st.text(min_size=1, max_size=12), kind=st.sampled_from(["ready", "request", "raw"]))
+def test_no_frames_get_past_the_check_without_a_role(frames: list[bytes], service: str,
+                                                      kind: str) -> None:
+    """Hostile frames never make the check raise, and whatever names a service it may not
+    serve or call is refused: an unknown key can only reach the broker's status."""
+    roles = Roles({_z85_of(1): Role(serve=("ok-*",), call=("ok-*",))})
+    if kind == "ready":
+        frames = [b"peer", P.READY, P.ready_body(service, 1, "w", 200), *frames]
+    elif kind == "request":
+        frames = [b"peer", P.REQUEST, P.request_meta(7, service, 1000), *frames]
+    for key in (_z85_of(1), _z85_of(2), None):
+        refused = refusal(roles, frames, key)
+        if refused is not None:
+            assert refused.reply[0] == frames[0] and refused.reply[1] == P.ERROR
+            continue
+        if len(frames) >= 3 and frames[1] == P.READY:
+            with contextlib.suppress(ProtocolError):
+                assert roles.permits(key, "serve", P.parse_ready(frames[2])[0])
+        if len(frames) >= 3 and frames[1] == P.REQUEST:
+            with contextlib.suppress(ProtocolError):
+                assert roles.permits(key, "call", P.parse_request_meta(frames[2])[1])
+
+
+def _z85_of(i: int) -> str:
+    return zmq.utils.z85.encode(i.to_bytes(32, "big")).decode()
