@@ -24,7 +24,7 @@ import zmq.asyncio
 from itas import protocol as P
 from itas.agents.base import Agent
 from itas.errors import AgentError, AuthenticationError, ProtocolError
-from itas.security import UNAUTHORIZED, CurveKeys, refused_line, watch_handshake
+from itas.security import UNAUTHORIZED, CurveKeys, HandshakeWatch, watch_handshake
 
 log = logging.getLogger("itas.agent")
 
@@ -58,7 +58,8 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self._context = zmq.asyncio.Context()
         self._socket: zmq.asyncio.Socket | None = None
-        self._monitor: zmq.asyncio.Socket | None = None  # the CURVE handshake's, if any
+        self._monitor: zmq.asyncio.Socket | None = None  # the handshakes' monitor
+        self._handshakes = HandshakeWatch(broker, curve)  # across reconnects
         self._epoch: bytes | None = None
         self._last_heard = 0.0
         self._inflight = 0
@@ -135,8 +136,9 @@ class Worker:
         monitor = self._monitor
         if monitor is None:
             return
+        watch = self._handshakes
         while True:
-            line = refused_line(await monitor.recv_multipart(), self.broker, self.curve)
+            line = watch.refusal(await monitor.recv_multipart())
             if line is not None:
                 raise AuthenticationError(f"{self.name}: {line}")
 

@@ -32,7 +32,7 @@ from itas.errors import (
     ServiceUnavailable,
 )
 from itas.query import ORCHESTRATOR_SERVICE, Answer, ArchitectureLike, PromptLike, query_body
-from itas.security import UNAUTHORIZED, CurveKeys, refused_line, watch_handshake
+from itas.security import UNAUTHORIZED, CurveKeys, HandshakeWatch, watch_handshake
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 DEFAULT_TIMEOUT_S = 60.0
@@ -275,10 +275,11 @@ class AsyncClient:
         and each waits its timeout. The socket (and its monitor) may be replaced meanwhile;
         this task closes the old monitors."""
         monitor = self._monitor
+        watch = HandshakeWatch(self.broker, self.curve)
         try:
             while monitor is not None:
                 if await monitor.poll(200):
-                    line = refused_line(await monitor.recv_multipart(), self.broker, self.curve)
+                    line = watch.refusal(await monitor.recv_multipart())
                     if line is not None:
                         self._refused = line
                         for pending in self._pending.values():

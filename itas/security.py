@@ -326,32 +326,63 @@ class LoggingAuthenticator(zmq.auth.thread.ThreadAuthenticator):
         return allowed, reason
 
 
+#: Connections in a row the broker drops mid-handshake before a CURVE peer says its broker
+#: key must be wrong (a broker that cannot decrypt our hello just closes the connection).
+DROPPED_HANDSHAKES = 3
+
+
 def watch_handshake(socket: _S) -> _S:
-    """A monitor for ``socket``'s handshake; make it before ``connect``, or the first
+    """A monitor for ``socket``'s handshakes; make it before ``connect``, or the first
     refusal can come before anyone listens. The caller closes it after the socket."""
-    return socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+    return socket.get_monitor_socket(
+        zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
 
 
-def refused_line(event_frames: list[bytes], broker: str, keys: CurveKeys | None) -> str | None:
-    """The one line to report for a monitor event, or None if it is not a refusal.
+class HandshakeWatch:
+    """Reads one peer's monitor events and says when the broker has refused it for good.
 
     libzmq reports the broker's ZAP verdict (ZMTP 3.1 ERROR) as HANDSHAKE_FAILED_AUTH with
-    the ZAP status code (400: this key is not allowed), and a peer with keys meeting one
-    without (either way round) as a mechanism mismatch. Without this, a refused peer would
-    see only silence and wait its whole timeout. (A wrong broker public key shows as nothing
-    but a dropped connection, so it still ends in a timeout.)"""
-    from zmq.utils.monitor import parse_monitor_message
+    the ZAP status code (400: this key is not allowed), and keys meeting no keys as a
+    mechanism mismatch, at least sometimes: a wrong broker public key, and at times keys and
+    no keys, show only as connections closed before the handshake ends:
+    ``DROPPED_HANDSHAKES`` of them in a row, with no handshake between, is taken as that. Without this, a refused peer would see only
+    silence and wait its whole timeout (or, for an agent, reconnect forever).
+    """
 
-    event = parse_monitor_message(event_frames)
-    if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        who = f"CURVE key {key_fingerprint(keys.public)}" if keys is not None else "this peer"
-        return (f"broker {broker} refused {who} (ZAP status {int(event['value'])}): it is not "
-                "in the broker's allow directory")
-    if (event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-            and int(event["value"]) == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH):
-        if keys is None:
-            return (f"broker {broker} requires CURVE: give this side keys (--curve-secret "
-                    "and --curve-server, the broker's public key)")
-        return f"broker {broker} does not use CURVE: connect without keys"
-    return None
+    def __init__(self, broker: str, keys: CurveKeys | None) -> None:
+        self.broker, self.keys = broker, keys
+        self._connected = False
+        self._dropped = 0
+
+    def refusal(self, event_frames: list[bytes]) -> str | None:
+        """The one line to report for this event, or None if it is not (yet) a refusal."""
+        from zmq.utils.monitor import parse_monitor_message
+
+        event = parse_monitor_message(event_frames)
+        kind, value = event["event"], int(event["value"])
+        keys, broker = self.keys, self.broker
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            who = f"CURVE key {key_fingerprint(keys.public)}" if keys is not None else "this peer"
+            return (f"broker {broker} refused {who} (ZAP status {value}): it is not in the "
+                    "broker's allow directory")
+        if (kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH):
+            if keys is None:
+                return (f"broker {broker} requires CURVE: give this side keys (--curve-secret "
+                        "and --curve-server, the broker's public key)")
+            return f"broker {broker} does not use CURVE: connect without keys"
+        if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._connected, self._dropped = False, 0
+        elif kind == zmq.EVENT_CONNECTED:
+            self._connected = True
+        elif kind == zmq.EVENT_DISCONNECTED and self._connected:
+            self._connected = False
+            self._dropped += 1
+            if self._dropped >= DROPPED_HANDSHAKES:
+                fix = ("check that it uses CURVE and that --curve-server is its public key"
+                       if keys is not None else "does it require CURVE keys (--curve-secret "
+                       "and --curve-server)? is it an itas broker?")
+                return (f"broker {broker} closed {self._dropped} connections in a row before "
+                        f"the handshake ended: {fix}")
+        return None
