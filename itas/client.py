@@ -97,8 +97,9 @@ class AsyncClient:
         self._tasks: anyio.abc.TaskGroup | None = None
         self._epoch: bytes | None = None
         self._last_heard = 0.0
-        self._monitor: zmq.asyncio.Socket | None = None  # the CURVE handshake's, if any
+        self._monitor: zmq.asyncio.Socket | None = None  # the socket's handshakes
         self._refused: str | None = None  # set once the broker refused our key
+        self._orchestrator_seen = False  # ask() checks once per client, not per query
         self.resends = 0
 
     async def __aenter__(self) -> Self:
@@ -193,13 +194,16 @@ class AsyncClient:
         ``architecture`` is a spec file path, a mapping or an ``Architecture``;
         it is validated before anything is sent. ``sim`` is an answer key for
         simulated models only (see ``itas.agents.providers.sim``). With ``check`` (the
-        default), a missing broker or orchestrator fails at once (``require_services``)
-        instead of after ``timeout``; an agent service the architecture names and nobody
-        serves is the orchestrator's to report (that branch fails, the layer goes on).
+        default), this client's first query fails at once (``require_services``) if no
+        broker answers or no orchestrator is registered, instead of after ``timeout``; later
+        queries are not checked, so an orchestrator restarting under load delays them
+        rather than failing them. An agent service the architecture names and nobody serves
+        is the orchestrator's to report (that branch fails, the layer goes on).
         """
         body = query_body(prompt, architecture, trace=trace, budget=budget, sim=sim, tests=tests)
-        if check:
+        if check and not self._orchestrator_seen:
             await self.require_services([ORCHESTRATOR_SERVICE])
+            self._orchestrator_seen = True
         return Answer.from_reply(await self.request(ORCHESTRATOR_SERVICE, body, timeout=timeout))
 
     async def require_services(self, services: Sequence[str], *,
