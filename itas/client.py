@@ -135,13 +135,15 @@ class AsyncClient:
         sock.setsockopt(zmq.RCVHWM, 0)
         if self.curve is not None:
             self.curve.apply_client(sock)
-        self._monitor = watch_handshake(sock)
+        monitor = watch_handshake(sock)
         with translated_zmq_errors(f"cannot connect to broker {self.broker!r}"):
             try:
                 sock.connect(self.broker)
             except zmq.ZMQError:
+                monitor.close(linger=0)  # an open socket would hang the context's term()
                 sock.close(linger=0)
                 raise
+        self._monitor = monitor
         return sock
 
     # -- requests ----------------------------------------------------------------
