@@ -93,6 +93,8 @@ BAD_OPTIONS = [
     (["up", "--bind", "tcp://0.0.0.0:0", "--pool", "sim"], "--insecure"),  # was EndOfStream
     (["up", "--bind", "tcp://127.0.0.1:70000"], "'--bind'"),
     (["up", "--curve-secret", "/etc/hostname"], "CURVE needs both"),
+    (["up", "--curve-roles", "/etc/hostname"], "--curve-roles needs CURVE"),
+    (["broker", "--curve-roles", "/no/such/roles.yaml"], "'--curve-roles'"),
     (["up", "--curve-secret", "/etc/hostname", "--curve-allow", "/"], "not a CURVE certificate"),
     (["demo", "--bind", "tcp://0.0.0.0:0"], "refusing to bind"),
     (["eval", "--arch", "sim_gcrf", "--benchmark", "gsm8k", "--split", "train"], "'--split'"),
