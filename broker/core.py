@@ -28,6 +28,9 @@ from itas.errors import ProtocolError
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_LIVENESS = 3
 MAX_ATTEMPTS = 3
+#: How long a request waits for a service that has no worker at all before it fails with
+#: SERVICE_UNAVAILABLE (a service whose workers are all busy waits up to the deadline).
+UNAVAILABLE_GRACE_S = 5.0
 
 Send = Callable[[list[bytes]], bool]
 
@@ -40,6 +43,7 @@ class QueuedRequest:
     body: bytes
     deadline: float
     timeout_s: float
+    arrived: float
     attempts: int = 0
 
 
@@ -61,6 +65,7 @@ class Service:
     name: str
     waiting: collections.deque[QueuedRequest] = field(default_factory=collections.deque)
     workers: list[RegisteredWorker] = field(default_factory=list)
+    unserved_since: float = 0.0  # when it last had no worker (creation, or the last left)
 
 
 class Broker:
@@ -74,6 +79,7 @@ class Broker:
         liveness: int = HEARTBEAT_LIVENESS,
         max_attempts: int = MAX_ATTEMPTS,
         max_message_bytes: int = P.MAX_MESSAGE_BYTES,
+        unavailable_grace: float = UNAVAILABLE_GRACE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send = send
@@ -82,6 +88,10 @@ class Broker:
         self.liveness = liveness
         self.max_attempts = max_attempts
         self.max_message_bytes = max_message_bytes
+        self.unavailable_grace = unavailable_grace
+        # A restarted broker hears from its workers only as they notice the restart (their
+        # next heartbeat); until one expiry has passed, no service counts as unserved.
+        self._workers_back_by = clock() + heartbeat_interval * liveness
         self.epoch = os.urandom(8)
         self.services: dict[str, Service] = {}
         self.workers: dict[bytes, RegisteredWorker] = {}
@@ -126,7 +136,9 @@ class Broker:
             self._send([identity, P.REPLY, P.reply_meta(request_id, 0), P.pack(self.status())])
             return
         timeout_s = timeout_ms / 1000.0
-        request = QueuedRequest(identity, request_id, service_name, body, self._clock() + timeout_s, timeout_s)
+        now = self._clock()
+        request = QueuedRequest(identity, request_id, service_name, body, now + timeout_s,
+                                timeout_s, now)
         service = self._service(service_name)
         service.waiting.append(request)
         self._dispatch(service)
@@ -191,7 +203,7 @@ class Broker:
     def _service(self, name: str) -> Service:
         service = self.services.get(name)
         if service is None:
-            service = self.services[name] = Service(name)
+            service = self.services[name] = Service(name, unserved_since=self._clock())
         return service
 
     def _dispatch(self, service: Service) -> None:
@@ -220,6 +232,8 @@ class Broker:
         service = worker.service
         if worker in service.workers:
             service.workers.remove(worker)
+            if not service.workers:
+                service.unserved_since = self._clock()
         self.counters["workers_lost" if lost else "workers_left"] += 1
         for request in reversed(list(worker.inflight.values())):
             if not lost:
@@ -246,7 +260,8 @@ class Broker:
         for worker in [w for w in self.workers.values() if w.expiry < now]:
             self._remove_worker(worker, lost=True)
         for name, service in list(self.services.items()):
-            if any(r.deadline <= now for r in service.waiting):
+            if any(r.deadline <= now or self._unserved_too_long(service, r, now)
+                   for r in service.waiting):
                 self._expire(service, now)
             if not service.waiting and not service.workers:
                 del self.services[name]  # names from bad clients must not pile up
@@ -258,18 +273,30 @@ class Broker:
     def _expire(self, service: Service, now: float) -> None:
         keep: collections.deque[QueuedRequest] = collections.deque()
         for request in service.waiting:
-            if request.deadline > now:
-                keep.append(request)
-                continue
-            self.counters["expired"] += 1
             if service.workers:
+                if request.deadline > now:
+                    keep.append(request)
+                    continue
+                self.counters["expired"] += 1
                 self._fail(request, P.ErrorCode.EXPIRED,
                            f"service {service.name!r} had no free worker within "
                            f"{request.timeout_s:g} s")
+            elif request.deadline > now and not self._unserved_too_long(service, request, now):
+                keep.append(request)
             else:
+                self.counters["unavailable"] += 1
+                waited = min(self.unavailable_grace, request.timeout_s)
                 self._fail(request, P.ErrorCode.SERVICE_UNAVAILABLE,
-                           f"no worker serves {service.name!r} (waited {request.timeout_s:g} s)")
+                           f"no worker serves {service.name!r} (none registered in "
+                           f"{waited:g} s); {start_hint(service.name)}")
         service.waiting = keep
+
+    def _unserved_too_long(self, service: Service, request: QueuedRequest, now: float) -> bool:
+        """No worker for the grace, counted from the latest of: the request's arrival, the
+        service's last worker loss (a retried request gets a full grace after its worker
+        left) and the time a restarted broker's workers have had to re-announce."""
+        since = max(request.arrived, service.unserved_since, self._workers_back_by)
+        return not service.workers and now - since >= self.unavailable_grace
 
     def disconnect_all(self) -> None:
         """Tell every worker the broker is going away, so they reconnect at once."""
@@ -297,3 +324,12 @@ class Broker:
             ],
             "counters": dict(self.counters),
         }
+
+
+def start_hint(service: str) -> str:
+    """The command that starts an agent for ``service``, for 'no worker' errors."""
+    if service == "orchestrator":
+        return "start one with `itas orchestrator` (or `itas up`)"
+    kind = service.split("@", 1)[0]
+    return (f"start its agents with `itas agents --arch FILE` (every agent an architecture "
+            f"needs) or `itas agent --kind {kind} ...`")

@@ -20,7 +20,13 @@ import zmq
 import zmq.auth.thread
 
 from itas import protocol as P
-from itas.broker.core import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, MAX_ATTEMPTS, Broker
+from itas.broker.core import (
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_LIVENESS,
+    MAX_ATTEMPTS,
+    UNAVAILABLE_GRACE_S,
+    Broker,
+)
 from itas.errors import ConfigError
 from itas.security import CurveKeys, LoggingAuthenticator, Roles, check_bind, refusal, sender_key
 
@@ -48,6 +54,7 @@ class BrokerServer:
         liveness: int = HEARTBEAT_LIVENESS,
         max_attempts: int = MAX_ATTEMPTS,
         max_message_bytes: int = P.MAX_MESSAGE_BYTES,
+        unavailable_grace: float = UNAVAILABLE_GRACE_S,
     ) -> None:
         check_bind(bind, curve=curve is not None, insecure=insecure)
         if roles is not None and curve is None:
@@ -77,6 +84,7 @@ class BrokerServer:
             liveness=liveness,
             max_attempts=max_attempts,
             max_message_bytes=max_message_bytes,
+            unavailable_grace=unavailable_grace,
         )
         self._stopping = threading.Event()
 

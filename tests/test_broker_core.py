@@ -109,6 +109,52 @@ def test_unknown_service_expires_with_named_error(broker: Broker, wire: Wire) ->
     assert "nobody" not in broker.services  # no leftovers from unknown names
 
 
+def test_a_service_without_workers_fails_after_the_grace_not_the_deadline(
+        broker: Broker, wire: Wire) -> None:
+    wire.now += 3.0  # past the first heartbeat expiry: workers had their chance to return
+    request(broker, b"c", 1, service="generator@sim:x", timeout_ms=600_000)
+    wire.now += broker.unavailable_grace - 0.1
+    broker.tick()
+    assert wire.to(b"c") == []  # inside the grace: a worker may still come
+    wire.now += 0.2
+    broker.tick()
+    code, message = P.parse_error(wire.to(b"c")[0][3])
+    assert code == P.ErrorCode.SERVICE_UNAVAILABLE
+    assert "'generator@sim:x'" in message and "itas agents --arch" in message
+
+
+def test_a_young_broker_gives_returning_workers_a_heartbeat_expiry_more(
+        broker: Broker, wire: Wire) -> None:
+    request(broker, b"c", 1, timeout_ms=600_000)  # at start, as a client resends after a restart
+    wire.now += broker.unavailable_grace + 0.1
+    broker.tick()
+    assert wire.to(b"c") == []  # 3 s of heartbeat expiry (1 s x 3) come first
+    wire.now += 3.0
+    broker.tick()
+    assert P.parse_error(wire.to(b"c")[0][3])[0] == P.ErrorCode.SERVICE_UNAVAILABLE
+
+
+def test_a_worker_inside_the_grace_serves_the_request(broker: Broker, wire: Wire) -> None:
+    request(broker, b"c", 1, timeout_ms=600_000)
+    wire.now += broker.unavailable_grace - 0.1
+    ready(broker, b"w1")
+    wire.now += 10 * broker.unavailable_grace
+    broker.handle([b"w1", P.HEARTBEAT])
+    broker.tick()
+    assert wire.to(b"c") == [] and len(wire.to(b"w1", P.REQUEST)) == 1
+
+
+def test_busy_workers_keep_a_request_waiting_past_the_grace(broker: Broker,
+                                                           wire: Wire) -> None:
+    ready(broker, b"w1")
+    request(broker, b"c", 1)
+    request(broker, b"c", 2, timeout_ms=600_000)  # waits: the only worker is busy
+    wire.now += 3 * broker.unavailable_grace
+    broker.handle([b"w1", P.HEARTBEAT])
+    broker.tick()
+    assert wire.to(b"c") == []
+
+
 def test_busy_service_expires_as_expired(broker: Broker, wire: Wire) -> None:
     ready(broker, b"w1")
     request(broker, b"c", 1)
