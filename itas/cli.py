@@ -370,8 +370,9 @@ def ask(
         architecture = simulated(architecture)
     budget = {k: v for k, v in (("calls", calls), ("tokens", tokens)) if v is not None}
     with Client(broker, curve=_client_keys(curve_secret, curve_server)) as client:
-        try:  # fail fast: no broker, or a service nobody serves, is one line, not a long wait
-            client.require_services([ORCHESTRATOR_SERVICE, *architecture.services])
+        try:  # fail fast: no broker, or no orchestrator, is one line, not a long wait (an
+            # agent service nobody serves is the broker's to name, after its grace)
+            client.require_services([ORCHESTRATOR_SERVICE])
         except (BrokerUnreachable, ServiceUnavailable) as exc:
             raise ConfigError(f"{exc}; start the mesh with `itas up` (or `itas up --arch "
                               f"{arch}{' --sim' if sim else ''}`), or pass --broker") from exc
