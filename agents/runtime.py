@@ -31,8 +31,8 @@ import zmq.asyncio
 
 from itas import protocol as P
 from itas.agents.base import Agent
-from itas.errors import AgentError, ProtocolError
-from itas.security import CurveKeys
+from itas.errors import AgentError, AuthenticationError, ProtocolError
+from itas.security import UNAUTHORIZED, CurveKeys, HandshakeWatch, watch_handshake
 
 log = logging.getLogger("itas.agent")
 
@@ -66,6 +66,8 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self._context = zmq.asyncio.Context()
         self._socket: zmq.asyncio.Socket | None = None
+        self._monitor: zmq.asyncio.Socket | None = None  # the handshakes' monitor
+        self._handshakes = HandshakeWatch(broker, curve)  # across reconnects
         self._epoch: bytes | None = None
         self._last_heard = 0.0
         self._inflight = 0
@@ -92,6 +94,7 @@ class Worker:
             await self.agent.aclose()
             if self._socket is not None:
                 self._socket.close(linger=0)
+            self._close_monitor()
             self._context.term()
 
     async def _drain(self) -> None:
@@ -126,8 +129,27 @@ class Worker:
         sock.setsockopt(zmq.LINGER, 0)
         if self.curve is not None:
             self.curve.apply_client(sock)
+        self._close_monitor()
+        self._monitor = watch_handshake(sock)
         sock.connect(self.broker)
         return sock
+
+    def _close_monitor(self) -> None:
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+            self._monitor = None
+
+    async def _watch_handshake(self) -> None:
+        """A broker that refuses our CURVE key (or disagrees with us on CURVE) ends the
+        worker with one clear error: it would otherwise reconnect in silence forever."""
+        monitor = self._monitor
+        if monitor is None:
+            return
+        watch = self._handshakes
+        while True:
+            line = watch.refusal(await monitor.recv_multipart())
+            if line is not None:
+                raise AuthenticationError(f"{self.name}: {line}")
 
     async def _announce(self) -> None:
         assert self._socket is not None
@@ -147,6 +169,7 @@ class Worker:
             async with anyio.create_task_group() as session:
                 session.start_soon(self._heartbeat_loop, session.cancel_scope)
                 session.start_soon(self._receive_loop, handlers)
+                session.start_soon(self._watch_handshake)
             heard_recently = self._epoch is not None
             self._socket.close(linger=0)
             self._socket = None
@@ -201,6 +224,21 @@ class Worker:
             elif command is P.Command.DISCONNECT:  # forgotten: none of our tickets counts
                 self._stop_work(unless_epoch=None)
                 await self._announce()
+            elif command is P.Command.ERROR and len(frames) == 2:
+                self._refused(frames[1])
+
+    def _refused(self, body: bytes) -> None:
+        """The broker's answer to a READY its roles file forbids: stop, saying why
+        (announcing again would only be refused again)."""
+        try:
+            code, message = P.parse_error(body)
+        except ProtocolError as exc:
+            log.warning("%s: dropped a message from the broker: %s", self.name, exc)
+            return
+        if code == UNAUTHORIZED:
+            raise AuthenticationError(f"{self.name}: the broker refused to register "
+                                      f"{self.agent.service!r}: {message}")
+        log.warning("%s: the broker said %s: %s", self.name, code, message)
 
     def _stop_work(self, *, unless_epoch: bytes | None) -> None:
         """Cancel the requests of tickets not of ``unless_epoch`` (None: all of them)."""

@@ -35,7 +35,8 @@ from itas.broker.core import (
     UNAVAILABLE_GRACE_S,
     Broker,
 )
-from itas.security import CurveKeys, check_bind
+from itas.errors import ConfigError
+from itas.security import CurveKeys, LoggingAuthenticator, Roles, check_bind, refusal, sender_key
 
 log = logging.getLogger("itas.broker")
 
@@ -44,6 +45,7 @@ DRAIN_BATCH = 256
 #: Messages queued per peer each way. A worker holds at most its credit of requests,
 #: a client at most its window; a peer that lets this many pile up is not reading.
 PEER_HWM = 50_000
+REFUSAL_LOG_EVERY_S = 60.0
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
@@ -58,6 +60,7 @@ class BrokerServer:
         curve: CurveKeys | None = None,
         curve_allow: str | Path | None = None,
         insecure: bool = False,
+        roles: Roles | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         liveness: int = HEARTBEAT_LIVENESS,
         max_attempts: int = MAX_ATTEMPTS,
@@ -65,8 +68,13 @@ class BrokerServer:
         unavailable_grace: float = UNAVAILABLE_GRACE_S,
     ) -> None:
         check_bind(bind, curve=curve is not None, insecure=insecure)
+        if roles is not None and curve is None:
+            raise ConfigError("a roles file needs CURVE (--curve-secret and --curve-allow): "
+                              "without keys the broker cannot tell who is who")
         self._context = zmq.Context()
         self._auth: zmq.auth.thread.ThreadAuthenticator | None = None
+        self._roles = roles
+        self._refusals_logged: dict[str, float] = {}
         self.socket = self._context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.LINGER, 500)
@@ -76,7 +84,7 @@ class BrokerServer:
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self._max_message_bytes = max_message_bytes
         if curve is not None:
-            self._auth = zmq.auth.thread.ThreadAuthenticator(self._context, log=log)
+            self._auth = LoggingAuthenticator(self._context, log)
             self._auth.start()
             self._auth.configure_curve(domain="*", location=str(curve_allow or "."))
             curve.apply_server(self.socket)
@@ -112,6 +120,23 @@ class BrokerServer:
             frame = self.socket.recv(_NOBLOCK, copy=False)
         self.broker.oversize(head)
 
+    def _refuse(self, roles: Roles, frames: list[bytes], key: str | None) -> bool:
+        """Authorization, before routing: True when the sender's role forbids the message,
+        which is then answered with an ``unauthorized`` error and logged, never routed."""
+        refused = refusal(roles, frames, key)
+        if refused is None:
+            return False
+        self.broker.counters["refused_unauthorized"] += 1
+        now = time.monotonic()
+        if now - self._refusals_logged.get(refused.log_line, -REFUSAL_LOG_EVERY_S) >= \
+                REFUSAL_LOG_EVERY_S:  # a refused peer may retry in a loop: a line a minute
+            if len(self._refusals_logged) > 10_000:
+                self._refusals_logged.clear()
+            self._refusals_logged[refused.log_line] = now
+            log.warning("%s", refused.log_line)
+        self._send(refused.reply)
+        return True
+
     def stop(self) -> None:
         self._stopping.set()
 
@@ -121,6 +146,7 @@ class BrokerServer:
         recv = self.socket.recv
         handle = self.broker.handle
         limit = self._max_message_bytes
+        roles = self._roles
         next_tick = time.monotonic() + TICK_S
         try:
             while not self._stopping.is_set():
@@ -131,6 +157,7 @@ class BrokerServer:
                             frame = recv(_NOBLOCK, copy=False)
                         except zmq.Again:
                             break
+                        key = sender_key(frame) if roles is not None else None
                         frames = [frame.bytes]
                         size = 0
                         while frame.more:
@@ -141,6 +168,8 @@ class BrokerServer:
                                 break
                             frames.append(frame.bytes)
                         else:
+                            if roles is not None and self._refuse(roles, frames, key):
+                                continue
                             handle(frames)
                 now = time.monotonic()
                 if now >= next_tick:

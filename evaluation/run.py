@@ -37,7 +37,7 @@ from itas.benchmarks.selection import ORACLE, VISIBLE
 from itas.benchmarks.splits import select
 from itas.client import AsyncClient
 from itas.deploy import simulated, simulated_service
-from itas.errors import ConfigError, ItasError
+from itas.errors import BrokerUnreachable, ConfigError, ServiceUnavailable
 from itas.evaluation.evaluate import (
     DEFAULT_CONCURRENCY,
     EvalSummary,
@@ -131,16 +131,14 @@ def _needs_baseline(questions: Sequence[Question]) -> bool:
 
 async def _check_services(client: AsyncClient, broker: str, services: Sequence[str]) -> None:
     try:
-        status = await client.status(timeout=STATUS_TIMEOUT_S)
-    except ItasError as e:
-        raise ConfigError(f"no broker answered at {broker} ({e}); start the mesh with "
-                          "`itas up --pool ...` or pass --broker") from e
-    live = status.get("services", {})
-    missing = [s for s in dict.fromkeys(services) if live.get(s, {}).get("workers", 0) == 0]
-    if missing:
-        raise ConfigError(f"no worker serves {', '.join(missing)} at {broker}; start agents "
-                          "for them (`itas agents --arch FILE --broker ...` starts every agent "
-                          "an architecture needs), or dry-run on simulated models with --sim")
+        await client.require_services(services, timeout=STATUS_TIMEOUT_S)
+    except BrokerUnreachable as e:
+        raise ConfigError(f"{e}; start the mesh with `itas up --pool ...` or pass --broker"
+                          ) from e
+    except ServiceUnavailable as e:
+        raise ConfigError(f"{e}; start agents for them (`itas agents --arch FILE --broker ...` "
+                          "starts every agent an architecture needs), or dry-run on simulated "
+                          "models with --sim") from e
 
 
 def fingerprint(benchmark: ResolvedBenchmark, options: EvalOptions,

@@ -7,6 +7,7 @@ implementation module that may change.
 from itas.client import AsyncClient, Client, Reply
 from itas.errors import (
     AgentError,
+    AuthenticationError,
     BrokerUnreachable,
     ClientError,
     ConfigError,
@@ -25,6 +26,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "AgentError",
     "AsyncClient",
+    "AuthenticationError",
     "BrokerUnreachable",
     "Client",
     "ClientError",

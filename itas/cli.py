@@ -26,7 +26,13 @@ from typing import Annotated, Any
 import typer
 
 from itas import validate
-from itas.errors import ConfigError, ItasError, leaf_exceptions
+from itas.errors import (
+    BrokerUnreachable,
+    ConfigError,
+    ItasError,
+    ServiceUnavailable,
+    leaf_exceptions,
+)
 from itas.lifecycle import ERROR_PREFIX, EXIT_USER_ERROR
 from itas.logs import DEFAULT_LOG_LEVEL, LOG_LEVEL_ENV, LOG_LEVELS, parse_level, setup_logging
 
@@ -91,6 +97,9 @@ BrokerSecretOpt = Annotated[Path | None, typer.Option(
 CurveAllowOpt = Annotated[Path | None, typer.Option(
     "--curve-allow", callback=DIRECTORY,
     help="Directory of allowed client/agent public .key files.")]
+CurveRolesOpt = Annotated[Path | None, typer.Option(
+    "--curve-roles", callback=FILE,
+    help="YAML roles file: which services each allowed key may serve and call.")]
 InsecureOpt = Annotated[bool, typer.Option(
     help="Allow binding beyond loopback without CURVE.")]
 HeartbeatOpt = Annotated[float, typer.Option(callback=POSITIVE,
@@ -157,6 +166,7 @@ def broker(
         "before failing with 'no worker serves ...'.")] = 5.0,
     curve_secret: BrokerSecretOpt = None,
     curve_allow: CurveAllowOpt = None,
+    curve_roles: CurveRolesOpt = None,
     insecure: InsecureOpt = False,
     parent_pid: ParentPidOpt = None,
 ) -> None:
@@ -164,14 +174,18 @@ def broker(
     import zmq
 
     from itas.broker.server import BrokerServer, run_broker
-    from itas.security import CurveKeys
+    from itas.security import CurveKeys, Roles
 
     _follow_parent(parent_pid)
     if (curve_secret is None) != (curve_allow is None):
         raise ConfigError("CURVE needs both --curve-secret and --curve-allow")
+    if curve_roles is not None and curve_allow is None:
+        raise ConfigError("--curve-roles needs CURVE: --curve-secret and --curve-allow")
     keys = CurveKeys.load(curve_secret) if curve_secret else None
+    roles = Roles.load(curve_roles, curve_allow) if curve_roles and curve_allow else None
     try:
         server = BrokerServer(bind, curve=keys, curve_allow=curve_allow, insecure=insecure,
+                              roles=roles,
                               heartbeat_interval=heartbeat, liveness=liveness,
                               max_attempts=max_attempts, unavailable_grace=unavailable_grace)
     except zmq.ZMQError as exc:  # the address is taken, or not this machine's
@@ -365,7 +379,7 @@ def ask(
     from itas.client import AsyncClient
     from itas.deploy import simulated
     from itas.progress import WaitDisplay, answered_line
-    from itas.query import Answer, load_messages
+    from itas.query import ORCHESTRATOR_SERVICE, Answer, load_messages
     from itas.render import print_answer
     from itas.spec import load_architecture
     from itas.stack import resolve_config
@@ -382,8 +396,16 @@ def ask(
 
     async def main() -> Answer:
         async with AsyncClient(broker, curve=_client_keys(curve_secret, curve_server)) as client:
+            try:  # fail fast: no broker, or no orchestrator, is one line, not a long wait (an
+                # agent service nobody serves is the broker's to name, after its grace)
+                await client.require_services([ORCHESTRATOR_SERVICE])
+            except (BrokerUnreachable, ServiceUnavailable) as exc:
+                raise ConfigError(f"{exc}; start the mesh with `itas up` (or `itas up --arch "
+                                  f"{arch}{' --sim' if sim else ''}`), or pass --broker"
+                                  ) from exc
             asking = client.ask(conversation, architecture=architecture, trace=trace,
-                                budget=budget or None, timeout=timeout, fresh=no_cache)
+                                budget=budget or None, timeout=timeout, fresh=no_cache,
+                                check=False)
             if as_json or quiet:
                 return await asking
             async with display.shown():
@@ -413,11 +435,14 @@ def up(
         "--detach", help="Run in the background: return once every part is ready (its "
                          "output goes to a log file named at start); `itas down` stops it.")
                       ] = False,
+    curve_roles: CurveRolesOpt = None,
 ) -> None:
     """Start broker, embedded model server, agent pool and orchestrator; Ctrl-C stops all.
 
     With --curve-secret (the broker's key; its .key file beside it) and --curve-allow,
-    the broker admits the keys in that directory and the stack's own processes."""
+    the broker admits the keys in that directory and the stack's own processes; with
+    --curve-roles, each key may serve and call only what that file says (the stack's own
+    processes may serve and call everything)."""
     import signal
 
     import anyio
@@ -428,7 +453,10 @@ def up(
 
     if (curve_secret is None) != (curve_allow is None):
         raise ConfigError("CURVE needs both --curve-secret and --curve-allow")
-    keys = StackKeys(curve_secret, curve_allow) if curve_secret and curve_allow else None
+    if curve_roles is not None and curve_allow is None:
+        raise ConfigError("--curve-roles needs CURVE: --curve-secret and --curve-allow")
+    keys = (StackKeys(curve_secret, curve_allow, curve_roles) if curve_secret and curve_allow
+            else None)
     if detach:
         from itas.detach import detach_args, start_detached
 
@@ -550,10 +578,14 @@ def keys_generate(
     name: Annotated[str, typer.Option(help="Base name of the key files.")] = "itas",
 ) -> None:
     """Write NAME.key (public: give it to the broker's allow-list) and NAME.key_secret (0600)."""
-    from itas.security import generate_keys
+    import zmq.auth
+
+    from itas.security import generate_keys, key_fingerprint
 
     public, secret = generate_keys(directory, name)
-    print(f"public key: {public}\nsecret key: {secret} (keep it on this machine)")
+    fingerprint = key_fingerprint(zmq.auth.load_certificate(public)[0])
+    print(f"public key: {public} (fingerprint {fingerprint}, as the broker's log names it)\n"
+          f"secret key: {secret} (keep it on this machine)")
 
 
 @cache_app.command("stats")

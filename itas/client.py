@@ -20,11 +20,12 @@ cancellation) sends CANCEL, and the broker stops the work on its worker.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -36,6 +37,7 @@ import zmq.asyncio
 
 from itas import protocol as P
 from itas.errors import (
+    AuthenticationError,
     BrokerUnreachable,
     ProtocolError,
     RemoteError,
@@ -43,15 +45,26 @@ from itas.errors import (
     ServiceUnavailable,
 )
 from itas.query import ORCHESTRATOR_SERVICE, Answer, ArchitectureLike, PromptLike, query_body
-from itas.security import CurveKeys
+from itas.security import UNAUTHORIZED, CurveKeys, HandshakeWatch, watch_handshake
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 DEFAULT_TIMEOUT_S = 60.0
+STATUS_TIMEOUT_S = 5.0  # a broker answers its status in milliseconds; this is "no broker"
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_LIVENESS = 3
 _DRAIN_BATCH = 256
 #: Messages queued each way on the client's socket; sends beyond it wait.
 SOCKET_HWM = 10_000
+
+
+@contextlib.contextmanager
+def translated_zmq_errors(what: str) -> Iterator[None]:
+    """The one place zmq errors become itas errors: ``BrokerUnreachable`` naming ``what``
+    (a malformed or unknown endpoint, a closed context), chained to the zmq error."""
+    try:
+        yield
+    except zmq.ZMQError as exc:
+        raise BrokerUnreachable(f"{what}: {exc.strerror}") from exc
 
 
 @dataclass(eq=False)
@@ -103,15 +116,23 @@ class AsyncClient:
         self._epoch_known = anyio.Event()
         self._last_heard = 0.0
         self._asking_since: float | None = None  # first unanswered ask since last heard
+        self._monitor: zmq.asyncio.Socket | None = None  # the socket's handshakes
+        self._refused: str | None = None  # set once the broker refused our key
+        self._orchestrator_seen = False  # ask() checks once per client, not per query
         self.resends = 0
 
     async def __aenter__(self) -> Self:
         self._context = zmq.asyncio.Context()
-        self._socket = self._connect()
+        try:
+            self._socket = self._connect()
+        except BrokerUnreachable:
+            self._context.term()
+            raise
         self._last_heard = anyio.current_time()
         self._tasks = anyio.create_task_group()
         await self._tasks.__aenter__()
         self._tasks.start_soon(self._io_loop)
+        self._tasks.start_soon(self._watch_handshake)
         await self._ask_epoch()
         return self
 
@@ -122,6 +143,8 @@ class AsyncClient:
         self._tasks = None
         if self._socket is not None:
             self._socket.close(linger=0)
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
         self._context.term()
 
     def _connect(self) -> zmq.asyncio.Socket:
@@ -132,7 +155,15 @@ class AsyncClient:
         sock.setsockopt(zmq.RCVHWM, SOCKET_HWM)
         if self.curve is not None:
             self.curve.apply_client(sock)
-        sock.connect(self.broker)
+        monitor = watch_handshake(sock)
+        with translated_zmq_errors(f"cannot connect to broker {self.broker!r}"):
+            try:
+                sock.connect(self.broker)
+            except zmq.ZMQError:
+                monitor.close(linger=0)  # an open socket would hang the context's term()
+                sock.close(linger=0)
+                raise
+        self._monitor = monitor
         return sock
 
     # -- requests ----------------------------------------------------------------
@@ -154,6 +185,8 @@ class AsyncClient:
         """Like ``request``, but also says how many attempts it took and how long."""
         if self._tasks is None or self._socket is None:
             raise BrokerUnreachable("client is not open: use 'async with AsyncClient(...)'")
+        if self._refused is not None:
+            raise AuthenticationError(self._refused)
         started = anyio.current_time()
         timeout = self.timeout if timeout is None else timeout
         outer = anyio.current_effective_deadline()  # the caller's own deadline, if any
@@ -188,22 +221,51 @@ class AsyncClient:
             raise ServiceUnavailable(service, message)
         if code == P.ErrorCode.DEADLINE:
             raise RequestTimeout(message)
+        if code == UNAUTHORIZED:
+            raise AuthenticationError(message)
         raise RemoteError(code, message, service)
 
     async def ask(self, prompt: PromptLike, *, architecture: ArchitectureLike,
                   trace: bool = False, budget: dict[str, int] | None = None,
                   sim: dict[str, Any] | None = None, tests: list[str] | None = None,
-                  timeout: float | None = None, fresh: bool = False) -> Answer:
+                  timeout: float | None = None, fresh: bool = False,
+                  check: bool = True) -> Answer:
         """Answer a prompt (or a conversation) with an architecture, through the orchestrator.
 
         ``architecture`` is a spec file path, a mapping or an ``Architecture``;
         it is validated before anything is sent. ``sim`` is an answer key for
         simulated models only (see ``itas.agents.providers.sim``); ``fresh`` asks every model
-        again instead of replaying the response cache.
+        again instead of replaying the response cache. With ``check`` (the default), this
+        client's first query fails at once (``require_services``) if no broker answers or no
+        orchestrator is registered, instead of after ``timeout``; later queries are not
+        checked, so an orchestrator restarting under load delays them rather than failing
+        them. An agent service the architecture names and nobody serves is named by the
+        broker after its grace (``--unavailable-grace``).
         """
         body = query_body(prompt, architecture, trace=trace, budget=budget, sim=sim, tests=tests,
                           fresh=fresh)
+        if check and not self._orchestrator_seen:
+            await self.require_services([ORCHESTRATOR_SERVICE])
+            self._orchestrator_seen = True
         return Answer.from_reply(await self.request(ORCHESTRATOR_SERVICE, body, timeout=timeout))
+
+    async def require_services(self, services: Sequence[str], *,
+                               timeout: float = STATUS_TIMEOUT_S) -> dict[str, Any]:
+        """Fail fast, before a long request: ``BrokerUnreachable`` when no broker answers its
+        status within ``timeout``, ``ServiceUnavailable`` naming every service in
+        ``services`` that no worker serves. Returns the status. (An ``AuthenticationError``
+        from a broker that refuses this key passes through.)"""
+        try:
+            status = await self.status(timeout=timeout)
+        except RequestTimeout as exc:
+            raise BrokerUnreachable(f"no broker answered at {self.broker} within "
+                                    f"{timeout:g} s") from exc
+        live = status.get("services", {})
+        missing = [s for s in dict.fromkeys(services) if live.get(s, {}).get("workers", 0) == 0]
+        if missing:
+            raise ServiceUnavailable(missing[0], f"no worker serves {', '.join(missing)} at "
+                                                 f"{self.broker}")
+        return status
 
     async def status(self, *, timeout: float = 5.0) -> dict[str, Any]:
         """The broker's services, workers, queue depths and counters."""
@@ -221,7 +283,8 @@ class AsyncClient:
             await self._ask_epoch()
         while not self._epoch_known.is_set():
             await self._epoch_known.wait()
-        if pending.epoch is None:  # a restart noticed meanwhile may have sent it already
+        # A restart noticed meanwhile may have sent it already; a refused key answered it.
+        if pending.epoch is None and not pending.done.is_set():
             await self._send(key, pending)
 
     async def _ask_epoch(self) -> None:
@@ -289,6 +352,31 @@ class AsyncClient:
                 next_beat = now + self.heartbeat_interval
                 await self._heartbeat(now)
 
+    async def _watch_handshake(self) -> None:
+        """Fail every pending request, and all later ones, once the broker refuses our
+        CURVE key (or we and it disagree on CURVE): otherwise the refusal looks like silence
+        and each waits its timeout. The socket (and its monitor) may be replaced meanwhile;
+        this task closes the old monitors."""
+        monitor = self._monitor
+        watch = HandshakeWatch(self.broker, self.curve)
+        try:
+            while monitor is not None:
+                if await monitor.poll(200):
+                    line = watch.refusal(await monitor.recv_multipart())
+                    if line is not None:
+                        self._refused = line
+                        for pending in self._pending.values():
+                            if pending.reply is None:
+                                pending.reply = (P.ERROR, 0, P.error_body(UNAUTHORIZED, line))
+                                pending.done.set()
+                        self._epoch_known.set()  # release requests waiting for the epoch
+                if monitor is not self._monitor:
+                    monitor.close(linger=0)
+                    monitor = self._monitor
+        finally:
+            if monitor is not None and monitor is not self._monitor:
+                monitor.close(linger=0)
+
     async def _on_message(self, frames: list[bytes]) -> None:
         header = frames[0]
         if header in (P.REPLY, P.ERROR) and len(frames) == 3:
@@ -320,7 +408,8 @@ class AsyncClient:
         elif self._asking_since is None:
             self._asking_since = now
         assert self._socket is not None
-        await self._socket.send_multipart([P.HEARTBEAT])
+        with translated_zmq_errors(f"broker {self.broker!r}"):
+            await self._socket.send_multipart([P.HEARTBEAT])
 
 
 class Client:
@@ -352,6 +441,13 @@ class Client:
 
     def status(self, *, timeout: float = 5.0) -> dict[str, Any]:
         result: dict[str, Any] = self._call(self._async.status, timeout=timeout)
+        return result
+
+    def require_services(self, services: Sequence[str], *, timeout: float = STATUS_TIMEOUT_S
+                         ) -> dict[str, Any]:
+        """Blocking ``AsyncClient.require_services``."""
+        result: dict[str, Any] = self._call(self._async.require_services, services,
+                                            timeout=timeout)
         return result
 
     def close(self) -> None:

@@ -9,6 +9,7 @@
         ├── ServiceUnavailable no worker served the service before the deadline
         ├── RequestTimeout     no reply before the caller's deadline
         ├── BrokerUnreachable  the client is closed or could not reach a broker
+        ├── AuthenticationError the broker refused this CURVE key, or its role forbids the call
         └── RemoteError        an agent (or the broker) answered with an error reply
 
 Lower-level errors (zmq, msgpack, yaml) are translated at one boundary each and
@@ -68,6 +69,11 @@ class RequestTimeout(ClientError):
 
 class BrokerUnreachable(ClientError):
     """The client is closed or its broker cannot be reached."""
+
+
+class AuthenticationError(ClientError):
+    """The broker refused this peer's CURVE key (not in its allow directory), or the key's
+    role (the broker's roles file) does not allow serving or calling that service."""
 
 
 class RemoteError(ClientError):

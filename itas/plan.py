@@ -119,10 +119,6 @@ def layer_flows(layers: Sequence[Layer]) -> Iterator[LayerFlow]:
         lo, hi = out
 
 
-def max_calls_per_query(layers: Sequence[Layer]) -> int:
-    return sum(flow.max_calls for flow in layer_flows(layers))
-
-
 @dataclass(frozen=True, slots=True)
 class TokenBound:
     """Token bounds of one component: its calls when every output parses, and in all."""

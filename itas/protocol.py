@@ -14,6 +14,7 @@ are msgpack written and read by the two ends.
     worker -> broker  ERROR      [hdr, ticket, msgpack [code, message]]
     broker -> client  REPLY      [hdr, msgpack [key, attempts], body]
     broker -> client  ERROR      [hdr, msgpack [key, attempts], msgpack [code, message]]
+    broker -> worker  ERROR      [hdr, msgpack [code, message]]   (its READY was refused)
     broker -> peer    HEARTBEAT  [hdr, broker_epoch]   peer -> broker  HEARTBEAT [hdr]
     worker -> broker  DISCONNECT [hdr]                 broker -> worker DISCONNECT [hdr]
 
@@ -98,6 +99,7 @@ class ErrorCode(enum.StrEnum):
     PROVIDER = "provider_error"
     BUDGET = "budget_exceeded"
     NO_CANDIDATES = "no_candidates"
+    UNAUTHORIZED = "unauthorized"  # the sender's role (the broker's roles file) forbids it
 
 
 def header(command: Command) -> bytes:

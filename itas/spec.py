@@ -64,7 +64,7 @@ from pydantic import (
 )
 
 from itas.errors import ConfigError
-from itas.plan import layer_flows, max_calls_per_query
+from itas.plan import layer_flows
 from itas.techniques import SPEC_TECHNIQUES
 from itas.techniques.base import ComponentParams, LLMParams, ProviderName, suggest
 
@@ -177,7 +177,17 @@ def check_flow(arch: Architecture, source: str) -> tuple[list[str], list[str]]:
     if problems:
         return problems, []
     tests = arch.tests == "benchmark"
-    flows = list(layer_flows(arch.layers))
+    flows = []
+    calls = 0
+    for flow in layer_flows(arch.layers):
+        # Checked layer by layer: planning costs time in proportion to the calls planned,
+        # so a spec far over the bound (a poison query) is refused in milliseconds.
+        calls += flow.max_calls
+        if calls > MAX_CALLS_PER_QUERY:
+            return [(f"{place(source, flow.layer)}: the query reaches {calls} LLM calls "
+                     f"(re-asks included) by this layer; at most {MAX_CALLS_PER_QUERY} per "
+                     "query: use fewer samples or layers, or fewer parse_retries")], []
+        flows.append(flow)
     pending_tests: list[tuple[str, bool]] = []  # (where, used) of each unit_test_generator
     for flow, layer in zip(flows, arch.layers, strict=True):
         reachable = flow.candidates_in[1]
@@ -220,12 +230,6 @@ def check_flow(arch: Architecture, source: str) -> tuple[list[str], list[str]]:
             "'final: single' needs exactly one; reduce to one (ranker or unit_test_evaluator "
             "top_k: 1, fuser n_outputs: 1, majority_vote) or set 'final: first' to answer "
             "with the first")
-    if not problems:
-        bound = max_calls_per_query(arch.layers)
-        if bound > MAX_CALLS_PER_QUERY:
-            problems.append(f"{source}: up to {bound} LLM calls per query (re-asks included); "
-                            f"at most {MAX_CALLS_PER_QUERY}: use fewer samples or layers, or "
-                            "fewer parse_retries")
     return problems, warnings
 
 

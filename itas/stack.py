@@ -28,7 +28,7 @@ from itas.client import AsyncClient
 from itas.deploy import serving, simulated, simulated_pool
 from itas.errors import ConfigError
 from itas.lifecycle import ERROR_PREFIX, child_environment, itas_command
-from itas.security import CurveKeys, check_bind, generate_keys
+from itas.security import CurveKeys, Roles, check_bind, generate_keys
 from itas.spec import Architecture
 
 READY_TIMEOUT_S = 120.0
@@ -68,6 +68,7 @@ class StackKeys:
 
     broker_secret: Path
     allow: Path
+    roles: Path | None = None
 
     @property
     def broker_public(self) -> Path:
@@ -77,6 +78,21 @@ class StackKeys:
         CurveKeys.load(self.broker_secret, self.broker_public)
         if not self.allow.is_dir():
             raise ConfigError(f"--curve-allow {self.allow}: no such directory")
+        if self.roles is not None:
+            Roles.load(self.roles, self.allow)
+
+    def write_roles(self, directory: Path, own_key_name: str) -> Path | None:
+        """The roles file the stack's broker reads: the user's, plus everything for the
+        stack's own key (its orchestrator calls every agent; its agents serve theirs)."""
+        if self.roles is None:
+            return None
+        import yaml
+
+        data = yaml.safe_load(self.roles.read_text())
+        data[own_key_name] = {"serve": ["*"], "call": ["*"]}
+        path = directory / "roles.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
 
 
 def with_orchestrator(entries: Sequence[PoolEntry]) -> list[PoolEntry]:
@@ -140,6 +156,9 @@ async def run_stack(pool: str | os.PathLike[str] | None, *,
             shutil.copy(own_secret.with_suffix(".key"), allow / "itas-stack-own.key")
             broker_args += ["--curve-secret", str(keys.broker_secret), "--curve-allow",
                             str(allow)]
+            roles = keys.write_roles(own, "itas-stack-own")
+            if roles is not None:
+                broker_args += ["--curve-roles", str(roles)]
             agent_args = ["--curve-secret", str(own_secret), "--curve-server",
                           str(keys.broker_public)]
             client_keys = CurveKeys.load(own_secret, keys.broker_public)

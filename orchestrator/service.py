@@ -13,6 +13,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import anyio
+import anyio.to_thread
+
 from itas.agents.base import Agent
 from itas.client import AsyncClient
 from itas.errors import AgentError, ConfigError
@@ -63,6 +66,7 @@ class OrchestratorAgent(Agent):
         self._broker: str | None = None
         self._curve: CurveKeys | None = None
         self._client: AsyncClient | None = None
+        self._planning: anyio.CapacityLimiter | None = None  # made in start(), on the loop
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> OrchestratorAgent:
@@ -81,6 +85,7 @@ class OrchestratorAgent(Agent):
         if self._broker is None:
             raise ConfigError("the orchestrator needs a broker to call agents through")
         self._client = AsyncClient(self._broker, curve=self._curve, timeout=self.call_timeout)
+        self._planning = anyio.CapacityLimiter(1)
         await self._client.__aenter__()
 
     async def aclose(self) -> None:
@@ -89,7 +94,12 @@ class OrchestratorAgent(Agent):
 
     async def handle(self, body: Any) -> Any:
         assert self._client is not None
-        messages, arch = parse_query(body)
+        # Validating a spec is CPU work in proportion to the calls it plans (up to a second
+        # or two for one far over the bound): off the event loop, so the worker keeps
+        # heartbeating and the broker never takes this orchestrator for dead and hands the
+        # same query to the next one. One at a time: the GIL gives no more anyway.
+        messages, arch = await anyio.to_thread.run_sync(parse_query, body,
+                                                        limiter=self._planning)
         return await Orchestrator(self._client, call_timeout=self.call_timeout).run(
             arch, messages, sim=body.get("sim"), tests=body.get("tests"),
             budget=Budget.from_dict(body.get("budget")).with_defaults(),

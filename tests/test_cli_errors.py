@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from itas import validate
 from itas.agents.pool import PoolEntry, Supervisor
 from itas.client import AsyncClient, Client
-from itas.errors import ConfigError
+from itas.errors import BrokerUnreachable, ConfigError, ServiceUnavailable
 from itas.lifecycle import child_environment, itas_command
 from itas.security import generate_keys
 from tests.helpers import REPO, Processes
@@ -93,6 +93,8 @@ BAD_OPTIONS = [
     (["up", "--bind", "tcp://0.0.0.0:0", "--pool", "sim"], "--insecure"),  # was EndOfStream
     (["up", "--bind", "tcp://127.0.0.1:70000"], "'--bind'"),
     (["up", "--curve-secret", "/etc/hostname"], "CURVE needs both"),
+    (["up", "--curve-roles", "/etc/hostname"], "--curve-roles needs CURVE"),
+    (["broker", "--curve-roles", "/no/such/roles.yaml"], "'--curve-roles'"),
     (["up", "--curve-secret", "/etc/hostname", "--curve-allow", "/"], "not a CURVE certificate"),
     (["demo", "--bind", "tcp://0.0.0.0:0"], "refusing to bind"),
     (["eval", "--arch", "sim_gcrf", "--benchmark", "gsm8k", "--split", "train"], "'--split'"),
@@ -125,6 +127,30 @@ def test_no_broker_is_one_line(free_port: int) -> None:
     nobody = f"tcp://127.0.0.1:{free_port}"
     one_error_line(itas("ask", "hi", "--arch", "sim_gcrf", "--broker", nobody, "--timeout", "3"))
     one_error_line(itas("request", "echo", "1", "--broker", nobody, "--timeout", "2"))
+
+
+def test_ask_without_a_broker_fails_fast_at_its_default_timeout(free_port: int) -> None:
+    """No --timeout: the default (600 s) must not be what the user waits; HANG_LIMIT_S fails
+    the test long before it."""
+    nobody = f"tcp://127.0.0.1:{free_port}"
+    line = one_error_line(itas("ask", "hi", "--arch", "sim_gcrf", "--broker", nobody))
+    assert f"no broker answered at {nobody}" in line
+
+
+async def test_the_client_raises_only_itas_errors(procs: Processes) -> None:
+    """A malformed endpoint is BrokerUnreachable (was a raw zmq.ZMQError); a query with no
+    orchestrator to take it fails at once with ServiceUnavailable, not after its timeout."""
+    for endpoint in ("notaurl", "tcp://", "ipc://"):
+        with pytest.raises(BrokerUnreachable, match="cannot connect to broker"):
+            Client(endpoint)
+        with pytest.raises(BrokerUnreachable, match="cannot connect to broker"):
+            async with AsyncClient(endpoint):
+                pass
+    broker = procs.broker()
+    async with AsyncClient(broker.endpoint) as client:
+        with pytest.raises(ServiceUnavailable, match="no worker serves orchestrator"):
+            await client.ask("hi", architecture="configs/architectures/sim_gcrf.yaml",
+                             timeout=HANG_LIMIT_S * 10)
 
 
 def test_a_secret_never_goes_on_a_command_line() -> None:

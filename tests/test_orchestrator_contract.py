@@ -104,3 +104,27 @@ async def test_a_layer_whose_every_call_broke_the_contract_is_a_clear_error(mesh
             await client.ask("q", architecture=arch, sim=KEY)
     assert failure.value.code == "no_candidates"
     assert "bad reply from generator@sim:hostile-missing_text" in failure.value.message
+
+
+@pytest.mark.parametrize("mode", ["not_a_map", "text_not_a_string", "missing_usage"])
+async def test_one_bad_replica_is_its_own_failed_calls_not_a_failed_query(
+        mesh: str, procs: Processes, mode: str) -> None:
+    """Two workers serve one service, one of them hostile: the requests it answered are failed
+    calls (each naming what was wrong), the good replica's candidates go on, the query answers."""
+    service = f"generator@sim:replicated-{mode.replace('_', '-')}"
+    model = service.split(":", 1)[1]
+    procs.agent(mesh, "generator", {"provider": "sim", "model": model, "credit": 2})
+    procs.spawn("--broker", mesh, "--technique", "generator", "--service", service, mode,
+                module="tests.servers.hostile_agent")
+    wait_for_workers(mesh, service, 2)
+    arch = {"name": f"replicated-{mode}", "final": "first", "layers": [[
+        {"technique": "generator", "provider": "sim", "model": model, "samples": 8}]]}
+    async with AsyncClient(mesh, heartbeat_interval=FAST_HEARTBEAT, timeout=30) as client:
+        answer = await client.ask("q", architecture=arch, trace=True, sim=KEY)
+    [component] = answer.trace["layers"][0]["components"]
+    failed = component["failed"]
+    assert component["requests"] == 8
+    assert 1 <= len(failed) < 8, component  # each replica took some of the eight
+    assert all(WHY[mode] in f for f in failed), failed
+    assert len(answer.trace["layers"][0]["candidates"]) == 8 - len(failed)
+    assert answer.text

@@ -167,7 +167,12 @@ def test_a_running_agent_with_other_settings_is_refused(tmp_path: Path,
     assert [r.kind for r in _safe_records(tmp_path / "out")] == []  # nothing measured
 
 
-def test_ctrl_c_stops_the_search_cleanly_and_resume_finishes_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("progress,whole_group", [("--no-progress", False), ("--progress", True)],
+                         ids=["kill-to-the-search", "ctrl-c-in-a-terminal"])
+def test_ctrl_c_stops_the_search_cleanly_and_resume_finishes_it(tmp_path: Path, progress: str,
+                                                               whole_group: bool) -> None:
+    """SIGINT to the search alone, and as a terminal's Ctrl-C sends it: to the whole
+    foreground process group, the search's children included, with progress shown."""
     data = search_config(models=[{"name": m, "provider": "sim", "model": m,
                                   "settings": {"skill": s, "latency": 0.03, "cache": False}}
                                  for m, s in (("strong", 0.75), ("weak", 0.4))])
@@ -176,7 +181,7 @@ def test_ctrl_c_stops_the_search_cleanly_and_resume_finishes_it(tmp_path: Path) 
     out = tmp_path / "out"
     child = subprocess.Popen(
         [sys.executable, "-m", "itas", "search", str(config_path), "--out", str(out),
-         "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+         progress], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, start_new_session=True,
         preexec_fn=None)
     try:
@@ -187,7 +192,10 @@ def test_ctrl_c_stops_the_search_cleanly_and_resume_finishes_it(tmp_path: Path) 
             time.sleep(0.05)
         ours = descendants(child.pid)
         assert ours, "the search started no processes"
-        child.send_signal(signal.SIGINT)
+        if whole_group:
+            os.killpg(child.pid, signal.SIGINT)
+        else:
+            child.send_signal(signal.SIGINT)
         _, err = child.communicate(timeout=60)
     finally:
         if child.poll() is None:

@@ -1,7 +1,8 @@
 """Technique agents that break the contract on purpose, as a real process behind the broker.
 
 ``python -m tests.servers.hostile_agent --broker ENDPOINT --technique generator MODE...`` serves
-``<technique>@sim:hostile-<mode>`` for every MODE, each answering every request the way its
+``<technique>@sim:hostile-<mode>`` for every MODE (or, with ``--service NAME`` and one MODE,
+``NAME``: a bad replica beside good ones), each answering every request the way its
 mode says (see ``MODES``). The orchestrator must turn each into one failed call with a trace
 entry saying what was wrong, and go on with the layer.
 """
@@ -56,8 +57,8 @@ MODES: dict[str, Callable[[dict[str, Any]], Any]] = {
 
 
 class HostileAgent(Agent):
-    def __init__(self, technique: str, mode: str) -> None:
-        self.service = f"{technique}@sim:hostile-{mode}"
+    def __init__(self, technique: str, mode: str, service: str | None = None) -> None:
+        self.service = service or f"{technique}@sim:hostile-{mode}"
         self.credit = 16
         self.answer = MODES[mode]
 
@@ -65,10 +66,11 @@ class HostileAgent(Agent):
         return self.answer(body)
 
 
-async def main(broker: str, technique: str, modes: list[str]) -> None:
+async def main(broker: str, technique: str, modes: list[str], service: str | None) -> None:
     async with anyio.create_task_group() as tg:
         for mode in modes:
-            worker = Worker(HostileAgent(technique, mode), broker, heartbeat_interval=0.2)
+            worker = Worker(HostileAgent(technique, mode, service), broker,
+                            heartbeat_interval=0.2)
             tg.start_soon(lambda w=worker: w.run(handle_signals=False))
 
 
@@ -76,9 +78,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--broker", required=True)
     parser.add_argument("--technique", required=True)
+    parser.add_argument("--service", help="serve this name instead (one MODE only)")
     parser.add_argument("modes", nargs="+", choices=sorted(MODES))
     args = parser.parse_args()
+    if args.service and len(args.modes) != 1:
+        parser.error("--service takes exactly one MODE")
     try:
-        anyio.run(main, args.broker, args.technique, args.modes)
+        anyio.run(main, args.broker, args.technique, args.modes, args.service)
     except KeyboardInterrupt:
         pass
