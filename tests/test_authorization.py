@@ -225,7 +225,7 @@ def test_decisions_over_random_services() -> None:
         assert roles.permits(key, "call", service) is False
         assert not roles.permits(other, "serve", service) and not roles.permits(None, "call", service)
         assert roles.permits(None, "call", P.STATUS_SERVICE)
-        request_id = rng.randint(1, 2**31)
+        request_id = rng.randbytes(P.KEY_BYTES)
         request = [b"peer", P.REQUEST, P.request_meta(request_id, service, 1000), b"\x80"]
         refused = refusal(roles, request, key)
         assert refused is not None and refused.reply[0] == b"peer"
@@ -306,7 +306,7 @@ def test_no_frames_get_past_the_check_without_a_role(frames: list[bytes], servic
     if kind == "ready":
         frames = [b"peer", P.READY, P.ready_body(service, 1, "w", 200), *frames]
     elif kind == "request":
-        frames = [b"peer", P.REQUEST, P.request_meta(7, service, 1000), *frames]
+        frames = [b"peer", P.REQUEST, P.request_meta(b"k" * P.KEY_BYTES, service, 1000), *frames]
     for key in (_z85_of(1), _z85_of(2), None):
         refused = refusal(roles, frames, key)
         if refused is not None:
