@@ -88,8 +88,12 @@ def query_body(
     budget: Mapping[str, int] | None = None,
     sim: Mapping[str, Any] | None = None,
     tests: Sequence[str] | None = None,
+    tags: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The request body for one query; the architecture is validated here, before sending."""
+    """The request body for one query; the architecture is validated here, before sending.
+
+    ``tags`` (who asked, a trace id, a caller's metadata: small JSON values) travel with the
+    query into the orchestrator's trace; they change nothing about the answer."""
     messages = ([{"role": "user", "content": prompt}] if isinstance(prompt, str)
                 else [dict(m) for m in prompt])
     body: dict[str, Any] = {"messages": messages,
@@ -101,4 +105,6 @@ def query_body(
         body["sim"] = dict(sim)
     if tests:
         body["tests"] = list(tests)
+    if tags:
+        body["tags"] = dict(tags)
     return body

@@ -59,6 +59,8 @@ class Stack:
     broker: str
     services: tuple[str, ...]
     model_url: str | None
+    #: Keys the stack's own clients use (with CURVE), e.g. the gateway ``itas up`` runs.
+    client_curve: CurveKeys | None = None
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,7 @@ async def run_stack(pool: str | os.PathLike[str] | None, *,
         stack.callback(tg.cancel_scope.cancel)
         await tg.start(supervisor.run)
         await wait_for_services(broker, services, curve=client_keys)
-        yield Stack(broker, services, model_url)
+        yield Stack(broker, services, model_url, client_keys)
 
 
 @contextlib.asynccontextmanager

@@ -167,9 +167,10 @@ class Orchestrator:
         tests: Sequence[str] | None = None,
         budget: Budget = NO_BUDGET,
         trace: bool = False,
+        tags: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Answer one query. Raises AgentError (``no_candidates``, ``budget_exceeded``,
-        ``bad_request``)."""
+        ``bad_request``). ``tags`` (who asked, a trace id) are copied into the trace."""
         if arch.tests == "benchmark" and not tests:
             raise AgentError(ErrorCode.BAD_REQUEST,
                              f"{arch.name} says 'tests: benchmark', but the query carries no "
@@ -214,7 +215,7 @@ class Orchestrator:
             "stopped": stopped,
         }
         if trace:
-            result["trace"] = {"layers": layers_trace}
+            result["trace"] = {"layers": layers_trace, **({"tags": dict(tags)} if tags else {})}
         return result
 
     # -- budget -------------------------------------------------------------------------------

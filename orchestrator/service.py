@@ -53,6 +53,19 @@ def parse_query(body: Any) -> tuple[list[dict[str, str]], Architecture]:
     return messages, arch
 
 
+MAX_TAGS_BYTES = 4096
+
+
+def parse_tags(tags: Any) -> dict[str, Any] | None:
+    """A query's ``tags`` (who asked, a trace id): a small map, kept in the trace."""
+    if tags is None:
+        return None
+    if not isinstance(tags, dict) or len(json.dumps(tags, default=str)) > MAX_TAGS_BYTES:
+        raise AgentError(ErrorCode.BAD_REQUEST,
+                         f"query.tags: expected a map of at most {MAX_TAGS_BYTES} bytes as JSON")
+    return tags
+
+
 class OrchestratorAgent(Agent):
     service = SERVICE
 
@@ -93,5 +106,5 @@ class OrchestratorAgent(Agent):
         return await Orchestrator(self._client, call_timeout=self.call_timeout).run(
             arch, messages, sim=body.get("sim"), tests=body.get("tests"),
             budget=Budget.from_dict(body.get("budget")).with_defaults(),
-            trace=bool(body.get("trace")),
+            trace=bool(body.get("trace")), tags=parse_tags(body.get("tags")),
         )
