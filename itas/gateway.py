@@ -21,8 +21,8 @@ and ``stream_options.include_usage``; ``user`` and ``metadata``, which travel wi
 as its ``tags`` (in the orchestrator's trace and the gateway's log line). Any other OpenAI
 field with a value is refused with a 400 naming it: silently ignoring ``top_p`` or ``tools``
 would give answers the caller did not ask for. An ``itas`` extension object (the SDK's
-``extra_body``) takes ``budget`` ({calls, tokens}), ``trace`` (return the flow) and
-``timeout_s``.
+``extra_body``) takes ``budget`` ({calls, tokens}), ``trace`` (return the flow),
+``progress`` (stream a chunk after each layer) and ``timeout_s``.
 
 Replies have the OpenAI shape, with ``usage`` summed over every call of the architecture and
 an ``itas`` field: calls, cost in USD or "unknown", latency, the trace id (also the
@@ -42,10 +42,18 @@ Errors use OpenAI's error body ``{"error": {"message", "type", "param", "code"}}
                                says so after its --unavailable-grace, 5 s by default)
     504 timeout                the deadline passed
 
-Streaming (``stream: true``) sends Server-Sent Events in OpenAI's chunk format. This version
-sends the answer as one content chunk when the architecture finishes (after a first role
-chunk at once): the wire protocol has no partial replies yet, so the first token cannot
-arrive before the last layer ends. Errors after the stream started arrive as a final
+Streaming (``stream: true``) sends Server-Sent Events in OpenAI's chunk format: a role
+chunk at once, then the final layer's text as its provider writes it. The query asks the
+orchestrator to stream (wire protocol PARTIAL, ``itas.protocol``); the orchestrator asks
+the final layer's writer, when that layer is one component writing one candidate in one
+call (``orchestrator.runner.streamable``), and relays its text deltas. Otherwise (several
+final writers, a judge last, a provider that cannot stream: only ``sim`` streams today)
+the answer arrives as one chunk when the architecture ends. The reply stays the truth:
+whatever of the answer the deltas did not carry follows as one more chunk, and if the
+streamed text is not a prefix of the answer (a re-ask, a resend to another worker), the
+finish chunk's ``itas.answer`` carries the answer with a note. With ``itas.progress``, a
+chunk with an empty delta and ``itas.progress`` (layer, layers, candidates, latency) follows
+every layer; ordinary clients ignore it. Errors after the stream started arrive as a final
 ``{"error": ...}`` event (the OpenAI SDK raises it as an APIError).
 
 A client that goes away (closes the connection, streaming or not) cancels its query: the
@@ -61,24 +69,28 @@ required when the gateway listens beyond loopback, the same rule as the broker's
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import json
 import logging
+import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio
 import anyio.abc
+from anyio.streams.memory import MemoryObjectSendStream
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from itas.benchmarks.custom import validation_lines
 from itas.client import AsyncClient
@@ -168,6 +180,7 @@ class ItasExtension(BaseModel):
     model_config = ConfigDict(extra="forbid")
     budget: BudgetField | None = None
     trace: StrictBool = False
+    progress: StrictBool = False
     timeout_s: float | None = Field(None, gt=0, le=3600)
 
 
@@ -509,8 +522,7 @@ class Gateway:
         except GatewayError as exc:
             return exc.response()
         if prepared.request.stream:
-            return StreamingResponse(self._stream(prepared), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return EventStream(functools.partial(self._stream, prepared))
         try:
             answer, latency = await _cancelled_on_disconnect(request, self._ask(prepared))
         except ClientError as exc:
@@ -531,39 +543,61 @@ class Gateway:
             "itas": extension_of(answer, prepared.trace_id, latency, prepared.request.itas.trace),
         })
 
-    async def _stream(self, prepared: _Prepared) -> AsyncIterator[str]:
-        """SSE events; Starlette cancels this generator when the client disconnects, which
-        cancels the query (CANCEL to the broker)."""
+    async def _stream(self, prepared: _Prepared, out: MemoryObjectSendStream[str]) -> None:
+        """The SSE events of one streamed completion: a role chunk at once, the final layer's
+        text as it is written (partial replies relayed by the orchestrator), then whatever
+        of the answer the deltas did not carry, the finish chunk, usage, ``[DONE]``."""
+        assert self.client is not None, "the gateway's client opens in its lifespan"
+        chat = prepared.request
         created = int(time.time())
         chunk_id = f"chatcmpl-{prepared.trace_id}"
+        streamed: list[str] = []
 
-        def chunk(delta: dict[str, Any], finish: str | None = None,
-                  **extra: Any) -> str:
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
             return _sse({"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                         "model": prepared.request.model,
+                         "model": chat.model,
                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
                                       "logprobs": None}], **extra})
 
-        yield chunk({"role": "assistant", "content": ""})
+        async def on_partial(partial: Any) -> None:
+            if not isinstance(partial, dict):
+                return
+            if isinstance(partial.get("delta"), str) and partial["delta"]:
+                streamed.append(partial["delta"])
+                out.send_nowait(chunk({"content": partial["delta"]}))
+            elif chat.itas.progress and isinstance(partial.get("progress"), dict):
+                out.send_nowait(chunk({}, itas={"progress": partial["progress"]}))
+
+        await out.send(chunk({"role": "assistant", "content": ""}))
+        body = {**prepared.body, "stream": True, "progress": chat.itas.progress}
+        started = time.perf_counter()
         try:
-            answer, latency = await self._ask(prepared)
+            reply = await self.client.call(ORCHESTRATOR_SERVICE, body,
+                                           timeout=prepared.timeout_s, on_partial=on_partial)
         except ClientError as exc:
             self._log(prepared, None, 0.0, str(exc))
-            yield _sse(error_for(exc).body())
+            await out.send(_sse(error_for(exc).body()))
             return
         except BaseException:
             self._log(prepared, None, 0.0, "client disconnected")
             raise
+        answer, latency = Answer.from_reply(reply.body), time.perf_counter() - started
         self._log(prepared, answer, latency, None)
-        yield chunk({"content": answer.text})
-        yield chunk({}, "stop", itas=extension_of(answer, prepared.trace_id, latency,
-                                                 prepared.request.itas.trace))
-        options = prepared.request.stream_options
-        if options is not None and options.include_usage:
-            yield _sse({"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                        "model": prepared.request.model, "choices": [],
-                        "usage": usage_of(answer)})
-        yield "data: [DONE]\n\n"
+        sent = "".join(streamed)
+        ext = extension_of(answer, prepared.trace_id, latency, chat.itas.trace)
+        ext["streamed"] = bool(sent)
+        if answer.text.startswith(sent):
+            if answer.text[len(sent):]:
+                await out.send(chunk({"content": answer.text[len(sent):]}))
+        else:  # the final text is not what streamed (a re-ask, a resend): say so, give it
+            ext["answer"] = answer.text
+            ext["note"] = "the streamed text differs from the answer; the answer is itas.answer"
+        await out.send(chunk({}, "stop", itas=ext))
+        if chat.stream_options is not None and chat.stream_options.include_usage:
+            await out.send(_sse({"id": chunk_id, "object": "chat.completion.chunk",
+                                 "created": created, "model": chat.model, "choices": [],
+                                 "usage": usage_of(answer)}))
+        await out.send("data: [DONE]\n\n")
 
     @staticmethod
     def _log(prepared: _Prepared, answer: Answer | None, latency: float, error: str | None
@@ -578,6 +612,48 @@ class Gateway:
         else:
             log.info("%s model=%s%s%s calls=%s latency=%.3fs", prepared.trace_id, chat.model,
                      who, meta, answer.usage.get("calls"), latency)
+
+
+class EventStream(Response):
+    """A Server-Sent Events response fed by ``produce`` through a memory stream, in one task
+    group with a watcher of the connection: when the client goes away, the producer (and the
+    query it waits on) is cancelled. Events wait in an unbounded buffer: partial replies are
+    few (coalesced by the sender) and each is small."""
+
+    def __init__(self, produce: Callable[[MemoryObjectSendStream[str]], Awaitable[None]]
+                 ) -> None:
+        # As Starlette's StreamingResponse: no body attribute, so no Content-Length header.
+        self.status_code = 200
+        self.media_type = "text/event-stream"
+        self.background = None
+        self.init_headers({"Cache-Control": "no-cache"})
+        self.produce = produce
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sender, receiver = anyio.create_memory_object_stream[str](max_buffer_size=math.inf)
+
+        async def produce() -> None:
+            async with sender:
+                await self.produce(sender)
+
+        async def watch(scope: anyio.CancelScope) -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            scope.cancel()
+
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch, tg.cancel_scope)
+            tg.start_soon(produce)
+            try:
+                async with receiver:
+                    async for event in receiver:
+                        await send({"type": "http.response.body", "body": event.encode(),
+                                    "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except OSError:  # the connection broke under a send: as a disconnect
+                pass
+            tg.cancel_scope.cancel()
 
 
 def _sse(data: Mapping[str, Any]) -> str:
@@ -634,7 +710,7 @@ async def serve(config: GatewayConfig, host: str, port: int, *,
     server = uvicorn.Server(uvicorn.Config(
         build_app(config), log_level="warning", access_log=False, lifespan="on",
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
 
     async def run() -> None:
         with anyio.CancelScope(shield=True):  # stopped by should_exit, not cancellation

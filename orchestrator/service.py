@@ -13,11 +13,12 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from itas.agents import partials
 from itas.agents.base import Agent
 from itas.client import AsyncClient
 from itas.errors import AgentError, ConfigError
 from itas.orchestrator.budget import Budget
-from itas.orchestrator.runner import DEFAULT_CALL_TIMEOUT_S, Orchestrator
+from itas.orchestrator.runner import DEFAULT_CALL_TIMEOUT_S, Orchestrator, Relay
 from itas.protocol import ErrorCode
 from itas.security import CurveKeys
 from itas.spec import Architecture, parse_architecture
@@ -103,8 +104,11 @@ class OrchestratorAgent(Agent):
     async def handle(self, body: Any) -> Any:
         assert self._client is not None
         messages, arch = parse_query(body)
+        sink = partials.current()  # set when the query asked to stream
+        relay = None if sink is None else Relay(sink.text, sink.event,
+                                                layers=body.get("progress") is True)
         return await Orchestrator(self._client, call_timeout=self.call_timeout).run(
             arch, messages, sim=body.get("sim"), tests=body.get("tests"),
             budget=Budget.from_dict(body.get("budget")).with_defaults(),
-            trace=bool(body.get("trace")), tags=parse_tags(body.get("tags")),
+            trace=bool(body.get("trace")), tags=parse_tags(body.get("tags")), relay=relay,
         )

@@ -63,7 +63,7 @@ from itas.protocol import ErrorCode
 
 ROLES = frozenset({"system", "user", "assistant"})
 REQUEST_KEYS = frozenset({"messages", "candidates", "params", "sample_index", "tests", "sim",
-                          "max_calls", "trace"})
+                          "max_calls", "trace", "stream"})
 REPLY_KEYS = frozenset({"candidates", "tests", "parse", "usage", "notes", "prompts"})
 CANDIDATE_KEYS = frozenset({"id", "text", "model", "critique", "score", "rank", "verdict",
                             "tests_passed", "tests_total", "answer", "meta"})
@@ -354,6 +354,9 @@ class TechniqueRequest:
     sim: dict[str, Any] | None = None
     max_calls: int | None = None
     trace: bool = False
+    #: Ask for the answer's text as partial replies while it is written (wire PARTIAL);
+    #: the orchestrator sets it on the final layer's one writer when its client streams.
+    stream: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -362,6 +365,8 @@ class TechniqueRequest:
             "sim": self.sim, "trace": self.trace}
         if self.max_calls is not None:
             body["max_calls"] = self.max_calls
+        if self.stream:
+            body["stream"] = True
         return body
 
     @classmethod
@@ -385,6 +390,9 @@ class TechniqueRequest:
         trace = item.get("trace", False)
         if not isinstance(trace, bool):
             raise ContractError("trace", "must be true or false")
+        stream = item.get("stream", False)
+        if not isinstance(stream, bool):
+            raise ContractError("stream", "must be true or false")
         return cls(
             messages=messages_of(_given(item, "messages", [])),
             candidates=candidates,
@@ -395,6 +403,7 @@ class TechniqueRequest:
             max_calls=None if max_calls is None else _integer(max_calls, "max_calls", 0,
                                                               MAX_CALLS),
             trace=trace,
+            stream=stream,
         )
 
 
