@@ -85,7 +85,15 @@ from typing import Any, Literal
 import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -118,6 +126,7 @@ DEFAULT_TIMEOUT_S = 600.0
 MAX_METADATA_ITEMS = 16
 KEYS_ENV = "ITAS_GATEWAY_API_KEYS"
 SHUTDOWN_GRACE_S = 3
+SERVICES_TTL_S = 1.0
 SEARCH_BEST = "best.yaml"
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -156,6 +165,18 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")  # name, tool_call_id...: harmless to drop
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_or_parts(cls, value: Any) -> Any:
+        """One error naming the field, not one per member of the union."""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                           and isinstance(p.get("text"), str) for p in value):
+            return [TextPart(type="text", text=p["text"]) for p in value]
+        raise ValueError("must be a string or a list of {\"type\": \"text\", \"text\": ...} "
+                         "parts (only text is supported)")
 
     def as_message(self) -> dict[str, str]:
         text = self.content if isinstance(self.content, str) else "".join(
@@ -441,6 +462,27 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.client: AsyncClient | None = None
+        self._served: set[str] = set()
+        self._served_at = -math.inf
+
+    async def _check_services(self, arch: Architecture) -> None:
+        """A 503 at once, naming them, when no agent serves some service the architecture
+        calls: otherwise the query would wait out its deadline and end as a layer with no
+        candidates. The broker's service list is reused for ``SERVICES_TTL_S``, and asked
+        again before refusing, so an agent that just started is never refused."""
+        assert self.client is not None
+        for fresh in (False, True):
+            now = anyio.current_time()
+            if fresh or now - self._served_at > SERVICES_TTL_S:
+                services = (await self.client.status())["services"]
+                self._served = {n for n, s in services.items() if s.get("workers", 0) > 0}
+                self._served_at = now
+            missing = [s for s in arch.services if s not in self._served]
+            if not missing:
+                return
+        raise GatewayError(503, f"{arch.name}: no agent serves {', '.join(missing)}; start "
+                                f"them (itas agents --arch SPEC, or itas up --arch SPEC)",
+                           kind="service_unavailable", code="service_unavailable")
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -498,6 +540,10 @@ class Gateway:
             raise GatewayError(400, "the client went away while sending") from None
         chat = parse_request(raw)
         arch = with_final_settings(self.config.models.get(chat.model), chat)
+        try:
+            await self._check_services(arch)
+        except ClientError as exc:
+            raise error_for(exc) from None
         trace_id = uuid.uuid4().hex
         tags: dict[str, Any] = {"trace_id": trace_id}
         if chat.user is not None:

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import anyio
 
 from itas.client import OnPartial, Reply
-from itas.errors import AgentError, ClientError
+from itas.errors import AgentError, ClientError, RequestTimeout
 from itas.orchestrator import budget as B
 from itas.orchestrator.budget import Budget
 from itas.plan import component_tokens, plan_layer
@@ -97,6 +97,7 @@ class _Call:
     request: TechniqueRequest
     reply: TechniqueReply | None = None
     error: str | None = None
+    failure: type[Exception] | None = None  # what the error was, for the layer's error code
     attempts: int = 0
     latency_s: float = 0.0
 
@@ -233,7 +234,7 @@ class Orchestrator:
                 failures = "; ".join(e for r in runs for e in [c.error for c in r.calls
                                                                 if c.error][:3])
                 services = ", ".join(c.service_name for c in layer)
-                raise AgentError(ErrorCode.NO_CANDIDATES,
+                raise AgentError(_layer_failure(runs),
                                  f"layer {index} ({services}) left no candidates"
                                  + (f": {failures}" if failures else ""))
         result: dict[str, Any] = {
@@ -379,10 +380,18 @@ class Orchestrator:
             technique_of(component).check_reply(component, call.request, checked)
             call.reply = checked
         except ClientError as exc:
-            call.error = f"{type(exc).__name__}: {exc}"
+            call.error, call.failure = f"{type(exc).__name__}: {exc}", type(exc)
         except ContractError as exc:
             call.error = f"bad reply from {component.service_name}: {exc}"
         call.latency_s = anyio.current_time() - started
+
+
+def _layer_failure(runs: Sequence[_ComponentRun]) -> ErrorCode:
+    """The code of a layer that left no candidates: ``deadline`` when every call ran out of
+    time (so a client can tell "too slow" from a broken architecture; the client raises it
+    as ``RequestTimeout``), else ``no_candidates``."""
+    failures = {c.failure for r in runs for c in r.calls}
+    return ErrorCode.DEADLINE if failures == {RequestTimeout} else ErrorCode.NO_CANDIDATES
 
 
 def merge_layer(incoming: Sequence[Candidate],
