@@ -286,9 +286,11 @@ class SimProvider(Provider):
                 await anyio.sleep(latency)
             else:  # stream word by word over the same latency, as a real model would
                 words = text.split(" ")
-                for i, word in enumerate(words):
-                    await anyio.sleep(latency / len(words))
-                    await sink.text(word if i == 0 else " " + word)
+                began = anyio.current_time()
+                for i, word in enumerate(words, 1):  # on a schedule: no drift from sleeps
+                    await anyio.sleep(max(0.0, began + latency * i / len(words)
+                                          - anyio.current_time()))
+                    await sink.text(word if i == 1 else " " + word)
         prompt_tokens = sum(
             len(m.get("content", "")) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE for m in messages
         )
