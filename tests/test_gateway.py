@@ -10,6 +10,7 @@ the gateway keeps serving; keys are enforced and never logged.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -363,3 +364,36 @@ def test_listening_beyond_loopback_needs_keys(mesh: Mesh) -> None:
     assert proc.returncode == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "without API keys" in lines[0] and "Traceback" not in err
+
+
+# -- the embedded model -----------------------------------------------------------------------
+
+@pytest.mark.local_model
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                    reason="llama-cpp-python is not installed: pip install 'itas[local]'")
+def test_a_short_answer_streams_from_the_embedded_model(tmp_path: Path) -> None:
+    """``itas up`` with the local pool; a one-generator architecture on the embedded model,
+    streamed token by token from llama.cpp through agent, broker, orchestrator, gateway."""
+    (tmp_path / "local_one.yaml").write_text(yaml.safe_dump({"name": "local_one", "layers": [[
+        {"technique": "generator", "provider": "local", "model": "smollm2"}]]}))
+    procs = Processes()
+    try:
+        up = procs.spawn("up", "--bind", "tcp://127.0.0.1:0", "--gateway-port", "0",
+                         "--models", str(tmp_path))
+        assert up.stdout is not None
+        line = up.stdout.readline()
+        match = re.search(r"gateway (http://\S+)", line)
+        assert match, line
+        client = openai.OpenAI(base_url=match.group(1), api_key="unused", max_retries=0,
+                               timeout=600)
+        chunks = list(client.chat.completions.create(
+            model="local_one", stream=True, max_tokens=24, temperature=0.0,
+            messages=[{"role": "user", "content": "Name a primary colour."}]))
+    finally:
+        procs.stop_all()
+    contents = [c.choices[0].delta.content for c in chunks
+                if c.choices and c.choices[0].delta.content]
+    finish = chunks[-1].model_extra["itas"]
+    assert finish["streamed"] is True and "answer" not in finish  # deltas were the answer
+    assert len(contents) > 3 and "".join(contents).strip()
