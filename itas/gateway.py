@@ -47,7 +47,8 @@ chunk at once, then the final layer's text as its provider writes it. The query 
 orchestrator to stream (wire protocol PARTIAL, ``itas.protocol``); the orchestrator asks
 the final layer's writer, when that layer is one component writing one candidate in one
 call (``orchestrator.runner.streamable``), and relays its text deltas. Otherwise (several
-final writers, a judge last, a provider that cannot stream: only ``sim`` streams today)
+final writers, a judge last, a provider that does not stream: ``sim``, ``local`` and
+``openai`` (any OpenAI-compatible server) do; Anthropic, Gemini and Bedrock do not yet)
 the answer arrives as one chunk when the architecture ends. The reply stays the truth:
 whatever of the answer the deltas did not carry follows as one more chunk, and if the
 streamed text is not a prefix of the answer (a re-ask, a resend to another worker), the
