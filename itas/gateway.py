@@ -261,16 +261,15 @@ def parse_request(raw: bytes) -> ChatRequest:
 
 # -- models ---------------------------------------------------------------------------------
 
-def discover_models(dirs: Sequence[Path], *, packaged: bool = True) -> dict[str, Path]:
+def discover_models(dirs: Sequence[Path]) -> dict[str, Path]:
     """Architecture name -> spec file. Later sources win over earlier ones, so a file of
     one's own can shadow a packaged spec of the same name; ConfigError for a missing dir."""
     from importlib import resources
 
     found: dict[str, Path] = {}
-    if packaged:
-        for entry in (resources.files("itas.configs") / "architectures").iterdir():
-            if entry.name.endswith(SPEC_SUFFIXES):
-                found[Path(entry.name).stem] = Path(str(entry))
+    for entry in (resources.files("itas.configs") / "architectures").iterdir():
+        if entry.name.endswith(SPEC_SUFFIXES):
+            found[Path(entry.name).stem] = Path(str(entry))
     for directory in dirs:
         if not directory.is_dir():
             raise ConfigError(f"--models {directory}: no such directory")

@@ -27,6 +27,8 @@ import pytest
 import yaml
 
 from itas.client import Client
+from itas.errors import ConfigError
+from itas.gateway import GatewayError, ModelTable, discover_models
 from tests.helpers import FAST_HEARTBEAT, Processes, wait_for_workers
 
 FUSER_LATENCY_S = 0.6
@@ -397,3 +399,30 @@ def test_a_short_answer_streams_from_the_embedded_model(tmp_path: Path) -> None:
     finish = chunks[-1].model_extra["itas"]
     assert finish["streamed"] is True and "answer" not in finish  # deltas were the answer
     assert len(contents) > 3 and "".join(contents).strip()
+
+
+# -- models, without a mesh -------------------------------------------------------------------
+
+def test_models_come_from_packaged_specs_directories_and_search_outputs(tmp_path: Path) -> None:
+    spec = {"name": "mine", **ARCHITECTURES["stream_gf"]}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "mine.pool.yaml").write_text("agents: []\n")  # a pool, not a model
+    (tmp_path / "sim_gcrf.yaml").write_text(yaml.safe_dump({**spec, "name": "shadow"}))
+    search = tmp_path / "gsm8k-search"
+    search.mkdir()
+    (search / "best.yaml").write_text(yaml.safe_dump({**spec, "name": "best"}))
+    (search / "best.pool.yaml").write_text("agents: []\n")
+    found = discover_models([tmp_path])
+    assert found["mine"] == tmp_path / "mine.yaml" and "mine.pool" not in found
+    assert found["gsm8k-search"] == search / "best.yaml"
+    assert found["sim_gcrf"] == tmp_path / "sim_gcrf.yaml"  # one's own shadows the packaged
+    assert "local_gcrf" in found
+    assert discover_models([search]) == {**discover_models([]), "gsm8k-search":
+                                         search / "best.yaml"}
+    table = ModelTable(found, sim=True)
+    assert table.get("mine").name == "mine [simulated]"  # --sim: labelled as the dry run it is
+    with pytest.raises(GatewayError) as missing:
+        table.get("nope")
+    assert missing.value.status == 404
+    with pytest.raises(ConfigError, match="no such directory"):
+        discover_models([tmp_path / "absent"])
