@@ -264,6 +264,19 @@ def test_a_client_leaving_mid_stream_stops_the_agents_work_and_the_next_is_serve
     assert again.choices[0].message.content
 
 
+def test_a_client_giving_up_on_a_plain_request_stops_the_agents_work_too(mesh: Mesh) -> None:
+    log = mesh.agent_logs["generator:slow"]
+    stopped_before = log.text().count("stopped a request")
+    with pytest.raises(httpx.ReadTimeout):  # the client closes the connection after 1 s
+        httpx.post(f"{mesh.url}/chat/completions", timeout=1.0,
+                   json={"model": "slow", "messages": HELLO})
+    left = time.monotonic()
+    while log.text().count("stopped a request") == stopped_before:
+        assert time.monotonic() - left < SLOW_LATENCY_S / 2, "the agent never stopped it"
+        time.sleep(0.05)
+    assert sdk(mesh).chat.completions.create(model="stream_gf", messages=HELLO).choices
+
+
 # -- errors -----------------------------------------------------------------------------------
 
 def test_bad_requests_get_their_status_and_openai_error_shape(mesh: Mesh) -> None:
