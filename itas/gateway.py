@@ -128,6 +128,10 @@ MAX_METADATA_ITEMS = 16
 KEYS_ENV = "ITAS_GATEWAY_API_KEYS"
 SHUTDOWN_GRACE_S = 3
 SERVICES_TTL_S = 1.0
+#: Events waiting for a slow SSE reader, and the most text one streamed answer may hold
+#: (a peer that streams on and on cannot grow the gateway's memory without bound).
+STREAM_BUFFER_EVENTS = 256
+MAX_STREAM_CHARS = 1_000_000
 SEARCH_BEST = "best.yaml"
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -605,14 +609,31 @@ class Gateway:
                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
                                       "logprobs": None}], **extra})
 
+        backlog: list[str] = []  # text a slow reader has not taken yet, joined when it can
+        held = 0
+
+        def offer(event: str) -> bool:
+            try:
+                out.send_nowait(event)
+                return True
+            except anyio.WouldBlock:
+                return False
+
         async def on_partial(partial: Any) -> None:
+            # Runs in the client's receive loop: never waits; a slow reader's text waits
+            # here, joined, up to MAX_STREAM_CHARS (beyond, the reply's text is the answer).
+            nonlocal held
             if not isinstance(partial, dict):
                 return
-            if isinstance(partial.get("delta"), str) and partial["delta"]:
-                streamed.append(partial["delta"])
-                out.send_nowait(chunk({"content": partial["delta"]}))
+            delta = partial.get("delta")
+            if isinstance(delta, str) and delta and held + len(delta) <= MAX_STREAM_CHARS:
+                held += len(delta)
+                streamed.append(delta)
+                backlog.append(delta)
+                if offer(chunk({"content": "".join(backlog)})):
+                    backlog.clear()
             elif chat.itas.progress and isinstance(partial.get("progress"), dict):
-                out.send_nowait(chunk({}, itas={"progress": partial["progress"]}))
+                offer(chunk({}, itas={"progress": partial["progress"]}))
 
         await out.send(chunk({"role": "assistant", "content": ""}))
         body = {**prepared.body, "stream": True, "progress": chat.itas.progress}
@@ -629,6 +650,8 @@ class Gateway:
             raise
         answer, latency = Answer.from_reply(reply.body), time.perf_counter() - started
         self._log(prepared, answer, latency, None)
+        if backlog:
+            await out.send(chunk({"content": "".join(backlog)}))
         sent = "".join(streamed)
         ext = extension_of(answer, prepared.trace_id, latency, chat.itas.trace)
         ext["streamed"] = bool(sent)
@@ -663,8 +686,8 @@ class Gateway:
 class EventStream(Response):
     """A Server-Sent Events response fed by ``produce`` through a memory stream, in one task
     group with a watcher of the connection: when the client goes away, the producer (and the
-    query it waits on) is cancelled. Events wait in an unbounded buffer: partial replies are
-    few (coalesced by the sender) and each is small."""
+    query it waits on) is cancelled. At most ``STREAM_BUFFER_EVENTS`` events wait for a slow
+    reader (the producer joins text meanwhile)."""
 
     def __init__(self, produce: Callable[[MemoryObjectSendStream[str]], Awaitable[None]]
                  ) -> None:
@@ -676,7 +699,8 @@ class EventStream(Response):
         self.produce = produce
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        sender, receiver = anyio.create_memory_object_stream[str](max_buffer_size=math.inf)
+        sender, receiver = anyio.create_memory_object_stream[str](
+            max_buffer_size=STREAM_BUFFER_EVENTS)
 
         async def produce() -> None:
             async with sender:
