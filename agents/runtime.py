@@ -31,6 +31,7 @@ import zmq.asyncio
 
 from itas import protocol as P
 from itas.agents.base import Agent
+from itas.agents.partials import PartialSink
 from itas.errors import AgentError, AuthenticationError, ProtocolError
 from itas.security import UNAUTHORIZED, CurveKeys, HandshakeWatch, watch_handshake
 
@@ -250,11 +251,12 @@ class Worker:
 
     async def _serve_one(self, ticket: bytes, timeout_s: float, body: bytes) -> None:
         reply: tuple[bytes, bytes] | None = None
+        key = ticket[P.TICKET_HEAD:]  # the client's request key, for partial replies
         try:
             with anyio.CancelScope(deadline=anyio.current_time() + timeout_s) as scope:
                 self._running[ticket] = scope
                 async with self._limiter:
-                    reply = await self._reply_for(body)
+                    reply = await self._reply_for(body, ticket, key)
             if scope.cancelled_caught or reply is None:
                 log.info("%s: stopped a request (deadline or cancel)", self.name)
                 return
@@ -268,17 +270,37 @@ class Worker:
             self._running.pop(ticket, None)
             self._inflight -= 1
 
-    async def _reply_for(self, body: bytes) -> tuple[bytes, bytes]:
-        """Run the handler; every failure becomes an ERROR reply, never a dead worker."""
+    async def _reply_for(self, body: bytes, ticket: bytes, key: bytes) -> tuple[bytes, bytes]:
+        """Run the handler; every failure becomes an ERROR reply, never a dead worker.
+
+        A request that asks for partial replies (``"stream": true``) gets a sink for its
+        handler (``itas.agents.partials``), flushed before the reply is sent."""
         try:
             request: Any = P.unpack(body, "request body")
         except ProtocolError as exc:
             return P.ERROR, P.error_body(P.ErrorCode.BAD_REQUEST, str(exc))
+        sink = token = None
+        if isinstance(request, dict) and request.get("stream") is True:
+
+            async def send(data: bytes) -> None:
+                if self._socket is not None:
+                    try:
+                        await self._socket.send_multipart([P.PARTIAL, ticket, key, data])
+                    except zmq.ZMQError:  # reconnecting: progress only, the reply matters
+                        pass
+
+            sink = PartialSink(send)
+            token = sink.activate()
         try:
             result = await self.agent.handle(request)
+            if sink is not None:
+                await sink.flush()
             return P.REPLY, P.pack(result)
         except AgentError as exc:
             return P.ERROR, P.error_body(exc.code, exc.message)
         except Exception as exc:  # the handler's bug must not take the worker down
             log.exception("%s: handler failed", self.name)
             return P.ERROR, P.error_body(P.ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            if token is not None:
+                PartialSink.deactivate(token)

@@ -142,6 +142,7 @@ class Broker:
             P.REPLY: self._on_reply,
             P.ERROR: self._on_reply,
             P.CANCEL: self._on_cancel,
+            P.PARTIAL: self._on_partial,
             P.READY: self._on_ready,
             P.HEARTBEAT: self._on_heartbeat,
             P.DISCONNECT: self._on_disconnect,
@@ -254,6 +255,23 @@ class Broker:
         self._offer(worker)
         if worker.service.waiting:
             self._dispatch(worker.service)
+
+    def _on_partial(self, frames: list[bytes]) -> None:
+        """Forward a worker's partial reply to the client of a request it is running."""
+        if len(frames) != 5:
+            raise ProtocolError("PARTIAL: expected 4 frames")
+        identity, _, ticket, key, body = frames
+        worker = self.workers.get(identity)
+        request = worker.inflight.get(ticket) if worker is not None else None
+        if worker is None or request is None or key != request.key:
+            self.counters["dropped_stale"] += 1
+            return
+        worker.expiry = self._clock() + worker.ttl
+        if len(body) > P.MAX_PARTIAL_BYTES:
+            self.counters["dropped_oversize"] += 1
+            return
+        self.counters["partials"] += 1
+        self._send([request.client, P.PARTIAL, key, body])
 
     def _on_cancel(self, frames: list[bytes]) -> None:
         if len(frames) != 3:

@@ -342,6 +342,71 @@ def orchestrator(
     anyio.run(worker.run)
 
 
+ModelsOpt = Annotated[list[Path] | None, typer.Option(
+    "--models", callback=DIRECTORY,
+    help="Directory of architecture specs (or a search's output) to serve as models; "
+         "repeatable. Packaged architectures are always served.")]
+ApiKeysOpt = Annotated[Path | None, typer.Option(
+    "--api-keys", callback=FILE,
+    help="File of gateway bearer keys, one per line (or set ITAS_GATEWAY_API_KEYS).")]
+
+
+def _gateway_config(broker: str, models: list[Path] | None, sim: bool, api_keys: Path | None,
+                    host: str, insecure: bool, curve: Any, timeout: float) -> Any:
+    from itas.gateway import (
+        GatewayConfig,
+        ModelTable,
+        check_listen,
+        discover_models,
+        load_api_keys,
+    )
+
+    keys = load_api_keys(api_keys)
+    check_listen(host, keys, insecure=insecure)
+    return GatewayConfig(broker, ModelTable(discover_models(models or []), sim=sim),
+                         api_keys=keys, curve=curve, timeout_s=timeout)
+
+
+@app.command()
+def gateway(
+    broker: BrokerOpt = DEFAULT_BROKER,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")
+                    ] = 8800,
+    models: ModelsOpt = None,
+    sim: SimOpt = False,
+    api_keys: ApiKeysOpt = None,
+    insecure: Annotated[bool, typer.Option(
+        help="Allow listening beyond loopback without API keys.")] = False,
+    timeout: Annotated[float, typer.Option(callback=POSITIVE,
+                                           help="Seconds a query may take.")] = 600.0,
+    curve_secret: CurveSecretOpt = None,
+    curve_server: CurveServerOpt = None,
+) -> None:
+    """Serve the OpenAI Chat Completions API (/v1/chat/completions, /v1/models) over the
+    mesh: any OpenAI client uses an architecture as a model."""
+    import signal
+
+    import anyio
+
+    from itas.gateway import serve
+
+    config = _gateway_config(broker, models, sim, api_keys, host, insecure,
+                             _client_keys(curve_secret, curve_server), timeout)
+
+    async def main() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+                bound = await tg.start(serve, config, host, port)
+                print(f"itas gateway: listening on http://{host}:{bound}/v1 "
+                      f"(broker {broker}; {len(config.models.files)} models)", flush=True)
+                async for _ in signals:
+                    break
+                tg.cancel_scope.cancel()
+
+    anyio.run(main)
+
+
 @app.command()
 def ask(
     prompt: Annotated[str | None, typer.Argument(
@@ -436,8 +501,13 @@ def up(
                          "output goes to a log file named at start); `itas down` stops it.")
                       ] = False,
     curve_roles: CurveRolesOpt = None,
+    gateway_port: Annotated[int, typer.Option(
+        min=-1, max=65535, help="Port of the OpenAI-compatible gateway on 127.0.0.1 "
+                                "(0: any free one; -1: no gateway).")] = 8800,
+    models: ModelsOpt = None,
 ) -> None:
-    """Start broker, embedded model server, agent pool and orchestrator; Ctrl-C stops all.
+    """Start broker, embedded model server, agent pool, orchestrator and the OpenAI-compatible
+    gateway; Ctrl-C stops all.
 
     With --curve-secret (the broker's key; its .key file beside it) and --curve-allow,
     the broker admits the keys in that directory and the stack's own processes; with
@@ -451,6 +521,12 @@ def up(
     from itas.spec import load_architecture
     from itas.stack import StackKeys, resolve_config, run_stack
 
+    try:
+        from itas.gateway import serve
+    except ImportError:  # the gateway extra is not installed: the rest of the stack still runs
+        if gateway_port >= 0:
+            print("itas up: no gateway (pip install 'itas[gateway]' for it)", file=sys.stderr)
+        gateway_port = -1
     if (curve_secret is None) != (curve_allow is None):
         raise ConfigError("CURVE needs both --curve-secret and --curve-allow")
     if curve_roles is not None and curve_allow is None:
@@ -473,13 +549,20 @@ def up(
             spec = load_architecture(resolve_config("architectures", arch)) if arch else None
             chosen = pool if pool is not None or spec is not None else "local"
             async with run_stack(chosen, arch=spec, sim=sim, bind=bind, insecure=insecure,
-                                 keys=keys, report=line_reporter("itas up")) as stack:
+                                 keys=keys, report=line_reporter("itas up")) as stack, anyio.create_task_group() as tg:
+                gateway_url = ""
+                if gateway_port >= 0:
+                    config = _gateway_config(stack.broker, models, sim, None, "127.0.0.1",
+                                             False, stack.client_curve, 600.0)
+                    bound = await tg.start(serve, config, "127.0.0.1", gateway_port)
+                    gateway_url = f"; gateway http://127.0.0.1:{bound}/v1"
                 print(f"itas up: broker {stack.broker}; services: {', '.join(stack.services)}"
                       + (" (simulated models)" if sim else "")
-                      + (f"; model server {stack.model_url}" if stack.model_url else ""),
-                      flush=True)
+                      + (f"; model server {stack.model_url}" if stack.model_url else "")
+                      + gateway_url, flush=True)
                 async for _ in signals:
                     break
+                tg.cancel_scope.cancel()
         print("itas up: stopped", flush=True)
 
     anyio.run(main)

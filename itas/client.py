@@ -25,7 +25,7 @@ import itertools
 import math
 import os
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -67,6 +67,11 @@ def translated_zmq_errors(what: str) -> Iterator[None]:
         raise BrokerUnreachable(f"{what}: {exc.strerror}") from exc
 
 
+#: Called with each decoded partial reply (``itas.protocol``: PARTIAL) of a request; it runs
+#: in the client's receive loop, so it must be quick (hand the value on, never wait long).
+OnPartial = Callable[[Any], Awaitable[None]]
+
+
 @dataclass(eq=False)
 class _Pending:
     service: str
@@ -75,6 +80,7 @@ class _Pending:
     epoch: bytes | None = None  # the broker epoch it was last sent under; None: not sent
     done: anyio.Event = field(default_factory=anyio.Event)
     reply: tuple[bytes, int, bytes] | None = None  # (header, attempts, body)
+    on_partial: OnPartial | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +187,12 @@ class AsyncClient:
         """
         return (await self.call(service, body, timeout=timeout)).body
 
-    async def call(self, service: str, body: Any, *, timeout: float | None = None) -> Reply:
-        """Like ``request``, but also says how many attempts it took and how long."""
+    async def call(self, service: str, body: Any, *, timeout: float | None = None,
+                   on_partial: OnPartial | None = None) -> Reply:
+        """Like ``request``, but also says how many attempts it took and how long.
+
+        ``on_partial`` receives the partial replies of a request whose body asks for them
+        (a map with ``"stream": true``; see ``itas.protocol``), before this returns."""
         if self._tasks is None or self._socket is None:
             raise BrokerUnreachable("client is not open: use 'async with AsyncClient(...)'")
         if self._refused is not None:
@@ -197,7 +207,7 @@ class AsyncClient:
             raise RemoteError(P.ErrorCode.TOO_LARGE, f"request of {len(data)} bytes is over the "
                               f"broker's limit of {P.MAX_MESSAGE_BYTES} bytes", service)
         key = self._client_id + next(self._ids).to_bytes(P.KEY_BYTES // 2, "big")
-        pending = _Pending(service, data, started + timeout)
+        pending = _Pending(service, data, started + timeout, on_partial=on_partial)
         self._pending[key] = pending
         try:
             with anyio.move_on_after(timeout):
@@ -389,6 +399,15 @@ class AsyncClient:
                 return
             pending.reply = (header, attempts, frames[2])
             pending.done.set()
+        elif header == P.PARTIAL and len(frames) == 3:
+            pending = self._pending.get(frames[1])
+            if pending is None or pending.reply is not None or pending.on_partial is None:
+                return
+            try:
+                partial = P.unpack(frames[2], "PARTIAL body")
+            except ProtocolError:
+                return
+            await pending.on_partial(partial)
         elif header == P.HEARTBEAT and len(frames) == 2:
             epoch, self._epoch = self._epoch, frames[1]
             if epoch is not None and frames[1] != epoch:

@@ -17,6 +17,8 @@ are msgpack written and read by the two ends.
     broker -> worker  ERROR      [hdr, msgpack [code, message]]   (its READY was refused)
     broker -> peer    HEARTBEAT  [hdr, broker_epoch]   peer -> broker  HEARTBEAT [hdr]
     worker -> broker  DISCONNECT [hdr]                 broker -> worker DISCONNECT [hdr]
+    worker -> broker  PARTIAL    [hdr, ticket, key, body]   (optional, 2.1)
+    broker -> client  PARTIAL    [hdr, key, body]
 
 Version 2 (version 1 had per-process ticket counters and no deadlines or keys):
 
@@ -46,6 +48,19 @@ Version 2 (version 1 had per-process ticket counters and no deadlines or keys):
 - CANCEL from a client is honoured only from the socket that sent the request
   last; ``MAX_MESSAGE_BYTES`` bounds a whole message (``too_large`` beyond).
 
+Partial replies (PARTIAL, command 8, added within version 2: a peer that never asks
+for them never sees one). A request body that is a map with ``"stream": true`` asks
+its worker for progress before the reply; the worker may send any number of PARTIAL
+messages for that ticket, each a msgpack map (``{"delta": text}``: the next piece of
+the answer's text; ``{"progress": {...}}``: an event a client may show), and then its
+REPLY or ERROR as usual, which stays the answer (a partial is never one). The broker
+forwards a PARTIAL to the client only while the ticket is in flight and the key
+matches, like a reply, and drops (and counts) one over ``MAX_PARTIAL_BYTES``; workers
+coalesce text deltas to at most one message per ``PARTIAL_INTERVAL_S`` per request.
+Clients drop partials for keys they are not waiting on. Partials are best effort: on
+a resend after a lost worker, the new worker's partials start again from the
+beginning (clients that show text must treat the REPLY as the truth).
+
 ``attempts`` tells the client how many workers the request was given to (more
 than one: a worker was lost). Errors the broker itself replies with:
 ``service_unavailable`` (no worker serves it), ``deadline``, ``overloaded``
@@ -71,6 +86,10 @@ MAX_SERVICE_NAME = 255
 KEY_BYTES = 16
 MAX_KEY_BYTES = 64
 EPOCH_BYTES = 8
+#: Largest PARTIAL body the broker forwards; senders split longer text deltas.
+MAX_PARTIAL_BYTES = 64 * 1024
+#: Workers send at most one text PARTIAL per request this often (deltas are joined).
+PARTIAL_INTERVAL_S = 0.01
 
 #: Service names the broker answers itself instead of routing to a worker.
 STATUS_SERVICE = "broker.status"
@@ -84,6 +103,7 @@ class Command(enum.IntEnum):
     HEARTBEAT = 5
     DISCONNECT = 6
     CANCEL = 7
+    PARTIAL = 8
 
 
 class ErrorCode(enum.StrEnum):
@@ -106,7 +126,8 @@ def header(command: Command) -> bytes:
     return b"ITAS" + bytes((PROTOCOL_VERSION, command))
 
 
-READY, REQUEST, REPLY, ERROR, HEARTBEAT, DISCONNECT, CANCEL = (header(c) for c in Command)
+READY, REQUEST, REPLY, ERROR, HEARTBEAT, DISCONNECT, CANCEL, PARTIAL = (
+    header(c) for c in Command)
 COMMAND_BY_HEADER: dict[bytes, Command] = {header(c): c for c in Command}
 
 

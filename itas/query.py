@@ -89,9 +89,12 @@ def query_body(
     sim: Mapping[str, Any] | None = None,
     tests: Sequence[str] | None = None,
     fresh: bool = False,
+    tags: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The request body for one query; the architecture is validated here, before sending.
-    ``fresh``: every model is asked again, none of its replies from the response cache."""
+    ``fresh``: every model is asked again, none of its replies from the response cache.
+    ``tags`` (who asked, a trace id, a caller's metadata: small JSON values) travel with the
+    query into the orchestrator's trace; they change nothing about the answer."""
     messages = ([{"role": "user", "content": prompt}] if isinstance(prompt, str)
                 else [dict(m) for m in prompt])
     body: dict[str, Any] = {"messages": messages,
@@ -105,4 +108,6 @@ def query_body(
         body["tests"] = list(tests)
     if fresh:
         body["fresh"] = True
+    if tags:
+        body["tags"] = dict(tags)
     return body

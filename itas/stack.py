@@ -59,6 +59,8 @@ class Stack:
     broker: str
     services: tuple[str, ...]
     model_url: str | None
+    #: Keys the stack's own clients use (with CURVE), e.g. the gateway ``itas up`` runs.
+    client_curve: CurveKeys | None = None
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,7 @@ async def run_stack(pool: str | os.PathLike[str] | None, *,
             say(f"ready: {service} ({anyio.current_time() - started:.1f} s)")
 
         await wait_for_services(broker, services, curve=client_keys, on_ready=registered)
-        yield Stack(broker, services, model_url)
+        yield Stack(broker, services, model_url, client_keys)
 
 
 @contextlib.asynccontextmanager

@@ -17,8 +17,9 @@ import anyio
 from itas import protocol as P
 from itas.agents.base import Agent
 from itas.agents.kinds import build_agent
+from itas.agents.partials import PartialSink
 from itas.agents.pool import PoolEntry
-from itas.client import Reply
+from itas.client import OnPartial, Reply
 from itas.errors import AgentError, RemoteError, ServiceUnavailable
 
 
@@ -47,13 +48,23 @@ class InProcessCaller:
     def services(self) -> Mapping[str, Agent]:
         return self._agents
 
-    async def call(self, service: str, body: Any, *, timeout: float | None = None) -> Reply:
+    async def call(self, service: str, body: Any, *, timeout: float | None = None,
+                   on_partial: OnPartial | None = None) -> Reply:
+        """As the broker would: partial replies reach ``on_partial`` for a request that asks
+        for them (``"stream": true``)."""
         agent = self._agents.get(service)
         if agent is None:
             raise ServiceUnavailable(service, f"no in-process agent serves {service!r}")
         started = anyio.current_time()
         # The same msgpack round trip as the wire, so nothing passes that the wire would refuse.
         request = P.unpack(P.pack(body))
+        token = None
+        if on_partial is not None and isinstance(request, dict) and request.get("stream") is True:
+
+            async def send(data: bytes) -> None:
+                await on_partial(P.unpack(data))
+
+            token = PartialSink(send).activate()
         try:
             result = await agent.handle(request)
         except AgentError as exc:
@@ -61,4 +72,7 @@ class InProcessCaller:
         except Exception as exc:  # as the agent runtime reports a handler's bug
             raise RemoteError(P.ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}",
                               service) from exc
+        finally:
+            if token is not None:
+                PartialSink.deactivate(token)
         return Reply(P.unpack(P.pack(result)), 1, anyio.current_time() - started)

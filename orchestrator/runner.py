@@ -20,14 +20,14 @@ message of the conversation that every later LLM component with ``tests_in_promp
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
 
-from itas.client import Reply
-from itas.errors import AgentError, ClientError
+from itas.client import OnPartial, Reply
+from itas.errors import AgentError, ClientError, RequestTimeout
 from itas.orchestrator import budget as B
 from itas.orchestrator.budget import Budget
 from itas.plan import component_tokens, plan_layer
@@ -62,7 +62,8 @@ TRACE_TEXT_CHARS = 2000
 class Caller(Protocol):
     """Where calls go: an open ``AsyncClient`` (through the broker), or ``InProcessCaller``."""
 
-    async def call(self, service: str, body: Any, *, timeout: float | None = None) -> Reply: ...
+    async def call(self, service: str, body: Any, *, timeout: float | None = None,
+                   on_partial: OnPartial | None = None) -> Reply: ...
 
 
 class QueryRunner(Protocol):
@@ -98,6 +99,7 @@ class _Call:
     request: TechniqueRequest
     reply: TechniqueReply | None = None
     error: str | None = None
+    failure: type[Exception] | None = None  # what the error was, for the layer's error code
     attempts: int = 0
     latency_s: float = 0.0
 
@@ -139,6 +141,28 @@ class _ComponentRun:
         return entry
 
 
+@dataclass(frozen=True)
+class Relay:
+    """Where a streaming query's progress goes (the orchestrator service's partial sink):
+    the final layer's text as it is written, and with ``layers``, an event after each
+    layer."""
+
+    text: Callable[[str], Awaitable[None]]
+    event: Callable[[dict[str, Any]], Awaitable[None]]
+    layers: bool = False
+
+
+def streamable(layer: Sequence[ComponentParams], n: int) -> bool:
+    """Whether a final layer's text can stream: one component writing one candidate in one
+    request of one call (several writers would interleave; a judge writes no text)."""
+    if len(layer) != 1:
+        return False
+    t = technique_of(layer[0])
+    shards = t.shards(layer[0], n)
+    return (t.reply_shape == "writes_one" and t.uses_llm and len(shards) == 1
+            and t.request_calls(layer[0], len(shards[0].candidates)) == 1)
+
+
 @dataclass
 class _Query:
     arch: Architecture
@@ -149,6 +173,7 @@ class _Query:
     budget: Budget
     trace: bool
     fresh: bool = False
+    relay: Relay | None = None
     calls_spent: int = 0
     usage: UsageTotals = field(default_factory=UsageTotals)
 
@@ -171,16 +196,21 @@ class Orchestrator:
         budget: Budget = NO_BUDGET,
         trace: bool = False,
         fresh: bool = False,
+        tags: Mapping[str, Any] | None = None,
+        relay: Relay | None = None,
     ) -> dict[str, Any]:
         """Answer one query. Raises AgentError (``no_candidates``, ``budget_exceeded``,
-        ``bad_request``). ``fresh``: no reply comes from the agents' response caches."""
+        ``bad_request``). ``fresh``: no reply comes from the agents' response caches.
+        ``tags`` (who asked, a trace id) are copied into the trace; with a ``relay``, the
+        final layer streams its text when it can (``streamable``).
+        """
         if arch.tests == "benchmark" and not tests:
             raise AgentError(ErrorCode.BAD_REQUEST,
                              f"{arch.name} says 'tests: benchmark', but the query carries no "
                              "tests; send the benchmark's unit tests with the query")
         started = anyio.current_time()
         q = _Query(arch, [dict(m) for m in messages], dict(sim) if sim else None,
-                   list(tests) if tests else None, None, budget, trace, fresh)
+                   list(tests) if tests else None, None, budget, trace, fresh, relay)
         candidates: list[Candidate] = []
         layers_trace: list[dict[str, Any]] = []
         stopped: dict[str, Any] | None = None
@@ -192,6 +222,10 @@ class Orchestrator:
             layer_started = anyio.current_time()
             could_leave = plan_layer(layer, len(candidates)).candidates_out[1]
             candidates, runs = await self._run_layer(q, index, layer, candidates, decision)
+            if relay is not None and relay.layers:
+                await relay.event({"progress": {
+                    "layer": index, "layers": len(arch.layers), "candidates": len(candidates),
+                    "latency_s": round(anyio.current_time() - layer_started, 4)}})
             if trace:
                 layers_trace.append({
                     "layer": index,
@@ -208,7 +242,7 @@ class Orchestrator:
                 failures = "; ".join(e if n == 1 else f"{e} (x{n})"
                                      for e, n in causes.most_common(3))
                 services = ", ".join(c.service_name for c in layer)
-                raise AgentError(ErrorCode.NO_CANDIDATES,
+                raise AgentError(_layer_failure(runs),
                                  f"layer {index} ({services}) left no candidates"
                                  + (f": {failures}" if failures else ""))
         result: dict[str, Any] = {
@@ -221,7 +255,7 @@ class Orchestrator:
             "stopped": stopped,
         }
         if trace:
-            result["trace"] = {"layers": layers_trace}
+            result["trace"] = {"layers": layers_trace, **({"tags": dict(tags)} if tags else {})}
         return result
 
     # -- budget -------------------------------------------------------------------------------
@@ -291,6 +325,8 @@ class Orchestrator:
                 for c, component_shards, component_bases in zip(layer, shards, bases, strict=True)
                 for s, b in zip(component_shards, component_bases, strict=True)]
         extras = iter(B.split(spare, caps))
+        stream = (q.relay is not None and index == len(q.arch.layers)
+                  and streamable(layer, len(incoming)))
         for run, component_shards, component_bases in zip(runs, shards, bases, strict=True):
             messages = self._messages_for(q, run.component)
             for shard, base in zip(component_shards, component_bases, strict=True):
@@ -304,12 +340,13 @@ class Orchestrator:
                     max_calls=base + next(extras),
                     trace=q.trace,
                     fresh=q.fresh,
+                    stream=stream,
                 )
                 run.calls.append(_Call(shard, request))
         async with anyio.create_task_group() as tg:
             for run in runs:
                 for call in run.calls:
-                    tg.start_soon(self._call, run.component, call)
+                    tg.start_soon(self._call, run.component, call, q.relay if stream else None)
         outputs: list[tuple[ComponentParams, list[Candidate]]] = []
         for j, run in enumerate(runs, 1):
             for call in run.calls:
@@ -334,20 +371,36 @@ class Orchestrator:
             return with_tests(q.messages, q.generated_tests)
         return q.messages
 
-    async def _call(self, component: ComponentParams, call: _Call) -> None:
+    async def _call(self, component: ComponentParams, call: _Call,
+                    relay: Relay | None = None) -> None:
         started = anyio.current_time()
+
+        async def relay_text(partial: Any) -> None:
+            if relay is not None and isinstance(partial, dict) \
+                    and isinstance(partial.get("delta"), str):
+                await relay.text(partial["delta"])
+
         try:
             reply = await self.client.call(component.service_name, call.request.to_dict(),
-                                           timeout=self.call_timeout)
+                                           timeout=self.call_timeout,
+                                           on_partial=relay_text if relay else None)
             call.attempts = reply.attempts
             checked = TechniqueReply.from_body(reply.body)
             technique_of(component).check_reply(component, call.request, checked)
             call.reply = checked
         except ClientError as exc:
-            call.error = f"{type(exc).__name__}: {exc}"
+            call.error, call.failure = f"{type(exc).__name__}: {exc}", type(exc)
         except ContractError as exc:
             call.error = f"bad reply from {component.service_name}: {exc}"
         call.latency_s = anyio.current_time() - started
+
+
+def _layer_failure(runs: Sequence[_ComponentRun]) -> ErrorCode:
+    """The code of a layer that left no candidates: ``deadline`` when every call ran out of
+    time (so a client can tell "too slow" from a broken architecture; the client raises it
+    as ``RequestTimeout``), else ``no_candidates``."""
+    failures = {c.failure for r in runs for c in r.calls}
+    return ErrorCode.DEADLINE if failures == {RequestTimeout} else ErrorCode.NO_CANDIDATES
 
 
 def merge_layer(incoming: Sequence[Candidate],

@@ -16,11 +16,12 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from itas.agents import partials
 from itas.agents.base import Agent
 from itas.client import AsyncClient
 from itas.errors import AgentError, ConfigError
 from itas.orchestrator.budget import Budget
-from itas.orchestrator.runner import DEFAULT_CALL_TIMEOUT_S, Orchestrator
+from itas.orchestrator.runner import DEFAULT_CALL_TIMEOUT_S, Orchestrator, Relay
 from itas.protocol import ErrorCode
 from itas.security import CurveKeys
 from itas.spec import Architecture, parse_architecture
@@ -54,6 +55,19 @@ def parse_query(body: Any) -> tuple[list[dict[str, str]], Architecture]:
     except ConfigError as exc:
         raise AgentError(ErrorCode.BAD_REQUEST, str(exc)) from exc
     return messages, arch
+
+
+MAX_TAGS_BYTES = 4096
+
+
+def parse_tags(tags: Any) -> dict[str, Any] | None:
+    """A query's ``tags`` (who asked, a trace id): a small map, kept in the trace."""
+    if tags is None:
+        return None
+    if not isinstance(tags, dict) or len(json.dumps(tags, default=str)) > MAX_TAGS_BYTES:
+        raise AgentError(ErrorCode.BAD_REQUEST,
+                         f"query.tags: expected a map of at most {MAX_TAGS_BYTES} bytes as JSON")
+    return tags
 
 
 class OrchestratorAgent(Agent):
@@ -100,8 +114,12 @@ class OrchestratorAgent(Agent):
         # same query to the next one. One at a time: the GIL gives no more anyway.
         messages, arch = await anyio.to_thread.run_sync(parse_query, body,
                                                         limiter=self._planning)
+        sink = partials.current()  # set when the query asked to stream
+        relay = None if sink is None else Relay(sink.text, sink.event,
+                                                layers=body.get("progress") is True)
         return await Orchestrator(self._client, call_timeout=self.call_timeout).run(
             arch, messages, sim=body.get("sim"), tests=body.get("tests"),
             budget=Budget.from_dict(body.get("budget")).with_defaults(),
             trace=bool(body.get("trace")), fresh=body.get("fresh") is True,
+            tags=parse_tags(body.get("tags")), relay=relay,
         )

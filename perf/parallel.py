@@ -28,7 +28,7 @@ from typing import Any
 import anyio
 
 from itas.agents.pool import PoolEntry, Supervisor
-from itas.client import AsyncClient, Reply
+from itas.client import AsyncClient, OnPartial, Reply
 from itas.orchestrator.runner import Orchestrator
 from itas.spec import Architecture, parse_architecture
 from itas.stack import broker_process, service_names, wait_for_services
@@ -64,9 +64,10 @@ class OneAtATime:
         self.client = client
         self.lock = anyio.Lock()
 
-    async def call(self, service: str, body: Any, *, timeout: float | None = None) -> Reply:
+    async def call(self, service: str, body: Any, *, timeout: float | None = None,
+                   on_partial: OnPartial | None = None) -> Reply:
         async with self.lock:
-            return await self.client.call(service, body, timeout=timeout)
+            return await self.client.call(service, body, timeout=timeout, on_partial=on_partial)
 
 
 async def with_pool(entries: Sequence[PoolEntry], work: Any) -> Any:

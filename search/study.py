@@ -39,7 +39,7 @@ import msgpack
 
 from itas.agents.pool import PoolEntry
 from itas.benchmarks import Question
-from itas.client import Reply
+from itas.client import OnPartial, Reply
 from itas.orchestrator.inprocess import InProcessCaller
 from itas.orchestrator.runner import Caller
 from itas.search.config import SearchConfig
@@ -66,13 +66,15 @@ class MemoCaller:
         self.requests = 0
         self.distinct = 0
 
-    async def call(self, service: str, body: Any, *, timeout: float | None = None) -> Reply:
+    async def call(self, service: str, body: Any, *, timeout: float | None = None,
+                   on_partial: OnPartial | None = None) -> Reply:
         self.requests += 1
         key = hashlib.blake2b(msgpack.packb([service, body]), digest_size=16).digest()
         reply = self._memo.get(key)
         if reply is None:
             self.distinct += 1
-            reply = await self.inner.call(service, body, timeout=timeout)
+            reply = await self.inner.call(service, body, timeout=timeout,
+                                          on_partial=on_partial)
             if self.remember:
                 self._memo[key] = reply
         return reply

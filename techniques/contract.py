@@ -65,7 +65,7 @@ from itas.protocol import ErrorCode
 
 ROLES = frozenset({"system", "user", "assistant"})
 REQUEST_KEYS = frozenset({"messages", "candidates", "params", "sample_index", "tests", "sim",
-                          "max_calls", "trace", "fresh"})
+                          "max_calls", "trace", "fresh", "stream"})
 REPLY_KEYS = frozenset({"candidates", "tests", "parse", "usage", "notes", "prompts"})
 CANDIDATE_KEYS = frozenset({"id", "text", "model", "critique", "score", "rank", "verdict",
                             "tests_passed", "tests_total", "answer", "meta"})
@@ -357,6 +357,9 @@ class TechniqueRequest:
     max_calls: int | None = None
     trace: bool = False
     fresh: bool = False
+    #: Ask for the answer's text as partial replies while it is written (wire PARTIAL);
+    #: the orchestrator sets it on the final layer's one writer when its client streams.
+    stream: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -367,6 +370,8 @@ class TechniqueRequest:
             body["max_calls"] = self.max_calls
         if self.fresh:
             body["fresh"] = True
+        if self.stream:
+            body["stream"] = True
         return body
 
     @classmethod
@@ -393,6 +398,9 @@ class TechniqueRequest:
         fresh = item.get("fresh", False)
         if not isinstance(fresh, bool):
             raise ContractError("fresh", "must be true or false")
+        stream = item.get("stream", False)
+        if not isinstance(stream, bool):
+            raise ContractError("stream", "must be true or false")
         return cls(
             messages=messages_of(_given(item, "messages", [])),
             candidates=candidates,
@@ -404,6 +412,7 @@ class TechniqueRequest:
                                                               MAX_CALLS),
             trace=trace,
             fresh=fresh,
+            stream=stream,
         )
 
 

@@ -378,3 +378,26 @@ def test_least_loaded_among_many_workers(broker: Broker, wire: Wire) -> None:
         request(broker, b"c", rid)
     loads = [len(wire.to(b"w%02d" % n, P.REQUEST)) for n in range(50)]
     assert loads == [2] * 50
+
+
+def test_partials_reach_only_the_client_of_a_running_request_and_never_finish_it(
+        broker: Broker, wire: Wire) -> None:
+    ready(broker, b"w1", credit=2)
+    request(broker, b"a", 1)
+    request(broker, b"b", 2)
+    (_, _, ticket_a, key_a, *_), (_, _, ticket_b, key_b, *_) = wire.to(b"w1", P.REQUEST)
+    for text in ("one", "two"):
+        broker.handle([b"w1", P.PARTIAL, ticket_a, key_a, P.pack({"delta": text})])
+    assert [P.unpack(f[3]) for f in wire.to(b"a", P.PARTIAL)] == [{"delta": "one"},
+                                                                  {"delta": "two"}]
+    assert all(f[2] == key_a for f in wire.to(b"a", P.PARTIAL))
+    broker.handle([b"w1", P.PARTIAL, ticket_a, key_b, P.pack({"delta": "for b?"})])  # wrong key
+    broker.handle([b"w9", P.PARTIAL, ticket_b, key_b, P.pack({"delta": "stranger"})])
+    too_big = P.pack({"delta": "x" * P.MAX_PARTIAL_BYTES})
+    broker.handle([b"w1", P.PARTIAL, ticket_b, key_b, too_big])
+    assert wire.to(b"b") == [] and broker.counters["dropped_oversize"] == 1
+    assert broker.counters["partials"] == 2
+    reply(broker, b"w1", ticket_a, P.pack("done"))  # the request was still in flight
+    assert [f[1] for f in wire.to(b"a")] == [P.PARTIAL, P.PARTIAL, P.REPLY]
+    broker.handle([b"w1", P.PARTIAL, ticket_a, key_a, P.pack({"delta": "late"})])  # answered
+    assert len(wire.to(b"a")) == 3 and broker.counters["dropped_stale"] == 3  # key, w9, late

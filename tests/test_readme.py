@@ -2,9 +2,10 @@
 
 A block that names the embedded model's architecture (``local_gcrf``) runs against the
 stack ``itas up`` starts (broker, llama.cpp model server, the local pool, orchestrator);
-the others against the sim pool; both stacks also run the echo agents. The only change to
-a block is the broker endpoint: the README's fixed ``tcp://127.0.0.1:5555`` becomes the
-test stack's port-0 endpoint. Each block runs in its own interpreter from the project
+the others against the sim pool; both stacks also run the echo agents and an OpenAI-compatible
+gateway (as ``itas up`` does). The only change to a block is the endpoints: the README's fixed
+``tcp://127.0.0.1:5555`` becomes the test stack's port-0 broker, ``http://127.0.0.1:8800/v1``
+its gateway. Each block runs in its own interpreter from the project
 root, as a reader would paste it.
 """
 
@@ -21,14 +22,16 @@ import pytest
 import yaml
 
 from itas.agents.pool import load_pool
+from itas.gateway import GatewayConfig, ModelTable, discover_models, serve
 from itas.stack import run_stack
 from tests.helpers import DATA_DIR, REPO
 
 README = REPO / "README.md"
 BLOCK_RE = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 ENDPOINT = "tcp://127.0.0.1:5555"
+GATEWAY = "http://127.0.0.1:8800/v1"
 LOCAL_MARK = "local_gcrf"
-BLOCK_TIMEOUT_S = 280.0
+BLOCK_TIMEOUT_S = 600.0  # the embedded model's blocks: two local_gcrf queries
 HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 
 
@@ -42,8 +45,9 @@ def test_the_readme_has_python_examples_for_both_stacks() -> None:
     assert any(LOCAL_MARK in b for b in found) and any(LOCAL_MARK not in b for b in found)
     for block in found:
         compile(block, "README.md", "exec")  # no top-level await, no syntax slips
-        if "Client(" in block:
-            assert ENDPOINT in block, "every client example talks to the broker it documents"
+        if "Client(" in block or "OpenAI(" in block:
+            assert ENDPOINT in block or GATEWAY in block, \
+                "every example talks to the broker or the gateway it documents"
 
 
 def pool_with_echo(base: str, path: Path) -> Path:
@@ -55,15 +59,20 @@ def pool_with_echo(base: str, path: Path) -> Path:
 
 
 async def run_blocks(pool: Path, selected: list[str]) -> None:
-    async with run_stack(pool, bind="tcp://127.0.0.1:0") as stack:
+    async with run_stack(pool, bind="tcp://127.0.0.1:0") as stack, \
+            anyio.create_task_group() as tg:
+        models = ModelTable(discover_models([]))
+        port = await tg.start(serve, GatewayConfig(stack.broker, models), "127.0.0.1", 0)
         for block in selected:
-            code = block.replace(ENDPOINT, stack.broker)
+            code = block.replace(ENDPOINT, stack.broker).replace(
+                GATEWAY, f"http://127.0.0.1:{port}/v1")
             done = await anyio.run_process(
                 [sys.executable, "-c", code], cwd=REPO, check=False,
                 env={**os.environ, "ITAS_DATA_DIR": str(DATA_DIR)})
             out, err = done.stdout.decode(), done.stderr.decode()
             assert done.returncode == 0, f"README block failed:\n{block}\n{err[-3000:]}"
             assert out.strip(), f"README block printed nothing:\n{block}"
+        tg.cancel_scope.cancel()
 
 
 @pytest.mark.anyio

@@ -13,6 +13,14 @@ gpt-5) gets it, and any other model gets the new one on api.openai.com and the
 classic one everywhere else. The same table drops the temperature for those
 models and folds system messages into the first user message for o1-mini and
 o1-preview, which refuse both (``capabilities.py``).
+
+Inside a request that streams (``itas.agents.partials``: the final layer's one writer of a
+query a client streams), the call is made with ``stream: true`` and each text delta goes on
+as it arrives. Usage then comes from the stream's last chunk (``stream_options.include_usage``);
+a server that sends none (llama.cpp's) has its completion tokens counted as the content chunks
+it sent (one token each there) and its prompt tokens estimated, said in the reply's
+adjustments. A retry after some text streamed sends the text again: the reply stays the
+answer, and the gateway says when the streamed text differs.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from typing import Any
 
 import openai
 
+from itas.agents import partials
 from itas.agents.providers.capabilities import (
     MAX_COMPLETION_TOKENS_PARAM,
     MAX_TOKENS_PARAM,
@@ -35,6 +44,8 @@ from itas.errors import ConfigError
 
 TOKEN_LIMIT_PARAMS = (MAX_TOKENS_PARAM, MAX_COMPLETION_TOKENS_PARAM)
 OPENAI_HOST = "api.openai.com"
+#: For estimating prompt tokens when a streaming server reports no usage.
+CHARS_PER_TOKEN = 4
 
 
 class OpenAIProvider(RemoteProvider):
@@ -90,6 +101,9 @@ class OpenAIProvider(RemoteProvider):
         return request
 
     async def _send(self, request: dict[str, Any]) -> HttpReply:
+        sink = partials.current()
+        if sink is not None:
+            return await self._send_streamed(request, sink)
         response = await self._client.chat.completions.create(**request)
         # The SDK builds replies without validating them, so a body of another shape
         # (or plain text) arrives here as an object missing fields, or as a string.
@@ -111,6 +125,34 @@ class OpenAIProvider(RemoteProvider):
                 getattr(usage, "completion_tokens", None), "completion_tokens"
             ),
             finish_reason=getattr(choice, "finish_reason", None),
+        )
+
+    async def _send_streamed(self, request: dict[str, Any], sink: partials.PartialSink
+                             ) -> HttpReply:
+        stream = await self._client.chat.completions.create(
+            **request, stream=True, stream_options={"include_usage": True})
+        pieces: list[str] = []
+        finish: str | None = None
+        usage = None
+        async for chunk in stream:
+            usage = getattr(chunk, "usage", None) or usage
+            for choice in getattr(chunk, "choices", None) or ():
+                delta = getattr(getattr(choice, "delta", None), "content", None)
+                if isinstance(delta, str) and delta:
+                    pieces.append(delta)
+                    await sink.text(delta)
+                finish = getattr(choice, "finish_reason", None) or finish
+        if usage is None:
+            prompt = sum(len(m["content"]) // CHARS_PER_TOKEN + 1 for m in request["messages"])
+            return HttpReply("".join(pieces), prompt, len(pieces), finish, note=(
+                "the streaming server sent no usage: completion tokens counted as its chunks, "
+                f"prompt tokens estimated at {CHARS_PER_TOKEN} characters each"))
+        return HttpReply(
+            text="".join(pieces),
+            prompt_tokens=token_count(getattr(usage, "prompt_tokens", None), "prompt_tokens"),
+            completion_tokens=token_count(
+                getattr(usage, "completion_tokens", None), "completion_tokens"),
+            finish_reason=finish,
         )
 
     async def aclose(self) -> None:

@@ -81,6 +81,9 @@ class HttpReply:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None
+    #: What the provider had to make up (e.g. usage a streaming server did not send); shown
+    #: with the reply's adjustments.
+    note: str | None = None
 
 
 def split_conversation(
@@ -247,7 +250,7 @@ class RemoteProvider(Provider):
             text=reply.text,
             usage=usage,
             finish_reason=reply.finish_reason,
-            adjustments=call.adjustments,
+            adjustments=(*call.adjustments, reply.note) if reply.note else call.adjustments,
         )
 
     def _log_adjustments(self, adjustments: Sequence[str]) -> None:

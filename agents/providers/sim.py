@@ -47,7 +47,9 @@ Same inputs, same outputs, in any process. At temperature 0 the sample index is
 left out, so all samples of a call agree, as with a greedy real model.
 
 Latency (``latency``: seconds, or ``{"mean_s", "jitter_s"}`` for a uniform
-spread) is slept with ``anyio.sleep``; usage reports ``tokens_per_answer``
+spread) is slept with ``anyio.sleep``; in a request that streams (a partial sink is
+open, ``itas.agents.partials``), the text goes out word by word over that same latency,
+so a streamed sim answer starts one word's time after the call does. Usage reports ``tokens_per_answer``
 completion tokens, prompt tokens estimated at ``CHARS_PER_TOKEN`` characters
 each, and a cost from ``price_in_per_mtok`` / ``price_out_per_mtok`` (default 0).
 """
@@ -65,6 +67,7 @@ from typing import Any
 
 import anyio
 
+from itas.agents import partials
 from itas.agents.providers.base import Completion, Message, Provider, SimTask, Usage
 from itas.agents.providers.config import check_keys, integer, number
 from itas.agents.providers.prices import Price
@@ -278,7 +281,16 @@ class SimProvider(Provider):
             + _rng(*identity, "latency").uniform(-self.latency_jitter_s, self.latency_jitter_s),
         )
         async with self._limiter if self._limiter else contextlib.nullcontext():
-            await anyio.sleep(latency)
+            sink = partials.current()
+            if sink is None:
+                await anyio.sleep(latency)
+            else:  # stream word by word over the same latency, as a real model would
+                words = text.split(" ")
+                began = anyio.current_time()
+                for i, word in enumerate(words, 1):  # on a schedule: no drift from sleeps
+                    await anyio.sleep(max(0.0, began + latency * i / len(words)
+                                          - anyio.current_time()))
+                    await sink.text(word if i == 1 else " " + word)
         prompt_tokens = sum(
             len(m.get("content", "")) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE for m in messages
         )
