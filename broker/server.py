@@ -29,6 +29,7 @@ import zmq.auth.thread
 
 from itas import protocol as P
 from itas.broker.core import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, MAX_ATTEMPTS, Broker
+from itas.broker.metrics import BrokerMetrics
 from itas.security import CurveKeys, check_bind
 
 log = logging.getLogger("itas.broker")
@@ -56,6 +57,7 @@ class BrokerServer:
         liveness: int = HEARTBEAT_LIVENESS,
         max_attempts: int = MAX_ATTEMPTS,
         max_message_bytes: int = P.MAX_MESSAGE_BYTES,
+        metrics: BrokerMetrics | None = None,
     ) -> None:
         check_bind(bind, curve=curve is not None, insecure=insecure)
         self._context = zmq.Context()
@@ -82,6 +84,9 @@ class BrokerServer:
             max_attempts=max_attempts,
             max_message_bytes=max_message_bytes,
         )
+        self.metrics = metrics
+        if metrics is not None:
+            self.broker.on_reply = metrics.observe
         self._stopping = threading.Event()
 
     def _send(self, frames: list[bytes]) -> bool:
@@ -137,12 +142,16 @@ class BrokerServer:
                 now = time.monotonic()
                 if now >= next_tick:
                     self.broker.tick()
+                    if self.metrics is not None:
+                        self.metrics.snapshots.serve(self.broker.status)
                     next_tick = now + TICK_S
             self.broker.disconnect_all()
         finally:
             self.close()
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         self.socket.close()
         if self._auth is not None:
             self._auth.stop()
@@ -154,5 +163,8 @@ def run_broker(server: BrokerServer, announce: Callable[[str], None] | None = No
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop())
     message = f"itas broker listening on {server.endpoint}"
-    (announce or (lambda m: print(m, file=sys.stdout, flush=True)))(message)
+    say = announce or (lambda m: print(m, file=sys.stdout, flush=True))
+    say(message)
+    if server.metrics is not None:
+        say(f"itas broker metrics on {server.metrics.url}")
     server.serve_forever()

@@ -134,12 +134,20 @@ def broker(
     curve_secret: BrokerSecretOpt = None,
     curve_allow: CurveAllowOpt = None,
     insecure: InsecureOpt = False,
+    metrics_port: Annotated[int | None, typer.Option(
+        min=0, max=65535, help="Serve Prometheus metrics on this port (0: a free one).")
+                            ] = None,
+    metrics_host: Annotated[str, typer.Option(
+        help="Address for the metrics endpoint.")] = "127.0.0.1",
+    metrics_allow_remote: Annotated[bool, typer.Option(
+        help="Allow a metrics address beyond loopback.")] = False,
     verbose: VerboseOpt = False,
     parent_pid: ParentPidOpt = None,
 ) -> None:
     """Run the ZeroMQ broker until SIGINT/SIGTERM."""
     import zmq
 
+    from itas.broker.metrics import BrokerMetrics, check_metrics_host
     from itas.broker.server import BrokerServer, run_broker
     from itas.security import CurveKeys
 
@@ -148,12 +156,22 @@ def broker(
     if (curve_secret is None) != (curve_allow is None):
         raise ConfigError("CURVE needs both --curve-secret and --curve-allow")
     keys = CurveKeys.load(curve_secret) if curve_secret else None
+    metrics = None
+    if metrics_port is not None:
+        check_metrics_host(metrics_host, allow_remote=metrics_allow_remote)
+        metrics = BrokerMetrics()
     try:
         server = BrokerServer(bind, curve=keys, curve_allow=curve_allow, insecure=insecure,
                               heartbeat_interval=heartbeat, liveness=liveness,
-                              max_attempts=max_attempts)
+                              max_attempts=max_attempts, metrics=metrics)
     except zmq.ZMQError as exc:  # the address is taken, or not this machine's
         raise ConfigError(f"--bind {bind}: cannot bind ({exc.strerror})") from exc
+    if metrics is not None and metrics_port is not None:
+        try:
+            metrics.serve(metrics_host, metrics_port)
+        except ConfigError:
+            server.close()
+            raise
     run_broker(server)
 
 
