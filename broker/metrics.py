@@ -90,7 +90,7 @@ class Snapshots:
             answer.put(status())
 
 
-class BrokerCollector(Collector):  # type: ignore[misc,valid-type]
+class BrokerCollector(Collector):
     """Turns one broker status snapshot into metric families at each scrape."""
 
     def __init__(self, snapshots: Snapshots) -> None:

@@ -10,6 +10,7 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -223,6 +224,9 @@ def agents(
     broker: BrokerOpt = DEFAULT_BROKER,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
+    autoscale_interval: Annotated[float, typer.Option(
+        callback=POSITIVE, help="Seconds between autoscaling rounds (entries with "
+        "autoscale: in the pool file).")] = 1.0,
     verbose: VerboseOpt = False,
 ) -> None:
     """Start and supervise agent processes until SIGINT/SIGTERM: a pool file's, and every
@@ -249,15 +253,23 @@ def agents(
         _client_keys(curve_secret, curve_server)  # validate before starting anything
         extra = ["--curve-secret", str(curve_secret), "--curve-server", str(curve_server)]
     supervisor = Supervisor(entries, broker, extra)
+    client_keys = _client_keys(curve_secret, curve_server)
 
     async def main() -> None:
         import signal
 
-        async with anyio.create_task_group() as tg:
+        from itas.agents.autoscale import Autoscaler
+        from itas.client import AsyncClient
+
+        async with contextlib.AsyncExitStack() as stack, anyio.create_task_group() as tg:
             await tg.start(supervisor.run)
             print(f"itas agents: {sum(e.replicas for e in supervisor.entries)} agent "
                   f"processes started against {broker}"
                   + (" (simulated models)" if sim else ""), flush=True)
+            if any(e.autoscale for e in entries):
+                client = await stack.enter_async_context(AsyncClient(broker, curve=client_keys))
+                tg.start_soon(Autoscaler(entries, supervisor, client.status,
+                                         interval=autoscale_interval).run)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     tg.cancel_scope.cancel()

@@ -109,7 +109,8 @@ def pack(obj: Any) -> bytes:
 
 def packer() -> Callable[[Any], bytes]:
     """A private packer, faster than ``pack`` (no set-up per call); for one thread only."""
-    return msgpack.Packer(use_bin_type=True).pack  # type: ignore[no-any-return]
+    pack_one: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
+    return pack_one
 
 
 def unpack(data: bytes, what: str = "body") -> Any:
