@@ -227,6 +227,9 @@ def agents(
     autoscale_interval: Annotated[float, typer.Option(
         callback=POSITIVE, help="Seconds between autoscaling rounds (entries with "
         "autoscale: in the pool file).")] = 1.0,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray", help="Run the replicas as actors on this Ray cluster (host:port of its "
+        "head); needs itas[ray].")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Start and supervise agent processes until SIGINT/SIGTERM: a pool file's, and every
@@ -234,6 +237,7 @@ def agents(
     import anyio
 
     from itas.agents.pool import Supervisor, load_pool, service_names
+    from itas.agents.ray_placement import RayPool
     from itas.deploy import serving, simulated, simulated_pool
     from itas.spec import load_architecture
     from itas.stack import resolve_config
@@ -252,7 +256,11 @@ def agents(
     if curve_secret or curve_server:
         _client_keys(curve_secret, curve_server)  # validate before starting anything
         extra = ["--curve-secret", str(curve_secret), "--curve-server", str(curve_server)]
-    supervisor = Supervisor(entries, broker, extra)
+    runner: Supervisor | RayPool
+    if ray_address is not None:
+        runner = RayPool(entries, broker, ray_address, extra)
+    else:
+        runner = Supervisor(entries, broker, extra)
     client_keys = _client_keys(curve_secret, curve_server)
 
     async def main() -> None:
@@ -262,13 +270,14 @@ def agents(
         from itas.client import AsyncClient
 
         async with contextlib.AsyncExitStack() as stack, anyio.create_task_group() as tg:
-            await tg.start(supervisor.run)
-            print(f"itas agents: {sum(e.replicas for e in supervisor.entries)} agent "
-                  f"processes started against {broker}"
+            await tg.start(runner.run)
+            where = f" as Ray actors on {ray_address}" if ray_address else ""
+            print(f"itas agents: {sum(e.replicas for e in runner.entries)} agent "
+                  f"processes started{where} against {broker}"
                   + (" (simulated models)" if sim else ""), flush=True)
             if any(e.autoscale for e in entries):
                 client = await stack.enter_async_context(AsyncClient(broker, curve=client_keys))
-                tg.start_soon(Autoscaler(entries, supervisor, client.status,
+                tg.start_soon(Autoscaler(entries, runner, client.status,
                                          interval=autoscale_interval).run)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
