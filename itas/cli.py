@@ -411,6 +411,9 @@ def up(
     insecure: InsecureOpt = False,
     curve_secret: BrokerSecretOpt = None,
     curve_allow: CurveAllowOpt = None,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray", help="Run the agents as actors on this Ray cluster (host:port of its head); "
+        "needs itas[ray] and a --bind the nodes reach.")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Start broker, embedded model server, agent pool and orchestrator; Ctrl-C stops all.
@@ -434,7 +437,7 @@ def up(
             spec = load_architecture(resolve_config("architectures", arch)) if arch else None
             chosen = pool if pool is not None or spec is not None else "local"
             async with run_stack(chosen, arch=spec, sim=sim, bind=bind, insecure=insecure,
-                                 keys=keys) as stack:
+                                 keys=keys, ray=ray_address) as stack:
                 print(f"itas up: broker {stack.broker}; services: {', '.join(stack.services)}"
                       + (" (simulated models)" if sim else "")
                       + (f"; model server {stack.model_url}" if stack.model_url else ""),

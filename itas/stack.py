@@ -9,6 +9,7 @@ context stops them in reverse order, also on Ctrl-C or cancellation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -23,7 +24,9 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
+from itas.agents.autoscale import Autoscaler
 from itas.agents.pool import PoolEntry, Supervisor, load_pool, service_names
+from itas.agents.ray_placement import RayPool
 from itas.client import AsyncClient
 from itas.deploy import serving, simulated, simulated_pool
 from itas.errors import ConfigError
@@ -89,15 +92,15 @@ def _at_model(entry: PoolEntry, model_url: str) -> PoolEntry:
     """Point a ``local`` agent at the model server this stack started."""
     if entry.settings.get("provider") != "local" or "base_url" in entry.settings:
         return entry
-    return PoolEntry(entry.kind, entry.replicas, {**entry.settings, "base_url": model_url})
+    return dataclasses.replace(entry, settings={**entry.settings, "base_url": model_url})
 
 
 @contextlib.asynccontextmanager
 async def run_stack(pool: str | os.PathLike[str] | None, *,
                     arch: Architecture | None = None, sim: bool = False,
                     bind: str = "tcp://127.0.0.1:5555", model_threads: int = 2,
-                    insecure: bool = False, keys: StackKeys | None = None
-                    ) -> AsyncIterator[Stack]:
+                    insecure: bool = False, keys: StackKeys | None = None,
+                    ray: str | None = None) -> AsyncIterator[Stack]:
     """Everything is checked before the first process starts: the pool (every entry's
     settings), the bind rule (beyond loopback only with CURVE or ``insecure``), the keys.
 
@@ -108,6 +111,11 @@ async def run_stack(pool: str | os.PathLike[str] | None, *,
     With ``keys``, the stack's own agents and its readiness check authenticate with a
     key pair made for this run only, in a private temporary directory that is removed
     when the stack stops; the broker allows it beside the keys in ``keys.allow``.
+
+    With ``ray`` (a Ray cluster's address) the agents run as Ray actors
+    (``itas.agents.ray_placement``); the broker and the model server stay on this
+    machine, so ``bind`` must be an address the cluster's nodes reach. Entries with
+    ``autoscale`` are sized by ``itas.agents.autoscale`` either way.
     """
     check_bind(bind, curve=keys is not None, insecure=insecure)
     if keys is not None:
@@ -147,10 +155,15 @@ async def run_stack(pool: str | os.PathLike[str] | None, *,
             server = await stack.enter_async_context(local_model_server(threads=model_threads))
             model_url = server.base_url
             entries = [_at_model(e, model_url) for e in entries]
-        supervisor = Supervisor(entries, broker, agent_args)
+        runner: Supervisor | RayPool = (
+            RayPool(entries, broker, ray, agent_args) if ray is not None
+            else Supervisor(entries, broker, agent_args))
         tg = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tg.cancel_scope.cancel)
-        await tg.start(supervisor.run)
+        await tg.start(runner.run)
+        if any(e.autoscale for e in entries):
+            client = await stack.enter_async_context(AsyncClient(broker, curve=client_keys))
+            tg.start_soon(Autoscaler(entries, runner, client.status).run)
         await wait_for_services(broker, services, curve=client_keys)
         yield Stack(broker, services, model_url)
 

@@ -143,3 +143,30 @@ async def test_load_grows_the_service_and_idle_shrinks_it_losing_nothing(
     assert counters["workers_left"] >= 2, counters  # drained replicas said goodbye
     with Client(broker.endpoint) as sync:
         assert sync.status()["services"]["sleep"]["workers"] == 1
+
+
+def test_ray_without_ray_installed_says_how_to_install(monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    import sys
+
+    from itas.agents.ray_placement import RayPool
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'itas\[ray\]'"):
+        RayPool([PoolEntry("echo")], "tcp://127.0.0.1:5555", "127.0.0.1:6379")
+
+
+def test_placement_maps_onto_ray_actor_options() -> None:
+    from itas.agents.ray_placement import actor_options
+
+    (entry,) = parse_pool({"agents": [{"kind": "echo", "placement": {
+        "num_cpus": 0.5, "num_gpus": 1, "resources": {"zone_a": 1}, "labels": {"tier": "gpu"},
+        "spread": True, "max_restarts": 3}}]})
+    options = actor_options(entry.placement)
+    assert {k: options[k] for k in ("num_cpus", "num_gpus", "resources", "label_selector",
+                                    "scheduling_strategy", "max_restarts")} == {
+        "num_cpus": 0.5, "num_gpus": 1.0, "resources": {"zone_a": 1.0},
+        "label_selector": {"tier": "gpu"}, "scheduling_strategy": "SPREAD", "max_restarts": 3}
+    (plain,) = parse_pool({"agents": [{"kind": "echo"}]})
+    assert "resources" not in actor_options(plain.placement)
+    assert actor_options(plain.placement)["max_restarts"] == -1
