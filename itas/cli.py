@@ -269,20 +269,23 @@ def agents(
         from itas.agents.autoscale import Autoscaler
         from itas.client import AsyncClient
 
-        async with contextlib.AsyncExitStack() as stack, anyio.create_task_group() as tg:
-            await tg.start(runner.run)
-            where = f" as Ray actors on {ray_address}" if ray_address else ""
-            print(f"itas agents: {sum(e.replicas for e in runner.entries)} agent "
-                  f"processes started{where} against {broker}"
-                  + (" (simulated models)" if sim else ""), flush=True)
-            if any(e.autoscale for e in entries):
-                client = await stack.enter_async_context(AsyncClient(broker, curve=client_keys))
-                tg.start_soon(Autoscaler(entries, runner, client.status,
-                                         interval=autoscale_interval).run)
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    tg.cancel_scope.cancel()
-                    break
+        async with contextlib.AsyncExitStack() as stack:
+            # The autoscaler's client outlives the task group that runs the autoscaler.
+            client = (await stack.enter_async_context(AsyncClient(broker, curve=client_keys))
+                      if any(e.autoscale for e in entries) else None)
+            async with anyio.create_task_group() as tg:
+                await tg.start(runner.run)
+                where = f" as Ray actors on {ray_address}" if ray_address else ""
+                print(f"itas agents: {sum(e.replicas for e in runner.entries)} agent "
+                      f"processes started{where} against {broker}"
+                      + (" (simulated models)" if sim else ""), flush=True)
+                if client is not None:
+                    tg.start_soon(Autoscaler(entries, runner, client.status,
+                                             interval=autoscale_interval).run)
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()
+                        break
 
     anyio.run(main)
 

@@ -163,6 +163,7 @@ async def run_stack(pool: str | os.PathLike[str] | None, *,
         await tg.start(runner.run)
         if any(e.autoscale for e in entries):
             client = await stack.enter_async_context(AsyncClient(broker, curve=client_keys))
+            stack.callback(tg.cancel_scope.cancel)  # the autoscaler stops before its client
             tg.start_soon(Autoscaler(entries, runner, client.status).run)
         await wait_for_services(broker, services, curve=client_keys)
         yield Stack(broker, services, model_url)

@@ -9,6 +9,7 @@ trickle of queries keeps running on the replicas being drained.
 from __future__ import annotations
 
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -101,8 +102,8 @@ async def test_load_grows_the_service_and_idle_shrinks_it_losing_nothing(
         "kind": "sleep", "settings": {"seconds": 0.3, "credit": 1},
         "autoscale": {"min": 1, "max": 4, "target_waiting": 1, "scale_down_after_s": 1.0},
     }]}))
-    procs.spawn("agents", "--pool", str(pool), "--broker", broker.endpoint,
-                "--autoscale-interval", "0.2")
+    agents = procs.spawn("agents", "--pool", str(pool), "--broker", broker.endpoint,
+                         "--autoscale-interval", "0.2")
     wait_for_workers(broker.endpoint, "sleep", 1)
     answers: dict[str, object] = {}
     seen_workers: list[int] = []
@@ -143,6 +144,9 @@ async def test_load_grows_the_service_and_idle_shrinks_it_losing_nothing(
     assert counters["workers_left"] >= 2, counters  # drained replicas said goodbye
     with Client(broker.endpoint) as sync:
         assert sync.status()["services"]["sleep"]["workers"] == 1
+    agents.send_signal(signal.SIGTERM)  # stops the autoscaler, then its client, cleanly
+    assert agents.wait(timeout=30) == 0
+    assert agents.stderr is not None and "Traceback" not in agents.stderr.read()
 
 
 def test_ray_without_ray_installed_says_how_to_install(monkeypatch: pytest.MonkeyPatch

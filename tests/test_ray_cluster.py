@@ -103,3 +103,7 @@ async def test_replicas_on_two_nodes_survive_a_killed_raylet(
         assert node_prefixes(info) == [ids[0], ids[0]], (ids, info["workers"])
         # and the restarted replica serves
         assert (await client.request("sleep", {"tag": "after"}))["tag"] == "after"
+    driver.send_signal(signal.SIGTERM)  # drains every replica and removes its actor
+    assert driver.wait(timeout=60) == 0
+    assert driver.stderr is not None and "Traceback" not in driver.stderr.read()
+    assert wait_for_workers(broker.endpoint, "sleep", 0)["counters"].get("workers_left", 0) >= 2
