@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -46,6 +47,7 @@ log = logging.getLogger("itas.ray")
 INSTALL_HINT = "--ray needs Ray on this machine and on every node: pip install 'itas[ray]'"
 DRAIN_TIMEOUT_S = 40.0
 NODE_CHECK_S = 0.5
+CONNECT_CHECK_S = 5.0
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
@@ -63,6 +65,20 @@ def import_ray(address: str) -> Any:
     except ImportError as exc:
         raise ConfigError(INSTALL_HINT) from exc
     return ray
+
+
+def check_reachable(address: str, timeout: float = CONNECT_CHECK_S) -> None:
+    """Fail at once, in one line, when nothing listens at ``address`` (HOST:PORT of the
+    head's GCS): ``ray.init`` would retry such an address for minutes."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--ray {address!r}: expected HOST:PORT of the Ray head "
+                          "(e.g. 127.0.0.1:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"--ray {address}: no Ray cluster answers there "
+                          f"({exc.strerror or exc})") from exc
 
 
 def actor_options(placement: Placement) -> dict[str, Any]:
@@ -150,6 +166,7 @@ class RayPool:
         self.address = address
         self.extra_args = list(extra_args)
         self.ray = import_ray(address)
+        check_reachable(address)
         self._actor_class: Any = None
         self.actors: dict[int, list[Any]] = {i: [] for i in range(len(self.entries))}
 

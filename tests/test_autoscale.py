@@ -174,3 +174,22 @@ def test_placement_maps_onto_ray_actor_options() -> None:
     (plain,) = parse_pool({"agents": [{"kind": "echo"}]})
     assert "resources" not in actor_options(plain.placement)
     assert actor_options(plain.placement)["max_restarts"] == -1
+
+
+@pytest.mark.parametrize(("address", "message"), [
+    ("127.0.0.1:1", "--ray 127.0.0.1:1: no Ray cluster answers there"),
+    ("nohost", "expected HOST:PORT of the Ray head"),
+])
+def test_a_wrong_ray_address_fails_at_once_in_one_line(address: str, message: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    result = subprocess.run(
+        [sys.executable, "-m", "itas", "agents", "--ray", address, "--pool",
+         str(REPO / "configs" / "pools" / "echo.yaml"), "--broker", "tcp://127.0.0.1:5999"],
+        check=False, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
