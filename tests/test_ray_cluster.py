@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from itas.agents.ray_placement import LOOPBACK_ENV
-from itas.client import AsyncClient
+from itas.client import AsyncClient, Client
 from tests.helpers import FAST_HEARTBEAT, Processes, wait_for_workers
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'itas[ray]')")
@@ -32,31 +32,57 @@ FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 300
                "health_check_timeout_ms": 300, "health_check_failure_threshold": 3}
 
 
-@pytest.fixture
-def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, list[Any]]]:
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[tuple[Any, list[Any]]]:
+    """One cluster for the module (Ray takes seconds to start); the raylet test runs last."""
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
-    # Ray otherwise announces the machine's network address for 127.0.0.1; children
-    # (raylets, workers, the itas driver) read the variable, this process the constant.
-    monkeypatch.setenv(LOOPBACK_ENV, "0")
-    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
-    try:
-        cluster = Cluster(initialize_head=True, head_node_args={
-            **NODE, "num_cpus": 0, "_system_config": FAST_HEALTH})
-    except Exception as exc:  # noqa: BLE001 - any failure to start means: not here
-        pytest.skip(f"Ray cannot start a local cluster here: {type(exc).__name__}: {exc}")
-    try:
-        nodes = [cluster.add_node(**NODE, resources={"itas_slot": 2}) for _ in range(2)]
-        cluster.wait_for_nodes()
-        yield cluster, nodes
-    finally:
-        cluster.shutdown()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        # Ray otherwise announces the machine's network address for 127.0.0.1; children
+        # (raylets, workers, the itas driver) read the variable, this process the constant.
+        monkeypatch.setenv(LOOPBACK_ENV, "0")
+        monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+        try:
+            cluster = Cluster(initialize_head=True, head_node_args={
+                **NODE, "num_cpus": 0, "_system_config": FAST_HEALTH})
+        except Exception as exc:  # noqa: BLE001 - any failure to start means: not here
+            pytest.skip(f"Ray cannot start a local cluster here: {type(exc).__name__}: {exc}")
+        try:
+            nodes = [cluster.add_node(**NODE, resources={"itas_slot": 2}) for _ in range(2)]
+            cluster.wait_for_nodes()
+            yield cluster, nodes
+        finally:
+            cluster.shutdown()
 
 
 def node_prefixes(info: dict[str, Any]) -> list[str]:
     return sorted(w["name"].split("/")[1].removeprefix("ray-node-") for w in info["workers"]
                   if w["service"] == "sleep")
+
+
+@pytest.mark.timeout(120)
+def test_itas_up_runs_its_agents_on_ray(ray_cluster: tuple[Any, list[Any]], procs: Processes,
+                                         tmp_path: Path) -> None:
+    """`itas up --ray`: broker here, the pool's agents and the orchestrator as Ray actors."""
+    cluster, nodes = ray_cluster
+    pool = tmp_path / "pool.yaml"
+    pool.write_text(yaml.safe_dump({"agents": [
+        {"kind": "echo", "replicas": 2, "placement": {"num_cpus": 0, "spread": True}}]}))
+    up = procs.spawn("up", "--pool", str(pool), "--bind", "tcp://127.0.0.1:0", "--ray",
+                     cluster.address)
+    assert up.stdout is not None
+    line = up.stdout.readline()
+    assert line.startswith("itas up: broker "), (line, up.stderr.read() if not line else "")
+    endpoint = line.split()[3].rstrip(";")
+    with Client(endpoint) as client:
+        assert client.request("echo", {"hello": "ray"}) == {"hello": "ray"}
+        workers = client.status()["workers"]
+    on_ray = {w["name"].split("/")[1] for w in workers}
+    assert on_ray <= {f"ray-node-{n.node_id[:12]}" for n in nodes}, workers
+    assert len(workers) == 3  # two echo replicas and the orchestrator
+    up.send_signal(signal.SIGTERM)
+    assert up.wait(timeout=60) == 0
 
 
 @pytest.mark.timeout(150)
