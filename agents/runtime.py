@@ -176,16 +176,16 @@ class Worker:
             except ProtocolError as exc:
                 log.warning("%s: dropped a message from the broker: %s", self.name, exc)
                 continue
-            if command is P.Command.REQUEST and len(frames) == 5:
+            if command is P.Command.REQUEST and len(frames) == 3:
                 if not self._draining:
                     try:
-                        timeout_ms = P.parse_int(frames[3], "REQUEST timeout")
+                        timeout_ms = P.ticket_timeout_ms(frames[1])
                     except ProtocolError as exc:
                         log.warning("%s: dropped a request: %s", self.name, exc)
                         continue
                     self._inflight += 1
-                    handlers.start_soon(self._serve_one, frames[1], frames[2],
-                                        timeout_ms / 1000.0, frames[4])
+                    handlers.start_soon(self._serve_one, frames[1], timeout_ms / 1000.0,
+                                        frames[2])
             elif command is P.Command.CANCEL and len(frames) == 2:
                 scope = self._running.get(frames[1])
                 if scope is not None:
@@ -210,8 +210,7 @@ class Worker:
 
     # -- requests ----------------------------------------------------------------
 
-    async def _serve_one(self, ticket: bytes, key: bytes, timeout_s: float, body: bytes
-                         ) -> None:
+    async def _serve_one(self, ticket: bytes, timeout_s: float, body: bytes) -> None:
         reply: tuple[bytes, bytes] | None = None
         try:
             with anyio.CancelScope(deadline=anyio.current_time() + timeout_s) as scope:
@@ -224,7 +223,7 @@ class Worker:
             sock = self._socket
             if sock is not None:
                 try:
-                    await sock.send_multipart([reply[0], ticket, key, reply[1]])
+                    await sock.send_multipart([reply[0], ticket, reply[1]])
                 except zmq.ZMQError as exc:  # reconnecting: the broker re-sends the request
                     log.warning("%s: reply lost to a reconnect: %s", self.name, exc)
         finally:

@@ -39,24 +39,34 @@ class SleepAgent(Agent):
     """Replies ``{"slept": s, "tag": ..., "pid": ...}`` after ``s`` seconds.
 
     The body may set "seconds" and a "tag" to echo; the pid tells tests which
-    replica served the request.
+    replica served the request. With ``record`` (a file path) each request's tag is
+    appended to that file as it starts, so a test can count how often each request
+    was executed across processes (one short ``O_APPEND`` write per line).
     """
 
-    def __init__(self, service: str = "sleep", credit: int = 1, seconds: float = 0.1) -> None:
+    def __init__(self, service: str = "sleep", credit: int = 1, seconds: float = 0.1,
+                 record: str | None = None) -> None:
         self.service, self.credit, self.seconds = service, credit, seconds
+        self.record = record
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> SleepAgent:
         seconds = settings.get("seconds", 0.1)
         if not isinstance(seconds, (int, float)) or seconds < 0:
             raise ConfigError(f"setting 'seconds' must be a non-negative number, got {seconds!r}")
+        record = settings.get("record")
+        if record is not None and not isinstance(record, str):
+            raise ConfigError(f"setting 'record' must be a file path, got {record!r}")
         return cls(str(settings.get("service", "sleep")), _int_setting(settings, "credit", 1),
-                   float(seconds))
+                   float(seconds), record)
 
     async def handle(self, body: Any) -> Any:
         seconds = self.seconds
         if isinstance(body, dict) and isinstance(body.get("seconds"), (int, float)):
             seconds = float(body["seconds"])
-        await anyio.sleep(seconds)
         tag = body.get("tag") if isinstance(body, dict) else None
+        if self.record is not None:
+            async with await anyio.open_file(self.record, "a") as record:
+                await record.write(f"{tag}\n")
+        await anyio.sleep(seconds)
         return {"slept": seconds, "tag": tag, "pid": os.getpid()}

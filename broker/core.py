@@ -9,8 +9,8 @@ requests go elsewhere at once instead of after the heartbeat expiry.
 
 What the broker promises (see ``itas.protocol`` for the wire side):
 
-- A reply goes only to the request it answers: tickets carry the broker's epoch,
-  and the worker must echo the request's key. Stale replies are dropped and
+- A reply goes only to the request it answers: tickets carry the broker's epoch
+  and the request's key, and the worker must echo the whole ticket. Stale replies are dropped and
   counted, never answered (only a reply from a forgotten worker with a ticket
   of this epoch draws a DISCONNECT, once, so it announces again).
 - One copy per request key: a resend updates where the reply goes; a worker that
@@ -47,6 +47,9 @@ HEARTBEAT_LIVENESS = 3
 MAX_ATTEMPTS = 3
 MAX_WAITING_PER_SERVICE = 10_000
 MAX_WAITING_PER_CLIENT = 1_000
+#: How long a request waits for a service that has no worker at all before it fails with
+#: SERVICE_UNAVAILABLE (a service whose workers are all busy waits up to the deadline).
+UNAVAILABLE_GRACE_S = 5.0
 
 Send = Callable[[list[bytes]], bool]
 
@@ -60,6 +63,7 @@ class Request:
     body: bytes
     deadline: float
     timeout_s: float
+    arrived: float
     attempts: int = 0
     worker: Worker | None = None  # set while in flight
     ticket: bytes = b""
@@ -88,6 +92,7 @@ class Service:
     waiting: int = 0  # live requests in lanes (lanes may also hold done ones)
     workers: dict[bytes, Worker] = field(default_factory=dict)
     free: list[tuple[float, int, Worker]] = field(default_factory=list)  # heap by load
+    unserved_since: float = 0.0  # when it last had no worker (creation, or the last left)
 
 
 class Broker:
@@ -103,6 +108,7 @@ class Broker:
         max_message_bytes: int = P.MAX_MESSAGE_BYTES,
         max_waiting_per_service: int = MAX_WAITING_PER_SERVICE,
         max_waiting_per_client: int = MAX_WAITING_PER_CLIENT,
+        unavailable_grace: float = UNAVAILABLE_GRACE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send = send
@@ -114,12 +120,19 @@ class Broker:
         self.max_message_bytes = max_message_bytes
         self.max_waiting_per_service = max_waiting_per_service
         self.max_waiting_per_client = max_waiting_per_client
+        self.unavailable_grace = unavailable_grace
+        # A restarted broker hears from its workers only as they notice the restart (their
+        # next heartbeat); until one expiry has passed, no service counts as unserved.
+        self._workers_back_by = clock() + heartbeat_interval * liveness
         self.epoch = os.urandom(P.EPOCH_BYTES)
         self.services: dict[str, Service] = {}
         self.workers: dict[bytes, Worker] = {}
         self.active: dict[bytes, Request] = {}  # by key: waiting or in flight
         self._waiting_by_client: dict[bytes, int] = {}
         self._deadlines: list[tuple[float, int, Request]] = []  # heap; done ones skipped
+        # When to see whether a request has waited out the grace for a service with no
+        # worker (heap; pushed only while its service has none, so it stays small).
+        self._grace_checks: list[tuple[float, int, Request]] = []
         self._seq = itertools.count()
         self._tickets = itertools.count(1)
         self.counters: collections.Counter[str] = collections.Counter()
@@ -193,8 +206,9 @@ class Broker:
                          "requests waiting (the limit)")
             return
         timeout_s = timeout_ms / 1000.0
-        deadline = self._clock() + timeout_s
-        request = Request(identity, identity, key, service, body, deadline, timeout_s)
+        now = self._clock()
+        deadline = now + timeout_s
+        request = Request(identity, identity, key, service, body, deadline, timeout_s, now)
         self.active[key] = request
         heapq.heappush(self._deadlines, (deadline, next(self._seq), request))
         if len(self._deadlines) > 4 * len(self.active) + 1024:  # drop entries of done ones
@@ -206,6 +220,8 @@ class Broker:
                 self._give(request, worker)
                 return
         self._enqueue(request, front=False)
+        if not service.workers:
+            self._check_grace_later(request)
         self._dispatch(service)
 
     def _refuse(self, identity: bytes, key: bytes, why: str) -> None:
@@ -214,29 +230,27 @@ class Broker:
                     P.error_body(P.ErrorCode.OVERLOADED, f"{why}; try again later")])
 
     def _on_reply(self, frames: list[bytes]) -> None:
-        if len(frames) != 5:
-            raise ProtocolError("REPLY/ERROR: expected 4 frames")
-        identity, hdr, ticket, key, body = frames
+        if len(frames) != 4:
+            raise ProtocolError("REPLY/ERROR: expected 3 frames")
+        identity, hdr, ticket, body = frames
         worker = self.workers.get(identity)
+        # The whole ticket must match, so the key in it is the request's own.
         request = worker.inflight.get(ticket) if worker is not None else None
-        if request is None:  # an old epoch's ticket, or one given up on: nobody waits
+        if request is None:  # an old epoch's ticket, one given up on, or a mangled one
             self.counters["dropped_stale"] += 1
             if worker is None and ticket[:P.EPOCH_BYTES] == self.epoch:
                 self._send([identity, P.DISCONNECT])  # forgotten, yet alive: announce again
             return
         assert worker is not None
         worker.expiry = self._clock() + worker.ttl
-        if key != request.key:  # the worker's bug; never hand the client another's answer
-            self.counters["dropped_mismatch"] += 1
-            return
+        key = request.key
         if hdr == P.ERROR:
             P.parse_error(body)  # a malformed error body is the worker's bug: drop it here
         del worker.inflight[ticket]
         self._finish(request)
         self.counters["replied"] += 1
         if self.on_reply is not None:
-            self.on_reply(request.service.name, hdr == P.REPLY,
-                          self._clock() - request.deadline + request.timeout_s)
+            self.on_reply(request.service.name, hdr == P.REPLY, self._clock() - request.arrived)
         if not self._send([request.client, hdr, key, self._pack(request.attempts), body]):
             self.counters["undeliverable"] += 1
         self._offer(worker)
@@ -300,7 +314,7 @@ class Broker:
     def _service(self, name: str) -> Service:
         service = self.services.get(name)
         if service is None:
-            service = self.services[name] = Service(name)
+            service = self.services[name] = Service(name, unserved_since=self._clock())
         return service
 
     def _enqueue(self, request: Request, *, front: bool) -> None:
@@ -379,13 +393,13 @@ class Broker:
             self._expire(request, queued=False)
             return
         heapq.heappop(worker.service.free)
-        ticket = self.epoch + next(self._tickets).to_bytes(8, "big")
+        ticket = P.ticket(self.epoch, next(self._tickets), max(1, int(remaining * 1000)),
+                          request.key)
         request.attempts += 1
         request.worker, request.ticket = worker, ticket
         worker.inflight[ticket] = request
         self.counters["dispatched"] += 1
-        if self._send([worker.identity, P.REQUEST, ticket, request.key,
-                       self._pack(max(1, int(remaining * 1000))), request.body]):
+        if self._send([worker.identity, P.REQUEST, ticket, request.body]):
             self._offer(worker)
         else:
             self._remove_worker(worker, lost=True)
@@ -394,7 +408,7 @@ class Broker:
         """Forget a worker; its in-flight requests go back to the front of their lanes."""
         self.workers.pop(worker.identity, None)
         service = worker.service
-        service.workers.pop(worker.identity, None)
+        last = service.workers.pop(worker.identity, None) is not None and not service.workers
         worker.offer = -1
         self.counters["workers_lost" if lost else "workers_left"] += 1
         for request in reversed(list(worker.inflight.values())):
@@ -410,6 +424,12 @@ class Broker:
                 self.counters["retried"] += 1
                 self._enqueue(request, front=True)
         worker.inflight.clear()
+        if last:  # unserved from now: every waiting request gets a full grace from here
+            service.unserved_since = self._clock()
+            for lane in service.lanes.values():
+                for request in lane:
+                    if not request.done:
+                        self._check_grace_later(request)
         self._dispatch(service)
 
     def _finish(self, request: Request) -> None:
@@ -456,8 +476,8 @@ class Broker:
             code, message = P.ErrorCode.DEADLINE, (
                 f"service {service.name!r} had no free worker within {request.timeout_s:g} s")
         else:
-            code, message = P.ErrorCode.SERVICE_UNAVAILABLE, (
-                f"no worker serves {service.name!r} (waited {request.timeout_s:g} s)")
+            code, message = P.ErrorCode.SERVICE_UNAVAILABLE, self._unavailable_message(
+                service, min(self.unavailable_grace, request.timeout_s))
         if worker is not None or queued:
             self._stop(request)
         else:
@@ -480,6 +500,19 @@ class Broker:
             request = heapq.heappop(deadlines)[2]
             if not request.done:
                 self._expire(request, queued=request.worker is None)
+        checks = self._grace_checks
+        while checks and checks[0][0] <= now:
+            request = heapq.heappop(checks)[2]
+            if request.done or request.worker is not None or request.service.workers:
+                continue  # answered, running, or served again: its deadline applies
+            since = self._unserved_from(request)
+            if now - since >= self.unavailable_grace:
+                self.counters["unavailable"] += 1
+                self._stop(request)
+                self._fail(request, P.ErrorCode.SERVICE_UNAVAILABLE, self._unavailable_message(
+                    request.service, min(self.unavailable_grace, request.timeout_s)))
+            else:
+                heapq.heappush(checks, (since + self.unavailable_grace, next(self._seq), request))
         for name, service in list(self.services.items()):
             if not service.waiting and not service.workers:
                 del self.services[name]  # names from bad clients must not pile up
@@ -487,6 +520,21 @@ class Broker:
             if now >= worker.next_beat:
                 worker.next_beat = now + worker.interval
                 self._send([worker.identity, P.HEARTBEAT, self.epoch])
+
+    def _unserved_from(self, request: Request) -> float:
+        """The grace counts from the latest of: the request's arrival, its service's last
+        worker loss (a retried request gets a full grace after its worker left) and the
+        time a restarted broker's workers have had to announce again."""
+        return max(request.arrived, request.service.unserved_since, self._workers_back_by)
+
+    def _check_grace_later(self, request: Request) -> None:
+        heapq.heappush(self._grace_checks, (self._unserved_from(request) + self.unavailable_grace,
+                                            next(self._seq), request))
+
+    @staticmethod
+    def _unavailable_message(service: Service, waited: float) -> str:
+        return (f"no worker serves {service.name!r} (none registered in {waited:g} s); "
+                f"{start_hint(service.name)}")
 
     def disconnect_all(self) -> None:
         """Tell every worker the broker is going away, so they reconnect at once."""
@@ -514,3 +562,12 @@ class Broker:
             ],
             "counters": dict(self.counters),
         }
+
+
+def start_hint(service: str) -> str:
+    """The command that starts an agent for ``service``, for 'no worker' errors."""
+    if service == "orchestrator":
+        return "start one with `itas orchestrator` (or `itas up`)"
+    kind = service.split("@", 1)[0]
+    return (f"start its agents with `itas agents --arch FILE` (every agent an architecture "
+            f"needs) or `itas agent --kind {kind} ...`")

@@ -28,7 +28,13 @@ import zmq
 import zmq.auth.thread
 
 from itas import protocol as P
-from itas.broker.core import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, MAX_ATTEMPTS, Broker
+from itas.broker.core import (
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_LIVENESS,
+    MAX_ATTEMPTS,
+    UNAVAILABLE_GRACE_S,
+    Broker,
+)
 from itas.broker.metrics import BrokerMetrics
 from itas.security import CurveKeys, check_bind
 
@@ -57,6 +63,7 @@ class BrokerServer:
         liveness: int = HEARTBEAT_LIVENESS,
         max_attempts: int = MAX_ATTEMPTS,
         max_message_bytes: int = P.MAX_MESSAGE_BYTES,
+        unavailable_grace: float = UNAVAILABLE_GRACE_S,
         metrics: BrokerMetrics | None = None,
     ) -> None:
         check_bind(bind, curve=curve is not None, insecure=insecure)
@@ -83,6 +90,7 @@ class BrokerServer:
             liveness=liveness,
             max_attempts=max_attempts,
             max_message_bytes=max_message_bytes,
+            unavailable_grace=unavailable_grace,
         )
         self.metrics = metrics
         if metrics is not None:

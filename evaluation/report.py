@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Self, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -72,13 +73,16 @@ class ProgressBoard:
     def track(self, name: str, tally: Tally) -> Any:
         """A ``(record, tally)`` callback driving a new bar; questions already done (resumed)
         start the bar without counting toward its speed, so the ETA reflects this run."""
-        task = self.progress.add_task(name, total=tally.total, completed=tally.done,
+        task = self.progress.add_task(escape(name), total=tally.total, completed=tally.done,
                                       stats=_stats(tally))
 
         def report(record: dict[str, Any], tally: Tally) -> None:
             self.progress.update(task, advance=1, stats=_stats(tally))
 
         return report
+
+
+ARCH_COLUMN_WIDTH = 48
 
 
 def summary_table(summaries: Sequence[EvalSummary], title: str, *,
@@ -89,7 +93,8 @@ def summary_table(summaries: Sequence[EvalSummary], title: str, *,
     oracle, none; see ``itas.benchmarks.selection``); ``rating_scale`` (MT-Bench: 10) adds
     the mean rating on the benchmark's own scale."""
     table = Table(title=title)
-    table.add_column("architecture", no_wrap=True)
+    # Long names (Archon's) fold onto more lines; the figures beside them never shrink.
+    table.add_column("architecture", overflow="fold", max_width=ARCH_COLUMN_WIDTH)
     table.add_column("selection tests", no_wrap=True)
     names = ["n", "score", "±SE", "±95%"]
     if rating_scale:
@@ -118,9 +123,11 @@ def summary_table(summaries: Sequence[EvalSummary], title: str, *,
 
 
 def console_for(stream: TextIO) -> Console:
-    """A console on ``stream``; wide when it is not a terminal, so piped tables do not wrap."""
+    """A console on ``stream``; wide when it is not a terminal, so piped tables do not wrap.
+    Markup is off: architecture names (``... [simulated]``) and error texts are data, and
+    rich would take their brackets for style tags and drop them."""
     wide = None if stream.isatty() else PIPE_WIDTH
-    return Console(file=stream, width=wide)
+    return Console(file=stream, width=wide, markup=False)
 
 
 def print_report(summaries: Sequence[EvalSummary], title: str, console: Console | None = None,
@@ -139,11 +146,11 @@ def print_report(summaries: Sequence[EvalSummary], title: str, console: Console 
                           "earlier run")
         failed = [r for r in s.results if r.get("error")]
         for r in failed[:ERROR_LINES]:
-            console.print(f"[red]{s.architecture}: {r['benchmark']}/{r['id']}: "
-                          f"{r['error']}[/]", highlight=False)
+            console.print(f"{s.architecture}: {r['benchmark']}/{r['id']}: {r['error']}",
+                          style="red", highlight=False)
         if len(failed) > ERROR_LINES:
-            console.print(f"[red]{s.architecture}: … and {len(failed) - ERROR_LINES} more "
-                          "error(s) in the results file[/]")
+            console.print(f"{s.architecture}: … and {len(failed) - ERROR_LINES} more "
+                          "error(s) in the results file", style="red")
     judged = [s for s in summaries if s.judge_usage]
     for s in judged:
         u = s.judge_usage

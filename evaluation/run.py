@@ -36,6 +36,7 @@ from itas.benchmarks.scoring import scorer_for
 from itas.benchmarks.selection import ORACLE, VISIBLE
 from itas.benchmarks.splits import select
 from itas.client import AsyncClient
+from itas.deploy import simulated, simulated_service
 from itas.errors import ConfigError, ItasError
 from itas.evaluation.evaluate import (
     DEFAULT_CONCURRENCY,
@@ -96,16 +97,21 @@ class EvalOptions:
     judge_prompts: Path | None = None  # FastChat judge_prompts.jsonl, Arena-Hard config
     reference_answers: Path | None = None  # FastChat reference answers (MT-Bench)
     baseline_answers: Path | None = None  # Arena-Hard model_answer file of the baseline
+    sim: bool = False  # dry run: every model (judge included) simulated, names say so
 
 
 def default_out_dir() -> Path:
     return RUNS_DIR / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def load_archs(values: Sequence[str]) -> list[Architecture]:
+def load_archs(values: Sequence[str], *, sim: bool = False) -> list[Architecture]:
+    """The ``--arch`` architectures; with ``sim``, each on simulated models of the same names
+    (``itas.deploy.simulated``: the name ends ``[simulated]`` in every output)."""
     if not values:
         raise ConfigError("give at least one --arch FILE")
     archs = [load_architecture(resolve_config("architectures", v)) for v in values]
+    if sim:
+        archs = [simulated(a) for a in archs]
     names = [a.name for a in archs]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup is not None:
@@ -133,7 +139,8 @@ async def _check_services(client: AsyncClient, broker: str, services: Sequence[s
     missing = [s for s in dict.fromkeys(services) if live.get(s, {}).get("workers", 0) == 0]
     if missing:
         raise ConfigError(f"no worker serves {', '.join(missing)} at {broker}; start agents "
-                          "for them (e.g. `itas agents --pool FILE --broker ...`)")
+                          "for them (`itas agents --arch FILE --broker ...` starts every agent "
+                          "an architecture needs), or dry-run on simulated models with --sim")
 
 
 def fingerprint(benchmark: ResolvedBenchmark, options: EvalOptions,
@@ -190,7 +197,7 @@ def _write_summary(path: Path, options: EvalOptions, benchmark: ResolvedBenchmar
 async def run_eval(options: EvalOptions, console: Console | None = None) -> list[EvalSummary]:
     """Everything ``itas eval`` does; returns one summary per architecture."""
     console = console or console_for(sys.stdout)
-    archs = load_archs(options.archs)
+    archs = load_archs(options.archs, sim=options.sim)
     benchmark = resolve_benchmark(options.benchmark, options.benchmark_fields)
     questions = select(benchmark.read(options.data_dir), options.split, options.limit,
                        options.seed)
@@ -206,6 +213,9 @@ async def run_eval(options: EvalOptions, console: Console | None = None) -> list
     judge_name = judge_service(options.judge) if options.judge else None
     baseline = (load_architecture(resolve_config("architectures", options.baseline))
                 if options.baseline else None)
+    if options.sim:
+        judge_name = judge_name and simulated_service(judge_name)
+        baseline = baseline and simulated(baseline)
     scorer = scorer_for(questions[0].benchmark, kind=questions[0].scorer)
     scale = rating_scale(scorer, questions)
     if judge_name is None and needs_missing_judge(scorer, questions):

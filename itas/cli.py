@@ -132,6 +132,9 @@ def broker(
     max_attempts: Annotated[int, typer.Option(callback=AT_LEAST_1,
                                               help="Workers tried per request before failing.")
                             ] = 3,
+    unavailable_grace: Annotated[float, typer.Option(
+        callback=POSITIVE, help="Seconds a request waits for a service with no worker at all "
+        "before failing with 'no worker serves ...'.")] = 5.0,
     curve_secret: BrokerSecretOpt = None,
     curve_allow: CurveAllowOpt = None,
     insecure: InsecureOpt = False,
@@ -164,7 +167,8 @@ def broker(
     try:
         server = BrokerServer(bind, curve=keys, curve_allow=curve_allow, insecure=insecure,
                               heartbeat_interval=heartbeat, liveness=liveness,
-                              max_attempts=max_attempts, metrics=metrics)
+                              max_attempts=max_attempts, unavailable_grace=unavailable_grace,
+                              metrics=metrics)
     except zmq.ZMQError as exc:  # the address is taken, or not this machine's
         raise ConfigError(f"--bind {bind}: cannot bind ({exc.strerror})") from exc
     if metrics is not None and metrics_port is not None:
@@ -595,10 +599,12 @@ def eval_(
         help="MT-Bench reference answers (FastChat reference_answer/gpt-4.jsonl).")] = None,
     baseline_answers: Annotated[Path | None, typer.Option(
         help="Arena-Hard: the baseline's answers (model_answer/gpt-4-0314.jsonl).")] = None,
+    sim: SimOpt = False,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
 ) -> None:
-    """Score architectures on a benchmark through the running mesh (resumable)."""
+    """Score architectures on a benchmark through the running mesh (resumable); with --sim,
+    on simulated models of the same names (start them with `itas up --arch FILE --sim`)."""
     import anyio
 
     from itas.evaluation.run import EvalOptions, run_eval
@@ -615,7 +621,7 @@ def eval_(
         broker=broker, out=out, judge=judge, baseline=baseline, data_dir=data_dir, seed=seed,
         timeout_s=timeout, retry_errors=retry_errors,
         curve=_client_keys(curve_secret, curve_server), judge_prompts=judge_prompts,
-        reference_answers=reference_answers, baseline_answers=baseline_answers)
+        reference_answers=reference_answers, baseline_answers=baseline_answers, sim=sim)
     anyio.run(run_eval, options)
 
 
@@ -627,13 +633,17 @@ def search(
     resume: Annotated[bool, typer.Option(help="Continue the search in the output folder.")
                       ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
+    sim: Annotated[bool, typer.Option(
+        "--sim", help="Dry run: every model of the config replaced by a simulated one of the "
+        "same name; the search is named <name>-simulated.")] = False,
 ) -> None:
     """Search for the best architecture for a benchmark and a budget (ITAS); SIGINT or
     SIGTERM stops it cleanly (exit status 130), and --resume continues it."""
     from itas.search.run import SearchStopped, run_search_cli
 
     try:
-        result = run_search_cli(config, resume=resume, out_dir=out, progress=progress)
+        result = run_search_cli(config, resume=resume, out_dir=out, progress=progress,
+                                sim=sim)
     except SearchStopped as stopped:
         print(f"itas: {stopped}", file=sys.stderr)
         raise typer.Exit(SIGNAL_EXIT_BASE + stopped.signum) from None

@@ -140,9 +140,13 @@ class AsyncClient:
     async def request(self, service: str, body: Any, *, timeout: float | None = None) -> Any:
         """Send ``body`` to ``service`` and return the decoded reply body.
 
-        Raises ``ServiceUnavailable`` (no worker within the deadline),
-        ``RequestTimeout``, ``RemoteError`` (the agent's error reply, with its
-        code) or ``BrokerUnreachable`` (client not open).
+        The deadline is the smaller of ``timeout`` (default: the client's) and
+        the caller's anyio deadline. Raises ``ServiceUnavailable`` (no worker
+        serves it), ``RequestTimeout`` (the deadline passed: the message says
+        whether the broker never answered, no worker was free, or which worker
+        did not answer), ``RemoteError`` (an error reply with its code, such as
+        ``overloaded`` or ``too_large`` from the broker) or
+        ``BrokerUnreachable`` (client not open).
         """
         return (await self.call(service, body, timeout=timeout)).body
 
@@ -155,8 +159,12 @@ class AsyncClient:
         outer = anyio.current_effective_deadline()  # the caller's own deadline, if any
         if not math.isinf(outer):
             timeout = max(0.0, min(timeout, outer - started))
+        data = P.pack(body)
+        if len(data) > P.MAX_MESSAGE_BYTES:  # the broker would refuse it: say so without asking
+            raise RemoteError(P.ErrorCode.TOO_LARGE, f"request of {len(data)} bytes is over the "
+                              f"broker's limit of {P.MAX_MESSAGE_BYTES} bytes", service)
         key = self._client_id + next(self._ids).to_bytes(P.KEY_BYTES // 2, "big")
-        pending = _Pending(service, P.pack(body), started + timeout)
+        pending = _Pending(service, data, started + timeout)
         self._pending[key] = pending
         try:
             with anyio.move_on_after(timeout):

@@ -99,3 +99,12 @@ def simulated(arch: Architecture) -> Architecture:
     data["description"] = (f"simulated dry run of {arch.name}: every model replaced by a "
                            "simulated one of the same name")
     return parse_architecture(data, f"{arch.name} (simulated)")
+
+
+def simulated_service(service: str) -> str:
+    """``technique@provider:model[#endpoint]`` on a simulated model of the same name, for a
+    service named on the command line (``itas eval --judge ... --sim``)."""
+    technique, _, rest = service.partition("@")
+    _, _, model = rest.partition(":")
+    model = model.split("#", 1)[0]
+    return f"{technique}@sim:{model}" if model else service

@@ -19,6 +19,7 @@ message of the conversation that every later LLM component with ``tests_in_promp
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -198,8 +199,11 @@ class Orchestrator:
                         technique_of(c).makes_tests for c in layer) else None,
                 })
             if not candidates and could_leave:
-                failures = "; ".join(e for r in runs for e in [c.error for c in r.calls
-                                                                if c.error][:3])
+                # Each distinct cause once, with how often: a missing service fails
+                # every call the same way, and one line per call would bury the hint.
+                causes = collections.Counter(c.error for r in runs for c in r.calls if c.error)
+                failures = "; ".join(e if n == 1 else f"{e} (x{n})"
+                                     for e, n in causes.most_common(3))
                 services = ", ".join(c.service_name for c in layer)
                 raise AgentError(ErrorCode.NO_CANDIDATES,
                                  f"layer {index} ({services}) left no candidates"

@@ -24,7 +24,9 @@ A second measurement keeps one service with 1, 100 and 1,000 connected workers
 (``--role workers``: one process holding that many DEALER sockets, credit 1
 each, except the single worker, which has the whole window) and reports the
 broker's CPU per round trip for each: dispatch must not cost more as workers
-are added (``worker_scaling``).
+are added (``worker_scaling``). Its ``routing_only`` part times the broker's routing
+in this process with no sockets, which isolates the choice of worker from the cost
+of many connections in the kernel and ZeroMQ.
 
 Figures: round trips per second, best of ``--repeats`` runs; ``p50_us``/``p99_us``
 from that broker run, so they include queueing behind the window;
@@ -48,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +71,7 @@ WORKER_HEARTBEAT_S = 1.0
 FLEET_HEARTBEAT_S = 10.0
 FLEET_SIZES = (1, 100, 1000)
 SERVICE_FLEET = "perf.fleet-echo"
+CORE_ROUNDS, CORE_ROUNDS_QUICK = 50_000, 5_000
 REPLY_TIMEOUT_MS = 10_000
 STARTUP_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
@@ -122,12 +126,10 @@ def role_forwarder() -> None:
         frames = recv()
         header = frames[1]
         if header == P.REQUEST:  # [client, REQUEST, key, meta, body] -> key is the ticket
-            client, frames[0] = frames[0], worker
-            frames.insert(2, frames[2])
-            send(frames)
-        elif header == P.REPLY:  # [worker, REPLY, ticket, key, body]
-            frames[0], frames[2], frames[3] = client, frames[3], ONE_ATTEMPT
-            send(frames)
+            client = frames[0]
+            send([worker, header, frames[2], frames[4]])
+        elif header == P.REPLY:  # [worker, REPLY, ticket, body]
+            send([client, header, frames[2], ONE_ATTEMPT, frames[3]])
         elif header == P.READY:
             worker = frames[0]
             print("worker ready", flush=True)
@@ -148,10 +150,9 @@ def role_forwarder_fastio() -> None:
             frames.append(frame.bytes)
         header = frames[1]
         if header == P.REQUEST:
-            client, frames[0] = frames[0], worker
-            frames.insert(2, frames[2])
+            client, frames = frames[0], [worker, header, frames[2], frames[4]]
         elif header == P.REPLY:
-            frames[0], frames[2], frames[3] = client, frames[3], ONE_ATTEMPT
+            frames = [client, header, frames[2], ONE_ATTEMPT, frames[3]]
         else:
             if header == P.READY:
                 worker = frames[0]
@@ -169,8 +170,8 @@ def _ready(service: str, credit: int, name: str, heartbeat_s: float) -> list[byt
 def _answer(sock: zmq.Socket, frames: list[bytes], service: str, credit: int,
             heartbeat_s: float) -> None:
     """The raw worker's whole protocol: echo a REQUEST, announce again when forgotten."""
-    if frames[0] == P.REQUEST:  # [REQUEST, ticket, key, timeout, body]
-        sock.send_multipart([P.REPLY, frames[1], frames[2], frames[4]])
+    if frames[0] == P.REQUEST:  # [REQUEST, ticket, body]
+        sock.send_multipart([P.REPLY, frames[1], frames[2]])
     elif frames[0] == P.DISCONNECT:  # the broker forgot us: announce again
         sock.send_multipart(_ready(service, credit, f"perf-raw/{os.getpid()}", heartbeat_s))
 
@@ -505,6 +506,47 @@ def measure_worker_scaling(window: int, duration: float, warmup: float, repeats:
     return figures
 
 
+def _collector(out: list[list[bytes]]) -> Callable[[list[bytes]], bool]:
+    def send(frames: list[bytes]) -> bool:
+        out.append(frames)
+        return True
+    return send
+
+
+def measure_core_dispatch(window: int, rounds: int) -> dict[str, Any]:
+    """The routing alone, in this process and with no sockets: CPU per request and reply
+    through ``Broker`` with 1, 100 and 1,000 workers of one service (credit 1 each, except
+    the single worker, which has the whole window). This isolates the choice of worker
+    from the kernel and ZeroMQ costs of many connections, which the process figures
+    include."""
+    from itas.broker.core import Broker
+
+    figures: dict[str, Any] = {}
+    for size in FLEET_SIZES:
+        out: list[list[bytes]] = []
+        broker = Broker(_collector(out))
+        credit = window if size == 1 else 1
+        for n in range(size):
+            broker.handle([b"w%d" % n, P.READY, P.ready_body(SERVICE_FLEET, credit, "w", 10_000)])
+        meta = P.request_meta(SERVICE_FLEET, REQUEST_TIMEOUT_MS)
+        sent = 0
+        for _ in range(window):
+            sent += 1
+            broker.handle([b"c", P.REQUEST, sent.to_bytes(P.KEY_BYTES, "big"), meta, b"\x01"])
+        jobs = [f for f in out if f[1] == P.REQUEST]
+        started = time.process_time()
+        for _ in range(rounds):
+            worker, _, ticket, _ = jobs.pop()
+            out.clear()
+            broker.handle([worker, P.REPLY, ticket, b"\x01"])
+            sent += 1
+            broker.handle([b"c", P.REQUEST, sent.to_bytes(P.KEY_BYTES, "big"), meta, b"\x01"])
+            jobs.extend(f for f in out if f[1] == P.REQUEST)
+        figures[f"workers_{size}_us"] = round((time.process_time() - started) / rounds * 1e6, 2)
+    figures["ratio_1000_vs_1"] = round(figures["workers_1000_us"] / figures["workers_1_us"], 3)
+    return figures
+
+
 def _print_table(result: dict[str, Any]) -> None:
     rows = [("direct (ceiling)", "direct_rps"), ("forwarder (floor of a hop)", "forwarder_rps"),
             ("forwarder, frame-level I/O", "forwarder_fastio_rps"),
@@ -526,6 +568,10 @@ def _print_table(result: dict[str, Any]) -> None:
         print(f"{size:>5} workers of one service: broker {row['broker_cpu_us_per_rt']:.1f} us CPU "
               f"per round trip, {row['rps']:,} round trips/s")
     print(f"CPU per round trip, 1000 workers / 1 worker = {scaling['cpu_ratio_1000_vs_1']:.3f}")
+    core = scaling["routing_only"]
+    print("routing alone (no sockets), CPU per request: " + ", ".join(
+        f"{size} workers {core[f'workers_{size}_us']:.1f} us" for size in FLEET_SIZES)
+        + f" (1000 / 1 = {core['ratio_1000_vs_1']:.3f})")
 
 
 def main() -> None:
@@ -558,6 +604,8 @@ def main() -> None:
     try:
         result = measure(args.window, duration, warmup, repeats)
         result["worker_scaling"] = measure_worker_scaling(args.window, duration, warmup, repeats)
+        result["worker_scaling"]["routing_only"] = measure_core_dispatch(
+            args.window, CORE_ROUNDS_QUICK if args.quick else CORE_ROUNDS)
     except KeyboardInterrupt:
         print("interrupted; every process this run started is stopped", file=sys.stderr)
         raise SystemExit(130) from None

@@ -260,6 +260,28 @@ def _under(base_dir: Path, path: str) -> Path:
     return found if found.is_absolute() else (base_dir / found).resolve()
 
 
+def simulated_config(config: SearchConfig) -> SearchConfig:
+    """``itas search --sim``: the same search with every model on a simulated one of the same
+    name (skill from the name, as ``itas.deploy.simulated`` does for a spec; endpoints and
+    key names dropped), named ``<name>-simulated`` so its outputs never pass for the real
+    search's. Free and quick: a dry run of the search's whole pipeline."""
+    from itas.deploy import SIM_LATENCY, sim_skill
+
+    taken = [m.model for m in config.models]
+    models = []
+    for m in config.models:
+        if m.provider == "sim":
+            models.append(m)
+            continue
+        name = m.model if taken.count(m.model) == 1 else f"{m.provider}.{m.model}"
+        kept = {k: v for k, v in m.settings.items() if k in ("cache", "credit")}
+        models.append(m.model_copy(update={
+            "provider": "sim", "model": name,
+            "settings": {"skill": sim_skill(name), "latency": SIM_LATENCY, **kept}}))
+    return config.model_copy(update={"name": f"{config.name}-simulated",
+                                     "models": tuple(models)})
+
+
 def load_search_config(path: str | Path) -> SearchConfig:
     path = Path(path)
     try:

@@ -331,9 +331,10 @@ class SearchController:
 
     def leaders(self, n: int) -> list[Record]:
         """The ``n`` best distinct architectures on the search split, by objective, then
-        fewer calls, then first found."""
+        fewer calls, then key (never the order records were found in, which differs
+        between a search and its resumption)."""
         ranked = sorted(self.known.values(),
-                        key=lambda r: (-(r.objective or 0.0), r.calls_per_query or 0))
+                        key=lambda r: (-(r.objective or 0.0), r.calls_per_query or 0, r.key))
         return ranked[:n]
 
     # -- 3. confirmation ---------------------------------------------------------------
@@ -380,10 +381,10 @@ class SearchController:
 
     def _confirm_order(self, trials: Sequence[Record], merged: Mapping[str, Measurement]
                        ) -> list[Record]:
-        """By objective on the confirm questions, then fewer calls, then search order."""
+        """By objective on the confirm questions, then fewer calls, then key."""
         return sorted(trials, key=lambda t: (
             -self.objective(merged[t.key].score, t.calls_per_query or 0),
-            t.calls_per_query or 0))
+            t.calls_per_query or 0, t.key))
 
     # -- 4. held-out -------------------------------------------------------------------
 

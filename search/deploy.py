@@ -167,16 +167,19 @@ def probe_bodies(kind: str, nonce: str) -> list[dict[str, Any]]:
     of spread difficulty, candidates half right; a fresh ``nonce`` keeps response caches
     from answering instead of the agent."""
     right, wrong = "The answer is 42.", ["The answer is 41.", "The answer is 43."]
-    bodies = []
+    bodies: list[dict[str, Any]] = []
     for i in range(PROBE_QUESTIONS):
         key = {"id": f"itas-probe/{nonce}/{i}", "answer": right, "wrong": wrong,
                "difficulty": (i + 0.5) / PROBE_QUESTIONS}
         body: dict[str, Any] = {
             "messages": [{"role": "user", "content": f"Settings probe {nonce}-{i}: 6 x 7?"}],
             "sim": key, "params": {"temperature": 0.7}}
-        if kind == "generator":
-            body["params"]["n"] = PROBE_SAMPLES
-        elif kind not in GENERATING_KINDS:
+        if kind == "generator":  # one request per sample, as the orchestrator sends them
+            bodies.extend({**body, "sample_index": k} for k in range(PROBE_SAMPLES))
+            continue
+        if kind == "ranker":
+            body["params"]["top_k"] = 2
+        if kind not in GENERATING_KINDS:
             texts = [right, wrong[0], right, wrong[1]]
             body["candidates"] = [{"id": f"probe-{j}", "text": t} for j, t in enumerate(texts)]
             if kind == "unit_test_evaluator":
@@ -204,8 +207,9 @@ async def settings_probe(broker: str, service: str, entry: PoolEntry) -> bool | 
             for body in probe_bodies(entry.kind, secrets.token_hex(8)):
                 try:
                     ours = await local.handle(P.unpack(P.pack(body)))
-                except AgentError:
-                    return None  # the probe itself is not a request this kind accepts
+                except AgentError as e:  # the probe is out of step with the technique
+                    log.warning("cannot check the settings of %s: %s", service, e)
+                    return None
                 try:
                     theirs = (await client.call(service, body)).body
                 except RemoteError:

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import anyio
 import anyio.abc
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from itas.benchmarks import HELDOUT, SEARCH, Question
@@ -29,7 +30,7 @@ from itas.benchmarks.registry import ResolvedBenchmark, resolve_benchmark
 from itas.benchmarks.splits import select
 from itas.client import AsyncClient
 from itas.errors import ConfigError, ItasError, leaf_exceptions
-from itas.search.config import SearchConfig, load_search_config
+from itas.search.config import SearchConfig, load_search_config, simulated_config
 from itas.search.controller import SearchController
 from itas.search.deploy import deployed
 from itas.search.report import write_outputs
@@ -59,7 +60,7 @@ class RichReporter:
         self.task: Any = None
 
     def phase(self, name: str, total: int) -> None:
-        self.task = self.progress.add_task(name, total=total, best="")
+        self.task = self.progress.add_task(escape(name), total=total, best="")
 
     def advance(self, record: Record, best: float | None) -> None:
         text = "" if best is None else f"best objective {best:.3f}"
@@ -173,11 +174,13 @@ async def run_search_until_stopped(config: SearchConfig, out_dir: Path, *, resum
 
 
 def run_search_cli(config_path: str | os.PathLike[str], *, resume: bool = False,
-                   out_dir: str | os.PathLike[str] | None = None, progress: bool = True
-                   ) -> dict[str, Any]:
-    """``itas search CONFIG [--out DIR] [--resume] [--no-progress]``: blocking entry point;
-    raises ``SearchStopped`` after SIGINT/SIGTERM."""
+                   out_dir: str | os.PathLike[str] | None = None, progress: bool = True,
+                   sim: bool = False) -> dict[str, Any]:
+    """``itas search CONFIG [--out DIR] [--resume] [--no-progress] [--sim]``: blocking entry
+    point; raises ``SearchStopped`` after SIGINT/SIGTERM."""
     config = load_search_config(Path(config_path))
+    if sim:
+        config = simulated_config(config)
     target = Path(out_dir) if out_dir is not None else DEFAULT_OUT_ROOT / config.name
     return anyio.run(lambda: run_search_until_stopped(config, target, resume=resume,
                                                       show_progress=progress))

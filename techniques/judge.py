@@ -42,7 +42,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from pydantic import model_validator
+from pydantic import ValidationInfo, field_validator
 
 from itas.techniques.base import (
     Job,
@@ -175,12 +175,15 @@ class JudgeParams(LLMParams):
     system: str | None = None
     template: str | None = None
 
-    @model_validator(mode="after")
-    def _template_has_its_slots(self) -> JudgeParams:
-        slots = (ANSWER_SLOT,) if self.mode == "single" else (FIRST_SLOT, SECOND_SLOT)
-        if self.template is not None and not all(slot in self.template for slot in slots):
-            raise ValueError(f"'template' must hold {' and '.join(slots)} where the answers go")
-        return self
+    @field_validator("template")
+    @classmethod
+    def _template_has_its_slots(cls, template: str | None, info: ValidationInfo
+                                ) -> str | None:
+        mode = info.data.get("mode", "single")
+        slots = (ANSWER_SLOT,) if mode == "single" else (FIRST_SLOT, SECOND_SLOT)
+        if template is not None and not all(slot in template for slot in slots):
+            raise ValueError(f"must hold {' and '.join(slots)} where the answers go")
+        return template
 
 
 class Judge(Technique[JudgeParams]):

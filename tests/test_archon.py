@@ -216,7 +216,8 @@ def test_together_example_maps_to_openai_compatible_endpoint() -> None:
     for _, _, c in arch.components():
         assert (c.provider, c.base_url, c.api_key_env) == (
             "openai", TOGETHER_BASE_URL, "TOGETHER_API_KEY")
-    assert arch.layers[0][0].service_name == "generator@openai:Qwen/Qwen2-72B-Instruct"
+    assert arch.layers[0][0].service_name.startswith(
+        "generator@openai:Qwen/Qwen2-72B-Instruct#api.together.xyz-")
     assert arch.layers[2][0].top_k == 2
 
 

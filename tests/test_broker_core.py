@@ -10,7 +10,6 @@ from itas.broker.core import Broker
 
 class Wire:
     def __init__(self) -> None:
-        sent_to_workers.clear()
         self.sent: list[list[bytes]] = []
         self.gone: set[bytes] = set()
         self.now = 100.0
@@ -19,8 +18,6 @@ class Wire:
         if frames[0] in self.gone:
             return False
         self.sent.append(frames)
-        if frames[1] == P.REQUEST:
-            sent_to_workers.append(frames)
         return True
 
     def to(self, identity: bytes, header: bytes | None = None) -> list[list[bytes]]:
@@ -53,23 +50,16 @@ def request(broker: Broker, client: bytes, rid: int, service: str = "svc",
                    P.pack(rid)])
 
 
-def reply(broker: Broker, worker: bytes, ticket: bytes, body: bytes = b"\xc0",
-          key: bytes | None = None) -> None:
-    """The worker's reply; by default with the key the broker sent along with ``ticket``."""
-    if key is None:
-        key = next(f[3] for f in reversed(sent_to_workers) if f[2] == ticket)
-    broker.handle([worker, P.REPLY, ticket, key, body])
-
-
-sent_to_workers: list[list[bytes]] = []  # every REQUEST the current Wire carried
+def reply(broker: Broker, worker: bytes, ticket: bytes, body: bytes = b"\xc0") -> None:
+    broker.handle([worker, P.REPLY, ticket, body])
 
 
 def test_request_reaches_worker_and_reply_reaches_client(broker: Broker, wire: Wire) -> None:
     ready(broker, b"w1")
     request(broker, b"c1", 7)
-    [(_, hdr, ticket, key, timeout, body)] = wire.to(b"w1", P.REQUEST)
-    assert P.unpack(body) == 7 and key == key_of(7) and 0 < P.unpack(timeout) <= 5000
-    assert ticket[:P.EPOCH_BYTES] == broker.epoch
+    [(_, hdr, ticket, body)] = wire.to(b"w1", P.REQUEST)
+    assert P.unpack(body) == 7 and ticket.endswith(key_of(7))
+    assert 0 < P.ticket_timeout_ms(ticket) <= 5000 and ticket[:P.EPOCH_BYTES] == broker.epoch
     reply(broker, b"w1", ticket, P.pack("done"))
     [(_, hdr, key, attempts, body)] = wire.to(b"c1")
     assert (hdr, key, P.unpack(attempts), P.unpack(body)) == (P.REPLY, key_of(7), 1, "done")
@@ -125,6 +115,52 @@ def test_unknown_service_expires_with_named_error(broker: Broker, wire: Wire) ->
     assert "nobody" not in broker.services  # no leftovers from unknown names
 
 
+def test_a_service_without_workers_fails_after_the_grace_not_the_deadline(
+        broker: Broker, wire: Wire) -> None:
+    wire.now += 3.0  # past the first heartbeat expiry: workers had their chance to return
+    request(broker, b"c", 1, service="generator@sim:x", timeout_ms=600_000)
+    wire.now += broker.unavailable_grace - 0.1
+    broker.tick()
+    assert wire.to(b"c") == []  # inside the grace: a worker may still come
+    wire.now += 0.2
+    broker.tick()
+    code, message = P.parse_error(wire.to(b"c")[0][4])
+    assert code == P.ErrorCode.SERVICE_UNAVAILABLE
+    assert "'generator@sim:x'" in message and "itas agents --arch" in message
+
+
+def test_a_young_broker_gives_returning_workers_a_heartbeat_expiry_more(
+        broker: Broker, wire: Wire) -> None:
+    request(broker, b"c", 1, timeout_ms=600_000)  # at start, as a client resends after a restart
+    wire.now += broker.unavailable_grace + 0.1
+    broker.tick()
+    assert wire.to(b"c") == []  # 3 s of heartbeat expiry (1 s x 3) come first
+    wire.now += 3.0
+    broker.tick()
+    assert P.parse_error(wire.to(b"c")[0][4])[0] == P.ErrorCode.SERVICE_UNAVAILABLE
+
+
+def test_a_worker_inside_the_grace_serves_the_request(broker: Broker, wire: Wire) -> None:
+    request(broker, b"c", 1, timeout_ms=600_000)
+    wire.now += broker.unavailable_grace - 0.1
+    ready(broker, b"w1")
+    wire.now += 10 * broker.unavailable_grace
+    broker.handle([b"w1", P.HEARTBEAT])
+    broker.tick()
+    assert wire.to(b"c") == [] and len(wire.to(b"w1", P.REQUEST)) == 1
+
+
+def test_busy_workers_keep_a_request_waiting_past_the_grace(broker: Broker,
+                                                           wire: Wire) -> None:
+    ready(broker, b"w1")
+    request(broker, b"c", 1, timeout_ms=600_000)
+    request(broker, b"c", 2, timeout_ms=600_000)  # waits: the only worker is busy
+    wire.now += 3 * broker.unavailable_grace
+    broker.handle([b"w1", P.HEARTBEAT])
+    broker.tick()
+    assert wire.to(b"c") == []
+
+
 def test_busy_service_expires_as_expired(broker: Broker, wire: Wire) -> None:
     ready(broker, b"w1")
     request(broker, b"c", 1)
@@ -164,7 +200,7 @@ def test_oversize_is_refused_with_too_large(wire: Wire) -> None:
 
 def test_stale_reply_of_this_epoch_makes_a_forgotten_worker_announce(broker: Broker,
                                                                      wire: Wire) -> None:
-    reply(broker, b"ghost", broker.epoch + b"\x00" * 8, key=b"k")
+    reply(broker, b"ghost", P.ticket(broker.epoch, 1, 100, b"k"))
     assert broker.counters["dropped_stale"] == 1
     assert wire.to(b"ghost") == [[b"ghost", P.DISCONNECT]]
 
@@ -172,10 +208,10 @@ def test_stale_reply_of_this_epoch_makes_a_forgotten_worker_announce(broker: Bro
 def test_reply_to_an_old_epoch_is_dropped_without_an_answer(broker: Broker, wire: Wire) -> None:
     ready(broker, b"w1")
     request(broker, b"c", 1)
-    [(_, _, ticket, key, *_)] = wire.to(b"w1", P.REQUEST)
+    [(_, _, ticket, _)] = wire.to(b"w1", P.REQUEST)
     old_ticket = b"\xee" * P.EPOCH_BYTES + ticket[P.EPOCH_BYTES:]  # same counter, old broker
     for worker in (b"w1", b"ghost"):
-        reply(broker, worker, old_ticket, P.pack("old"), key=key)
+        reply(broker, worker, old_ticket, P.pack("old"))
     assert broker.counters["dropped_stale"] == 2
     assert wire.to(b"c") == [] and wire.to(b"ghost") == []  # no DISCONNECT storm
     reply(broker, b"w1", ticket, P.pack("new"))
@@ -186,9 +222,10 @@ def test_reply_with_another_requests_key_is_never_delivered(broker: Broker, wire
     ready(broker, b"w1", credit=2)
     request(broker, b"a", 1)
     request(broker, b"b", 2)
-    (_, _, ticket_a, *_), (_, _, _, key_b, *_) = wire.to(b"w1", P.REQUEST)
-    reply(broker, b"w1", ticket_a, P.pack("for b"), key=key_b)
-    assert broker.counters["dropped_mismatch"] == 1
+    (_, _, ticket_a, _), (_, _, ticket_b, _) = wire.to(b"w1", P.REQUEST)
+    mixed = ticket_a[:P.TICKET_HEAD] + ticket_b[P.TICKET_HEAD:]  # a's number, b's key
+    reply(broker, b"w1", mixed, P.pack("for b"))
+    assert broker.counters["dropped_stale"] == 1
     assert wire.to(b"a") == [] and wire.to(b"b") == []
 
 
@@ -328,7 +365,7 @@ def test_clients_take_turns(broker: Broker, wire: Wire) -> None:
     for _ in range(3):
         ticket = wire.to(b"w1", P.REQUEST)[-1][2]
         reply(broker, b"w1", ticket)
-    assert [P.unpack(f[5]) for f in wire.to(b"w1", P.REQUEST)][:3] == [0, 1000, 1]
+    assert [P.unpack(f[3]) for f in wire.to(b"w1", P.REQUEST)][:3] == [0, 1000, 1]
 
 
 def test_least_loaded_among_many_workers(broker: Broker, wire: Wire) -> None:

@@ -46,13 +46,13 @@ class History:
     deadline: dict[bytes, float] = field(default_factory=dict)
     cancelled: set[bytes] = field(default_factory=set)
     answers: dict[bytes, list[list[bytes]]] = field(default_factory=dict)
-    running: dict[bytes, list[tuple[bytes, bytes]]] = field(default_factory=dict)  # worker ->
+    running: dict[bytes, list[bytes]] = field(default_factory=dict)  # worker -> tickets
 
     def send(self, frames: list[bytes]) -> bool:
         self.sent.append((self.now, frames))
         peer, header = frames[0], frames[1]
         if header == P.REQUEST:
-            self.running.setdefault(peer, []).append((frames[2], frames[3]))
+            self.running.setdefault(peer, []).append(frames[2])
         elif header in (P.REPLY, P.ERROR):
             self.answers.setdefault(frames[2], []).append(frames)
         return True
@@ -67,8 +67,9 @@ def check_sent(history: History) -> None:
             if header == P.REPLY:
                 assert frames[4] == key, "a reply carried another request's result"
         elif header == P.REQUEST and peer in WORKERS:
-            assert when < history.deadline[frames[3]], "an expired request was dispatched"
-            assert P.unpack(frames[4]) > 0
+            key = frames[2][P.TICKET_HEAD:]
+            assert when < history.deadline[key], "an expired request was dispatched"
+            assert P.ticket_timeout_ms(frames[2]) > 0
     for key, answers in history.answers.items():
         assert len(answers) == 1, f"request {key!r} was answered {len(answers)} times"
 
@@ -102,12 +103,13 @@ def test_random_histories_keep_the_promises(history_events: list[tuple]) -> None
         elif kind == "reply" and h.running.get(event[1]):
             _, worker, index, how = event
             jobs = h.running[worker]
-            ticket, key = jobs.pop(index % len(jobs))
+            ticket = jobs.pop(index % len(jobs))
+            key = ticket[P.TICKET_HEAD:]
             if how == "wrong_key":
-                key = b"not-" + key
+                ticket = ticket[:P.TICKET_HEAD] + b"not-" + key
             elif how == "old_epoch":
                 ticket = bytes(8) + ticket[8:]
-            broker.handle([worker, P.REPLY, ticket, key, key])  # the result is the key itself
+            broker.handle([worker, P.REPLY, ticket, key])  # the result is the key itself
         elif kind == "disconnect":
             broker.handle([event[1], P.DISCONNECT])
             h.running.pop(event[1], None)

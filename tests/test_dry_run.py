@@ -91,3 +91,74 @@ def test_a_bad_conversation_file_is_one_line(tmp_path: Path, content: str,
                           timeout=LIMIT_S, check=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert problem in done.stderr and str(path) in done.stderr
+
+
+def test_an_archon_config_is_evaluated_as_a_dry_run(dry_stack: str, tmp_path: Path) -> None:
+    """``itas eval --sim`` scores the simulated architecture the dry-run stack serves, and
+    every output names it as simulated."""
+    from tests.helpers import DATA_DIR
+
+    out = tmp_path / "eval"
+    done = subprocess.run([ITAS, "eval", "--arch", str(TOGETHER), "--sim", "--benchmark",
+                           "gsm8k", "--limit", "3", "--data-dir", str(DATA_DIR), "--broker",
+                           dry_stack, "--out", str(out)], capture_output=True, text=True,
+                          timeout=LIMIT_S, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "[simulated]" in done.stdout, done.stdout
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(results) == 3
+    assert all(r["architecture"].endswith("[simulated]") for r in results)
+
+
+def test_eval_without_sim_names_the_real_services_it_misses(dry_stack: str,
+                                                            tmp_path: Path) -> None:
+    from tests.helpers import DATA_DIR
+
+    done = subprocess.run([ITAS, "eval", "--arch", str(TOGETHER), "--benchmark", "gsm8k",
+                           "--limit", "1", "--data-dir", str(DATA_DIR), "--broker", dry_stack,
+                           "--out", str(tmp_path / "eval")], capture_output=True, text=True,
+                          timeout=LIMIT_S, check=False)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "no worker serves generator@openai:Qwen/Qwen2-72B-Instruct#api.together.xyz" in \
+        done.stderr  # Together through its OpenAI-compatible endpoint, as Archon calls it
+    assert "itas agents --arch FILE" in done.stderr and "--sim" in done.stderr
+
+
+def real_search_config() -> dict:
+    from tests.test_search_run import search_config
+
+    data = search_config(search={"trials": 2, "initial_random": 2, "parallel": 2,
+                                 "strategies": ["bo"], "baseline_trials": 1,
+                                 "rescore_top": 1, "seed": 3})
+    data["models"] = [
+        {"name": "strong", "provider": "openai", "model": "gpt-4o",
+         "settings": {"base_url": "https://example.invalid/v1", "api_key_env": "MY_KEY"}},
+        {"name": "weak", "provider": "anthropic", "model": "gpt-4o"}]  # same model name
+    return data
+
+
+def test_a_simulated_search_config_keeps_no_endpoint_and_names_itself() -> None:
+    from itas.search.config import parse_search_config, simulated_config
+
+    sim = simulated_config(parse_search_config(real_search_config(), "real.yaml"))
+    assert sim.name == "tiny-simulated"
+    assert [(m.provider, m.model) for m in sim.models] == [
+        ("sim", "openai.gpt-4o"), ("sim", "anthropic.gpt-4o")]
+    assert all("base_url" not in m.settings and "api_key_env" not in m.settings
+               for m in sim.models)
+
+
+def test_a_search_over_real_providers_runs_as_a_dry_run(tmp_path: Path) -> None:
+    import yaml
+
+    config = tmp_path / "real.yaml"
+    config.write_text(yaml.safe_dump(real_search_config()))
+    out = tmp_path / "out"
+    done = subprocess.run([ITAS, "search", str(config), "--sim", "--out", str(out),
+                           "--no-progress"], capture_output=True, text=True, timeout=300,
+                          check=False, env={k: v for k, v in os.environ.items()
+                                            if "API_KEY" not in k and k != "MY_KEY"})
+    assert done.returncode == 0, done.stderr
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    providers = {c["provider"] for layer in best["layers"] for c in layer if "provider" in c}
+    assert providers == {"sim"}

@@ -10,6 +10,7 @@ import collections
 import functools
 
 import anyio
+import anyio.to_thread
 import pytest
 import zmq
 
@@ -29,10 +30,12 @@ async def test_after_a_broker_restart_each_query_gets_its_own_answer(procs: Proc
     """Issue points 1 and 2: late replies to the old broker never match new tickets, and a
     restart does not multiply dispatches (no DISCONNECT / re-announce storm)."""
     broker = procs.broker()
-    procs.agent(broker.endpoint, "sleep", {"seconds": 1.0, "credit": 40})
+    procs.agent(broker.endpoint, "sleep", {"seconds": 3.0, "credit": 40})
     wait_for_workers(broker.endpoint, "sleep", 1)
     answers: dict[str, object] = {}
-    async with fast_client(broker.endpoint, timeout=30) as old, \
+    # The old client notices the restart later than the new one asks: the new broker
+    # hands the new requests the ticket numbers the old broker gave the old ones.
+    async with AsyncClient(broker.endpoint, timeout=30, heartbeat_interval=1.0) as old, \
             fast_client(broker.endpoint, timeout=30) as new:
         async def ask(client: AsyncClient, tag: str) -> None:
             answers[tag] = (await client.request("sleep", {"tag": tag}))["tag"]
@@ -40,10 +43,10 @@ async def test_after_a_broker_restart_each_query_gets_its_own_answer(procs: Proc
         async with anyio.create_task_group() as tg:
             for i in range(15):
                 tg.start_soon(ask, old, f"OLD-{i}")
-            await anyio.sleep(0.4)  # all 15 are running on the agent
+            await anyio.sleep(0.5)  # all 15 are running on the agent
             broker.kill()
-            broker.restart()
-            for i in range(15):  # the same ticket numbers, under the new broker
+            await anyio.to_thread.run_sync(broker.restart)
+            for i in range(15):  # the old tickets' numbers again, under the new broker
                 tg.start_soon(ask, new, f"NEW-{i}")
         status = await new.status()
     assert answers == {tag: tag for tag in answers} and len(answers) == 30
@@ -59,14 +62,23 @@ async def test_a_fresh_client_request_survives_a_fast_restart(procs: Processes) 
     broker = procs.broker()
     procs.agent(broker.endpoint, "echo")
     wait_for_workers(broker.endpoint, "echo", 1)
-    async with fast_client(broker.endpoint) as idle:
+    procs.agent(broker.endpoint, "sleep", {"seconds": 1.0})
+    wait_for_workers(broker.endpoint, "sleep", 1)
+    async with fast_client(broker.endpoint) as idle, fast_client(broker.endpoint) as fresh:
         assert await idle.request("echo", 1) == 1
-        broker.kill()
-        broker.restart()
-        async with fast_client(broker.endpoint) as fresh:
-            with anyio.fail_after(8):  # a lost request would wait all of its 60 s
-                assert await fresh.request("echo", "fresh", timeout=60) == "fresh"
-        with anyio.fail_after(8):  # and the client that was idle across the restart
+        replies: list[object] = []
+
+        async def ask() -> None:
+            replies.append(await fresh.request("sleep", {"tag": "fresh"}, timeout=60))
+
+        with anyio.fail_after(10):  # a lost request would wait all of its 60 s
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ask)
+                await anyio.sleep(0.05)  # the broker has it, the client has heard nothing
+                broker.kill()
+                await anyio.to_thread.run_sync(broker.restart)
+        assert [r["tag"] for r in replies] == ["fresh"]  # type: ignore[index]
+        with anyio.fail_after(10):  # and the client that was idle across the restart
             assert await idle.request("echo", "idle", timeout=60) == "idle"
 
 
@@ -166,6 +178,10 @@ async def test_oversize_multi_frame_request_gets_too_large(procs: Processes) -> 
     code, message = P.parse_error(body)
     assert (header, key, code) == (P.ERROR, b"big-one", P.ErrorCode.TOO_LARGE)
     assert str(P.MAX_MESSAGE_BYTES) in message
+    async with fast_client(broker.endpoint) as client:  # the client knows the limit too
+        with pytest.raises(RemoteError) as failure:
+            await client.request("echo", b"x" * P.MAX_MESSAGE_BYTES)
+    assert failure.value.code == P.ErrorCode.TOO_LARGE
 
 
 async def test_requests_for_a_missing_service_end_at_their_deadline(procs: Processes) -> None:
@@ -180,3 +196,29 @@ async def test_requests_for_a_missing_service_end_at_their_deadline(procs: Proce
         wait_for_workers(broker.endpoint, "late", 1)
         status = await client.status()
     assert status["counters"].get("dispatched", 0) == 0
+
+
+async def test_an_expired_query_ends_the_orchestrators_sub_calls(procs: Processes) -> None:
+    """The orchestrator's calls to agents take the query's deadline: when the query ends,
+    so do they, instead of holding the agent for the orchestrator's own call timeout."""
+    broker = procs.broker()
+    procs.agent(broker.endpoint, "generator",
+                {"provider": "sim", "model": "slow", "latency": 600, "credit": 4})
+    procs.agent(broker.endpoint, "orchestrator", {"call_timeout_s": 600})
+    wait_for_workers(broker.endpoint, "generator@sim:slow", 1)
+    wait_for_workers(broker.endpoint, "orchestrator", 1)
+    arch = {"name": "slow", "final": "first", "layers": [
+        [{"technique": "generator", "provider": "sim", "model": "slow"}]]}
+    async with fast_client(broker.endpoint) as client:
+        # The sub-call ends first (its deadline is the query's, less a margin), so the
+        # orchestrator can still say why; or the query's own deadline ends it.
+        with pytest.raises((RequestTimeout, RemoteError)) as failure:
+            await client.ask("q", architecture=arch, timeout=2.0)
+        assert "did not answer" in str(failure.value)
+        with anyio.fail_after(5):
+            while True:
+                services = (await client.status())["services"]
+                if services["generator@sim:slow"]["inflight"] == 0 \
+                        and services["orchestrator"]["inflight"] == 0:
+                    break
+                await anyio.sleep(0.1)

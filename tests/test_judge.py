@@ -26,6 +26,7 @@ from itas.benchmarks.question import Question, user
 from itas.client import AsyncClient
 from itas.errors import ConfigError, RemoteError
 from itas.evaluation.judging import JudgeError, ServiceJudge, judge_service
+from itas.techniques.base import service_name
 from itas.techniques.judge import OutputFormatError, parse_game, parse_rating
 from tests.helpers import DATA_DIR, Processes
 from tests.servers.fake_llm import FakeLLMServer
@@ -34,7 +35,6 @@ from tests.test_eval_cli import pool_entries, wait_for
 pytestmark = pytest.mark.anyio
 
 GARBAGE = "Both answers have their merits, honestly."
-FAKE = "judge@openai:fake"
 STRONG, WEAK = "judge@sim:strong", "judge@sim:weak"
 TIMEOUT_S = 30.0
 ANSWER_HEADER = "## The assistant's answer to the last user message\n"
@@ -90,10 +90,20 @@ def mesh(llm: JudgeLLM) -> Iterator[str]:
         entries = pool_entries()
         for service in (STRONG, WEAK):
             processes.agent(broker.endpoint, "judge", dict(entries[service].settings))
-        wait_for(broker.endpoint, [FAKE, STRONG, WEAK])
+        wait_for(broker.endpoint, [fake_service(llm), STRONG, WEAK])
         yield broker.endpoint
     finally:
         processes.stop_all()
+
+
+def fake_service(llm: JudgeLLM) -> str:
+    """The judge on the scripted server: its endpoint is part of its service name."""
+    return service_name("judge", "openai", "fake", base_url=llm.url + "/v1")
+
+
+@pytest.fixture
+def fake_judge(llm: JudgeLLM) -> str:
+    return fake_service(llm)
 
 
 @pytest.fixture(autouse=True)
@@ -152,7 +162,7 @@ def test_judge_service_names() -> None:
 
 # -- single-answer grading ---------------------------------------------------------------------
 
-async def test_single_grading_with_reference_and_turns(mesh: str, llm: JudgeLLM) -> None:
+async def test_single_grading_with_reference_and_turns(mesh: str, llm: JudgeLLM, fake_judge: str) -> None:
     question = Question(
         id="q1", benchmark="mt_bench", messages=user("What is 6 * 7?"),
         reference=["42", "SECOND-TURN-REFERENCE"], turns=("What is 6 * 7?", "And 6 * 8?"),
@@ -161,7 +171,7 @@ async def test_single_grading_with_reference_and_turns(mesh: str, llm: JudgeLLM)
                                 turns=(), metadata={"turn": 2})
     before = len(llm.posts())
     async with AsyncClient(mesh) as client:
-        judge = ServiceJudge(client, FAKE)
+        judge = ServiceJudge(client, fake_judge)
         good = await judge(question, "6 * 7 = 42.")
         bad = await judge(turn2, "6 * 8 = 47.")
         usage = judge.take_usage(question)
@@ -176,11 +186,11 @@ async def test_single_grading_with_reference_and_turns(mesh: str, llm: JudgeLLM)
     assert usage["calls"] == 2 and usage["tokens"] > 0  # both turns share the question
 
 
-async def test_unreadable_rating_is_re_asked_then_unrated(mesh: str, llm: JudgeLLM) -> None:
+async def test_unreadable_rating_is_re_asked_then_unrated(mesh: str, llm: JudgeLLM, fake_judge: str) -> None:
     before = len(llm.posts())
     llm.script.extend(["Rating: [[11]]", "Rating: 7/10"])
     async with AsyncClient(mesh) as client:
-        reply = await client.request(FAKE, {"messages": user("Q?"), "candidates": [
+        reply = await client.request(fake_judge, {"messages": user("Q?"), "candidates": [
             {"id": "a", "text": "answer"}]}, timeout=TIMEOUT_S)
         assert len(llm.bodies(before)) == 2
         (record,) = reply["parse"]
@@ -193,14 +203,14 @@ async def test_unreadable_rating_is_re_asked_then_unrated(mesh: str, llm: JudgeL
         llm.script.extend([GARBAGE] * 3)
         before = len(llm.posts())
         with pytest.raises(JudgeError, match="no readable rating"):
-            await ServiceJudge(client, FAKE)(chat("q2"), "answer")
+            await ServiceJudge(client, fake_judge)(chat("q2"), "answer")
     assert len(llm.bodies(before)) == 3  # one call, two re-asks, then the fallback
 
 
-async def test_unrated_reply_records_its_fallback(mesh: str, llm: JudgeLLM) -> None:
+async def test_unrated_reply_records_its_fallback(mesh: str, llm: JudgeLLM, fake_judge: str) -> None:
     llm.script.extend([GARBAGE] * 3)
     async with AsyncClient(mesh) as client:
-        reply = await client.request(FAKE, {"messages": user("Q?"), "candidates": [
+        reply = await client.request(fake_judge, {"messages": user("Q?"), "candidates": [
             {"id": "a", "text": "answer"}]}, timeout=TIMEOUT_S)
     (record,) = reply["parse"]
     assert (record["ok"], record["fallback"], record["retries"]) == (False, "unrated", 2)
@@ -210,14 +220,14 @@ async def test_unrated_reply_records_its_fallback(mesh: str, llm: JudgeLLM) -> N
 
 # -- pairwise ----------------------------------------------------------------------------------
 
-async def test_pairwise_plays_both_orders(mesh: str, llm: JudgeLLM) -> None:
+async def test_pairwise_plays_both_orders(mesh: str, llm: JudgeLLM, fake_judge: str) -> None:
     question = chat("p1", "arena_hard")
     before = len(llm.posts())
     async with AsyncClient(mesh) as client:
-        judge = ServiceJudge(client, FAKE, baselines={"p1": "It is 41."})
+        judge = ServiceJudge(client, fake_judge, baselines={"p1": "It is 41."})
         win = await judge(question, "It is 42.")
         bodies = llm.bodies(before)
-        loss = await ServiceJudge(client, FAKE, baselines={"p1": "It is 42."})(
+        loss = await ServiceJudge(client, fake_judge, baselines={"p1": "It is 42."})(
             question, "It is 41.")
         llm.policy = lambda _prompt: "[[A>B]]"  # a judge that always favours the first shown
         biased = await judge(question, "It is 42.")
@@ -228,10 +238,10 @@ async def test_pairwise_plays_both_orders(mesh: str, llm: JudgeLLM) -> None:
     assert (biased.value, biased.correct) == (0.5, False)  # position bias cancels out
 
 
-async def test_pairwise_unreadable_games_are_ties(mesh: str, llm: JudgeLLM) -> None:
+async def test_pairwise_unreadable_games_are_ties(mesh: str, llm: JudgeLLM, fake_judge: str) -> None:
     llm.policy = lambda _prompt: GARBAGE
     async with AsyncClient(mesh) as client:
-        reply = await client.request(FAKE, {
+        reply = await client.request(fake_judge, {
             "messages": user("Q?"), "params": {"mode": "pairwise"},
             "candidates": [{"id": "answer", "text": "x"}, {"id": "baseline", "text": "y"}]},
             timeout=TIMEOUT_S)
@@ -241,10 +251,10 @@ async def test_pairwise_unreadable_games_are_ties(mesh: str, llm: JudgeLLM) -> N
     assert [g["verdict"] for g in answer["meta"]["games"]] == [None, None]
 
 
-async def test_baseline_from_reference_or_missing(mesh: str) -> None:
+async def test_baseline_from_reference_or_missing(mesh: str, fake_judge: str) -> None:
     alpaca = chat("a1", "alpaca_eval", reference="It is 41.")
     async with AsyncClient(mesh) as client:
-        judge = ServiceJudge(client, FAKE)
+        judge = ServiceJudge(client, fake_judge)
         assert (await judge(alpaca, "It is 42.")).value == 1.0
         with pytest.raises(JudgeError, match="baseline"):
             await judge(chat("none", "arena_hard"), "It is 42.")
@@ -256,11 +266,10 @@ async def test_baseline_from_reference_or_missing(mesh: str) -> None:
     ({"params": {"mode": "listwise"}, "candidates": [{"id": "a", "text": "x"}]}, "params.mode"),
     ({"candidates": []}, "needs the answer"),
 ])
-async def test_bad_requests_name_the_field(mesh: str, body: dict[str, Any], problem: str
-                                           ) -> None:
+async def test_bad_requests_name_the_field(mesh: str, body: dict[str, Any], problem: str, fake_judge: str) -> None:
     async with AsyncClient(mesh) as client:
         with pytest.raises(RemoteError, match="bad_request") as caught:
-            await client.request(FAKE, {"messages": user("Q?"), **body}, timeout=TIMEOUT_S)
+            await client.request(fake_judge, {"messages": user("Q?"), **body}, timeout=TIMEOUT_S)
     assert problem in str(caught.value)
 
 

@@ -42,7 +42,7 @@ from itas.spec import parse_architecture
 from itas.techniques.judge import ANSWER_SLOT, FIRST_SLOT, SECOND_SLOT
 from tests.helpers import DATA_DIR
 from tests.test_eval_api import POOL
-from tests.test_judge import FAKE, JudgeLLM, llm, mesh  # noqa: F401
+from tests.test_judge import JudgeLLM, fake_judge, llm, mesh  # noqa: F401
 
 pytestmark = pytest.mark.anyio
 
@@ -221,14 +221,13 @@ def test_real_arena_hard_config_and_baselines_cover_the_questions(tmp_path: Path
 # -- what the judge is sent ---------------------------------------------------------------
 
 
-async def test_the_judge_is_sent_the_official_prompt_with_the_answer_in_place(
-        tmp_path: Path, llm: JudgeLLM, mesh: str) -> None:
+async def test_the_judge_is_sent_the_official_prompt_with_the_answer_in_place(tmp_path: Path, llm: JudgeLLM, mesh: str, fake_judge: str) -> None:
     prompts = load_judge_prompts(fastchat_style(tmp_path))
     q = Question("81", "mt_bench", user("Write {a} haiku."), metadata={"category": "writing"})
     llm.script.extend(["Fine.\nRating: [[6]]"])
     before = len(llm.posts())
     async with AsyncClient(mesh) as client:
-        judge = ServiceJudge(client, FAKE, prompts=prompts)
+        judge = ServiceJudge(client, fake_judge, prompts=prompts)
         score = await judge(q, "An answer with <<ITAS:ANSWER_B>> and {braces}.")
     sent = llm.bodies(before)[0]["messages"]
     assert sent[0] == {"role": "system", "content": "You grade replies."}
@@ -240,7 +239,7 @@ async def test_the_judge_is_sent_the_official_prompt_with_the_answer_in_place(
     llm.script.extend(["[[A>B]]", "[[B>A]]"])  # the answer wins in both orders
     before = len(llm.posts())
     async with AsyncClient(mesh) as client:
-        pair = ServiceJudge(client, FAKE, prompts=arena, baselines={"u": "base says 1"})
+        pair = ServiceJudge(client, fake_judge, prompts=arena, baselines={"u": "base says 1"})
         won = await pair(Question("u", "arena_hard", user("Say 42")), "I say 42")
     games = [b["messages"][1]["content"] for b in llm.bodies(before)]
     assert sorted(games) == sorted(["<|Prompt|>\nSay 42\n<|A|>\nI say 42\n<|B|>\nbase says 1",
@@ -248,19 +247,19 @@ async def test_the_judge_is_sent_the_official_prompt_with_the_answer_in_place(
     assert won.value == 1.0
     async with AsyncClient(mesh) as client:
         with pytest.raises(RemoteError, match="params.template: must hold"):
-            await client.call(FAKE, {"messages": user("q"), "candidates": [
+            await client.call(fake_judge, {"messages": user("q"), "candidates": [
                 {"id": "a", "text": "x"}], "params": {"template": "no slot here"}})
 
 
 async def test_mt_bench_reads_on_its_1_to_10_scale(tmp_path: Path, llm: JudgeLLM,
-                                                   mesh: str) -> None:
+                                                   mesh: str, fake_judge: str) -> None:
     """Two turns each rated 7 and 9 read as an MT-Bench score of 8.0, as published."""
     questions = load_benchmark("mt_bench", limit=2, data_dir=DATA_DIR)
     arch = parse_architecture({"name": "one", "layers": [[{
         "technique": "generator", "provider": "sim", "model": "strong"}]]}, "test")
     llm.script.extend(["Rating: [[7]]", "Rating: [[9]]"] * 2)
     async with InProcessCaller(POOL) as caller, AsyncClient(mesh) as client:
-        judge = ServiceJudge(client, FAKE, prompts=load_judge_prompts(fastchat_style(tmp_path)))
+        judge = ServiceJudge(client, fake_judge, prompts=load_judge_prompts(fastchat_style(tmp_path)))
         summary = await evaluate(arch, questions, Orchestrator(caller), judge=judge,
                                  concurrency=1)
     scale = rating_scale(scorer_for("mt_bench", judge=judge), questions)

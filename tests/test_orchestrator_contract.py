@@ -91,8 +91,8 @@ async def test_a_hostile_judge_is_one_failed_call_and_cannot_touch_candidates(me
     assert not good["failed"]
     assert len(hostile["failed"]) == hostile["requests"] == 2
     assert all(JUDGE_WHY[mode] in f for f in hostile["failed"]), hostile["failed"]
-    texts = {c["text"] for c in layer["candidates"]}
-    assert texts <= {"The answer is 42.", "The answer is 41."}  # nobody rewrote a candidate
+    written = {c["id"]: c["text"] for c in answer.trace["layers"][0]["candidates"]}
+    assert {c["id"]: c["text"] for c in layer["candidates"]} == written  # nobody rewrote one
     assert all(c.get("critique") for c in layer["candidates"])
 
 

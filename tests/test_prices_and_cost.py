@@ -108,7 +108,8 @@ async def test_an_unpriced_model_is_unknown_in_records_summary_and_table(
     settings = {"provider": "openai", "model": "house-model", "base_url": server.url + "/v1",
                 "api_key_env": "ITAS_TEST_KEY"}
     arch = parse_architecture({"name": "house", "layers": [[{
-        "technique": "generator", "provider": "openai", "model": "house-model"}]]}, "test")
+        "technique": "generator", "provider": "openai", "model": "house-model",
+        "base_url": settings["base_url"], "api_key_env": "ITAS_TEST_KEY"}]]}, "test")
     questions = load_benchmark("gsm8k", limit=3, data_dir=DATA_DIR)
     async with InProcessCaller([PoolEntry("generator", 1, settings)]) as caller:
         summary = await evaluate(arch, questions, Orchestrator(caller))

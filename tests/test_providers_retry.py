@@ -6,6 +6,7 @@ import random
 import time
 from email.utils import formatdate
 
+import anyio
 import pytest
 
 from itas.agents.providers.prices import price_for
@@ -115,3 +116,37 @@ async def test_unreadable_replies_are_retried_and_named() -> None:
     failure = unreadable_reply(BadReply("no 'usage'"), "http://h")
     assert failure is not None and failure.retryable
     assert failure.message == "unreadable reply from http://h: no 'usage'"
+
+
+@pytest.mark.anyio
+async def test_retries_stop_at_the_requests_deadline() -> None:
+    """A provider that keeps failing: inside a request's deadline the retries end before
+    it, with the last error named, instead of retrying on after the client has gone."""
+    calls = 0
+
+    async def always_busy() -> str:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("HTTP 503")
+
+    def classify(exc: BaseException) -> Failure | None:
+        return Failure(retryable=True, message=str(exc))
+
+    policy = RetryPolicy(max_attempts=100, base_delay_s=0.2, max_delay_s=0.2)
+    with anyio.fail_after(1.0), pytest.raises(ProviderError) as failure:  # one request's scope
+        await call_with_retries(always_busy, provider="p", policy=policy,
+                                    classify=classify, rng=random.Random(0))
+    assert "no time left to retry" in str(failure.value) and "HTTP 503" in str(failure.value)
+    assert 2 <= calls <= 10
+
+    calls = 0
+
+    async def hangs() -> str:
+        nonlocal calls
+        calls += 1
+        await anyio.sleep(600)
+        return "never"
+
+    with anyio.move_on_after(0.2) as scope:  # a CANCEL from the broker ends the call
+        await call_with_retries(hangs, provider="p", policy=policy, classify=classify)
+    assert scope.cancelled_caught and calls == 1

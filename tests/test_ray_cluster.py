@@ -65,7 +65,7 @@ def node_prefixes(info: dict[str, Any]) -> list[str]:
 def test_itas_up_runs_its_agents_on_ray(ray_cluster: tuple[Any, list[Any]], procs: Processes,
                                          tmp_path: Path) -> None:
     """`itas up --ray`: broker here, the pool's agents and the orchestrator as Ray actors."""
-    cluster, nodes = ray_cluster
+    cluster, _ = ray_cluster
     pool = tmp_path / "pool.yaml"
     pool.write_text(yaml.safe_dump({"agents": [
         {"kind": "echo", "replicas": 2, "placement": {"num_cpus": 0, "spread": True}}]}))
@@ -79,7 +79,7 @@ def test_itas_up_runs_its_agents_on_ray(ray_cluster: tuple[Any, list[Any]], proc
         assert client.request("echo", {"hello": "ray"}) == {"hello": "ray"}
         workers = client.status()["workers"]
     on_ray = {w["name"].split("/")[1] for w in workers}
-    assert on_ray <= {f"ray-node-{n.node_id[:12]}" for n in nodes}, workers
+    assert on_ray <= {f"ray-node-{n.node_id[:12]}" for n in cluster.list_all_nodes()}, workers
     assert len(workers) == 3  # two echo replicas and the orchestrator
     up.send_signal(signal.SIGTERM)
     assert up.wait(timeout=60) == 0

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from itas import protocol as P
 from itas.agents.kinds import build_agent
 from itas.errors import ConfigError
 from itas.search.config import DeployConfig, parse_search_config
-from itas.search.deploy import pool_entries
+from itas.search.deploy import PROBED_KINDS, pool_entries, probe_bodies
 from itas.search.space import ModelRef, SearchSpace
 from tests.test_search_space import MODELS, config
 
@@ -32,3 +33,24 @@ def test_a_service_on_an_unknown_model_is_named() -> None:
     cfg = parse_search_config(config(), "t.yaml")
     with pytest.raises(ConfigError, match="generator@sim:giant"):
         pool_entries(["generator@sim:giant"], cfg.models, replicas=1)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", sorted(PROBED_KINDS))
+async def test_every_settings_probe_is_a_request_its_technique_accepts(kind: str) -> None:
+    """A probe out of step with its technique would make every reused agent 'unchecked'
+    (the probe cannot tell), so each probe must be one the technique answers, and two skills
+    must decide at least one probe differently."""
+    decided = []
+    for skill in (0.75, 0.3):
+        agent = build_agent(kind, {"provider": "sim", "model": "strong", "skill": skill,
+                                   "latency": 0.0, "cache": False})
+        await agent.start()
+        try:
+            decided.append([await agent.handle(P.unpack(P.pack(b)))
+                            for b in probe_bodies(kind, "fixed")])
+        finally:
+            await agent.aclose()
+    if kind == "unit_test_generator":
+        return  # a sim test writer writes the same tests at every skill: nothing to tell
+    assert decided[0] != decided[1], f"the {kind} probe cannot tell skill 0.75 from 0.3"

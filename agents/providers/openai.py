@@ -39,6 +39,7 @@ OPENAI_HOST = "api.openai.com"
 
 class OpenAIProvider(RemoteProvider):
     name = "openai"
+    priced_by_endpoint = True
     default_key_envs = ("OPENAI_API_KEY",)
     extra_keys = frozenset({"token_limit_param"})
 

@@ -120,6 +120,9 @@ class RemoteProvider(Provider):
 
     #: Environment variables read, in order, when the settings name none.
     default_key_envs: ClassVar[tuple[str, ...]]
+    #: Whether the endpoint says who bills a model (OpenAI-compatible hosts: Together, Groq,
+    #: a server of one's own); a vendor's own API bills the same at any endpoint it serves.
+    priced_by_endpoint: ClassVar[bool] = False
     #: Settings this subclass accepts besides ``REMOTE_KEYS``.
     extra_keys: ClassVar[frozenset[str]] = frozenset()
     #: Per-attempt HTTP timeout when the settings give no ``timeout_s``.
@@ -220,7 +223,8 @@ class RemoteProvider(Provider):
                 secrets=self._secrets(),
             )
             latency = time.perf_counter() - start
-        price = self._price or price_for(self._price_model(model), self.base_url)
+        where = self.base_url if self.priced_by_endpoint else None
+        price = self._price or price_for(self._price_model(model), where)
         usage = Usage(
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,

@@ -15,6 +15,11 @@ variant OpenAI and Anthropic send wins when present) replaces the backoff; a
 wait longer than ``max_retry_after_s`` ends the call at once instead, since
 sleeping less than asked would only waste an attempt.
 
+Retries stay inside the request's deadline (the agent runs each request in a
+cancel scope that ends at it, or at a CANCEL): a call cancelled there stops with
+its retries, and a retry that could not start before the deadline is not
+waited for; the call fails at once, naming the last error.
+
 Error text can echo request details, so every message that leaves this module
 is passed through ``redact`` with the provider's secrets, and only then cut to
 ``MAX_MESSAGE_CHARS`` (cutting first could keep half a key).
@@ -222,6 +227,14 @@ async def call_with_retries(
                 provider,
                 f"server asked to retry after {delay:.0f} s, more than the "
                 f"{policy.max_retry_after_s:.0f} s limit; last error: {message}",
+                failure.status,
+            )
+        left = anyio.current_effective_deadline() - anyio.current_time()
+        if delay >= left:  # the request ends first: say why now, not "no reply" later
+            raise ProviderError(
+                provider,
+                f"no time left to retry (the request's deadline is {max(0.0, left):.1f} s "
+                f"away, the next attempt {delay:.1f} s); last error: {message}",
                 failure.status,
             )
         log.warning(
