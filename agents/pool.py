@@ -6,6 +6,13 @@ A pool file (YAML)::
       - kind: echo            # a kind from itas.agents.kinds
         replicas: 2
         settings: {credit: 50}
+      - kind: sleep
+        autoscale: {min: 1, max: 8, target_waiting: 2}   # itas.agents.autoscale
+        placement:            # used by --ray only (itas.agents.ray_placement)
+          num_cpus: 1
+          resources: {gpu_box: 1}
+          spread: true
+          max_restarts: -1
 
 Each replica is its own OS process (``python -m itas agent ...``), so a crash
 takes down one replica, which is restarted with exponential backoff. SIGTERM or
@@ -15,6 +22,7 @@ out is running this on more machines pointed at the same broker.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -44,10 +52,94 @@ LAST_LINE_BYTES = 2000
 
 
 @dataclass(frozen=True)
+class Autoscale:
+    """Replica bounds and the load a replica may carry, for ``itas.agents.autoscale``.
+
+    ``target_waiting`` is how many requests may wait per replica beyond what its
+    credit runs at once before the service grows."""
+
+    min: int
+    max: int
+    target_waiting: float = 1.0
+    scale_down_after_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how replicas run on Ray; each field is one of Ray's actor options
+    (``num_cpus``, ``num_gpus``, ``resources``, ``label_selector``, ``max_restarts``,
+    ``scheduling_strategy="SPREAD"``), passed through as is."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    resources: Mapping[str, float] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    spread: bool = False
+    max_restarts: int = -1  # Ray's meaning: -1 restarts forever
+
+
+@dataclass(frozen=True)
 class PoolEntry:
     kind: str
     replicas: int = 1
     settings: Mapping[str, Any] = field(default_factory=dict)
+    autoscale: Autoscale | None = None
+    placement: Placement = field(default_factory=Placement)
+
+
+ENTRY_FIELDS = ("kind", "replicas", "settings", "autoscale", "placement")
+
+
+def _number(where: str, value: Any, *, low: float, integer: bool = False) -> Any:
+    if (isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
+            or value < low):
+        raise ConfigError(f"{where}: must be {'an integer' if integer else 'a number'} "
+                          f">= {low:g}, got {value!r}")
+    return value
+
+
+def _mapping(where: str, value: Any, allowed: Sequence[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    unknown = set(value) - set(allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; "
+                          f"allowed: {', '.join(allowed)}")
+    return value
+
+
+def parse_autoscale(data: Any, where: str) -> Autoscale:
+    item = _mapping(where, data, ("min", "max", "target_waiting", "scale_down_after_s"))
+    low = _number(f"{where}.min", item.get("min", 1), low=0, integer=True)
+    high = _number(f"{where}.max", item.get("max", max(low, 1)), low=1, integer=True)
+    if high < low:
+        raise ConfigError(f"{where}: max ({high}) is below min ({low})")
+    return Autoscale(low, high, float(_number(f"{where}.target_waiting",
+                                              item.get("target_waiting", 1.0), low=0)),
+                     float(_number(f"{where}.scale_down_after_s",
+                                   item.get("scale_down_after_s", 30.0), low=0)))
+
+
+def parse_placement(data: Any, where: str) -> Placement:
+    item = _mapping(where, data, ("num_cpus", "num_gpus", "resources", "labels", "spread",
+                                  "max_restarts"))
+    resources = item.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise ConfigError(f"{where}.resources: expected a mapping of name: amount")
+    for name, amount in resources.items():
+        _number(f"{where}.resources.{name}", amount, low=0)
+    labels = item.get("labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise ConfigError(f"{where}.labels: expected a mapping of label: value")
+    spread = item.get("spread", False)
+    if not isinstance(spread, bool):
+        raise ConfigError(f"{where}.spread: must be true or false")
+    return Placement(float(_number(f"{where}.num_cpus", item.get("num_cpus", 1.0), low=0)),
+                     float(_number(f"{where}.num_gpus", item.get("num_gpus", 0.0), low=0)),
+                     {str(k): float(v) for k, v in resources.items()},
+                     {str(k): v for k, v in labels.items()}, spread,
+                     _number(f"{where}.max_restarts", item.get("max_restarts", -1), low=-1,
+                             integer=True))
 
 
 def parse_pool(data: Any, source: str = "pool") -> list[PoolEntry]:
@@ -59,10 +151,7 @@ def parse_pool(data: Any, source: str = "pool") -> list[PoolEntry]:
         where = f"{source}: agents[{i}]"
         if not isinstance(item, dict):
             raise ConfigError(f"{where}: expected a mapping")
-        unknown = set(item) - {"kind", "replicas", "settings"}
-        if unknown:
-            raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; "
-                              "allowed: kind, replicas, settings")
+        _mapping(where, item, ENTRY_FIELDS)
         kind = item.get("kind")
         if kind not in KINDS:
             raise ConfigError(f"{where}.kind: unknown agent kind {kind!r}; "
@@ -73,7 +162,16 @@ def parse_pool(data: Any, source: str = "pool") -> list[PoolEntry]:
         settings = item.get("settings") or {}
         if not isinstance(settings, dict):
             raise ConfigError(f"{where}.settings: expected a mapping")
-        entries.append(PoolEntry(kind, replicas, settings))
+        autoscale = None
+        if item.get("autoscale") is not None:
+            autoscale = parse_autoscale(item["autoscale"], f"{where}.autoscale")
+            if "replicas" not in item:  # an autoscaled service starts at its minimum
+                replicas = autoscale.min
+            if not autoscale.min <= replicas <= autoscale.max:
+                raise ConfigError(f"{where}.replicas: {replicas} is outside autoscale "
+                                  f"bounds {autoscale.min}..{autoscale.max}")
+        placement = parse_placement(item.get("placement") or {}, f"{where}.placement")
+        entries.append(PoolEntry(kind, replicas, settings, autoscale, placement))
     return entries
 
 
@@ -111,7 +209,12 @@ def agent_command(entry: PoolEntry, broker: str, extra_args: Sequence[str] = ())
 
 
 class Supervisor:
-    """Runs and restarts replicas; ``run()`` returns once every child has stopped."""
+    """Runs and restarts replicas; ``run()`` returns once every child has stopped.
+
+    ``scale()`` changes an entry's replica count while running (the autoscaler's lever):
+    new replicas start at once; removed ones get SIGTERM, so each stops taking work,
+    finishes what it runs and says goodbye (``itas.agents.runtime``) before it exits,
+    and is not restarted."""
 
     def __init__(self, entries: Sequence[PoolEntry], broker: str,
                  extra_args: Sequence[str] = ()) -> None:
@@ -120,32 +223,61 @@ class Supervisor:
         self.extra_args = list(extra_args)
         self.processes: dict[tuple[int, int], anyio.abc.Process] = {}
         self.restarts = 0
+        self._live: dict[int, list[int]] = {i: [] for i in range(len(self.entries))}
+        self._next_id = itertools.count()
+        self._retiring: set[tuple[int, int]] = set()
+        self._group: anyio.abc.TaskGroup | None = None
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                   ) -> None:
         try:
             async with anyio.create_task_group() as tg:
+                self._group = tg
                 for i, entry in enumerate(self.entries):
-                    for replica in range(entry.replicas):
-                        tg.start_soon(self._keep_running, i, replica, entry)
+                    await self.scale(i, entry.replicas)
                 task_status.started()
         finally:
+            self._group = None
             with anyio.CancelScope(shield=True):
                 await self._stop_all()
 
+    def replicas(self, index: int) -> int:
+        return len(self._live[index])
+
+    async def scale(self, index: int, replicas: int) -> None:
+        """Grow or shrink entry ``index`` to ``replicas`` (newest replicas leave first)."""
+        if self._group is None:
+            raise RuntimeError("Supervisor.scale: the supervisor is not running")
+        live = self._live[index]
+        while len(live) < replicas:
+            replica = next(self._next_id)
+            live.append(replica)
+            self._group.start_soon(self._keep_running, index, replica, self.entries[index])
+        while len(live) > replicas:
+            key = (index, live.pop())
+            self._retiring.add(key)
+            process = self.processes.get(key)
+            if process is not None and process.returncode is None:
+                process.send_signal(signal.SIGTERM)  # drain: finish in-flight, then exit
+
     async def _keep_running(self, index: int, replica: int, entry: PoolEntry) -> None:
+        key = (index, replica)
         backoff = RESTART_MIN_S
         command = agent_command(entry, self.broker, self.extra_args)
         settings = json.dumps(dict(entry.settings)).encode()
-        while True:
+        while key not in self._retiring:
             started = anyio.current_time()
             process = await anyio.open_process(command, stdin=subprocess.PIPE, stdout=None,
                                                stderr=subprocess.PIPE, env=child_environment())
-            self.processes[(index, replica)] = process
+            self.processes[key] = process
+            if key in self._retiring:  # retired while it was starting
+                process.send_signal(signal.SIGTERM)
             await _hand_over(process, settings)
             error = await _forward_stderr(process)
             code = await process.wait()
-            del self.processes[(index, replica)]
+            del self.processes[key]
+            if key in self._retiring:
+                break
             ran = anyio.current_time() - started
             if code == EXIT_USER_ERROR and ran < HEALTHY_AFTER_S:
                 raise ConfigError(f"agent {entry.kind} #{replica} exited at start: "
@@ -157,6 +289,7 @@ class Supervisor:
             self.restarts += 1
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, RESTART_MAX_S)
+        self._retiring.discard(key)
 
     async def _stop_all(self) -> None:
         processes = list(self.processes.values())

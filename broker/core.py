@@ -136,6 +136,9 @@ class Broker:
         self._seq = itertools.count()
         self._tickets = itertools.count(1)
         self.counters: collections.Counter[str] = collections.Counter()
+        #: Called with (service, ok, seconds since arrival) for each reply forwarded from a
+        #: worker; the metrics' latency histogram (``itas.broker.metrics``), when enabled.
+        self.on_reply: Callable[[str, bool, float], None] | None = None
         # Keyed by the whole header, so one dict lookup checks version and command.
         self._handlers = {
             P.REQUEST: self._on_request,
@@ -249,6 +252,8 @@ class Broker:
         del worker.inflight[ticket]
         self._finish(request)
         self.counters["replied"] += 1
+        if self.on_reply is not None:
+            self.on_reply(request.service.name, hdr == P.REPLY, self._clock() - request.arrived)
         if not self._send([request.client, hdr, self._pack([request.key, request.attempts]),
                            body]):
             self.counters["undeliverable"] += 1

@@ -35,6 +35,7 @@ from itas.broker.core import (
     UNAVAILABLE_GRACE_S,
     Broker,
 )
+from itas.broker.metrics import BrokerMetrics
 from itas.errors import ConfigError
 from itas.security import CurveKeys, LoggingAuthenticator, Roles, check_bind, refusal, sender_key
 
@@ -66,6 +67,7 @@ class BrokerServer:
         max_attempts: int = MAX_ATTEMPTS,
         max_message_bytes: int = P.MAX_MESSAGE_BYTES,
         unavailable_grace: float = UNAVAILABLE_GRACE_S,
+        metrics: BrokerMetrics | None = None,
     ) -> None:
         check_bind(bind, curve=curve is not None, insecure=insecure)
         if roles is not None and curve is None:
@@ -98,6 +100,9 @@ class BrokerServer:
             max_message_bytes=max_message_bytes,
             unavailable_grace=unavailable_grace,
         )
+        self.metrics = metrics
+        if metrics is not None:
+            self.broker.on_reply = metrics.observe
         self._stopping = threading.Event()
 
     def _send(self, frames: list[bytes]) -> bool:
@@ -174,12 +179,16 @@ class BrokerServer:
                 now = time.monotonic()
                 if now >= next_tick:
                     self.broker.tick()
+                    if self.metrics is not None:
+                        self.metrics.snapshots.serve(self.broker.status)
                     next_tick = now + TICK_S
             self.broker.disconnect_all()
         finally:
             self.close()
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         self.socket.close()
         if self._auth is not None:
             self._auth.stop()
@@ -191,5 +200,8 @@ def run_broker(server: BrokerServer, announce: Callable[[str], None] | None = No
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop())
     message = f"itas broker listening on {server.endpoint}"
-    (announce or (lambda m: print(m, file=sys.stdout, flush=True)))(message)
+    say = announce or (lambda m: print(m, file=sys.stdout, flush=True))
+    say(message)
+    if server.metrics is not None:
+        say(f"itas broker metrics on {server.metrics.url}")
     server.serve_forever()

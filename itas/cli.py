@@ -10,6 +10,7 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -168,11 +169,19 @@ def broker(
     curve_allow: CurveAllowOpt = None,
     curve_roles: CurveRolesOpt = None,
     insecure: InsecureOpt = False,
+    metrics_port: Annotated[int | None, typer.Option(
+        min=0, max=65535, help="Serve Prometheus metrics on this port (0: a free one).")
+                            ] = None,
+    metrics_host: Annotated[str, typer.Option(
+        help="Address for the metrics endpoint.")] = "127.0.0.1",
+    metrics_allow_remote: Annotated[bool, typer.Option(
+        help="Allow a metrics address beyond loopback.")] = False,
     parent_pid: ParentPidOpt = None,
 ) -> None:
     """Run the ZeroMQ broker until SIGINT/SIGTERM."""
     import zmq
 
+    from itas.broker.metrics import BrokerMetrics, check_metrics_host
     from itas.broker.server import BrokerServer, run_broker
     from itas.security import CurveKeys, Roles
 
@@ -183,13 +192,24 @@ def broker(
         raise ConfigError("--curve-roles needs CURVE: --curve-secret and --curve-allow")
     keys = CurveKeys.load(curve_secret) if curve_secret else None
     roles = Roles.load(curve_roles, curve_allow) if curve_roles and curve_allow else None
+    metrics = None
+    if metrics_port is not None:
+        check_metrics_host(metrics_host, allow_remote=metrics_allow_remote)
+        metrics = BrokerMetrics()
     try:
         server = BrokerServer(bind, curve=keys, curve_allow=curve_allow, insecure=insecure,
                               roles=roles,
                               heartbeat_interval=heartbeat, liveness=liveness,
-                              max_attempts=max_attempts, unavailable_grace=unavailable_grace)
+                              max_attempts=max_attempts, unavailable_grace=unavailable_grace,
+                              metrics=metrics)
     except zmq.ZMQError as exc:  # the address is taken, or not this machine's
         raise ConfigError(f"--bind {bind}: cannot bind ({exc.strerror})") from exc
+    if metrics is not None and metrics_port is not None:
+        try:
+            metrics.serve(metrics_host, metrics_port)
+        except ConfigError:
+            server.close()
+            raise
     run_broker(server)
 
 
@@ -239,12 +259,19 @@ def agents(
     broker: BrokerOpt = DEFAULT_BROKER,
     curve_secret: CurveSecretOpt = None,
     curve_server: CurveServerOpt = None,
+    autoscale_interval: Annotated[float, typer.Option(
+        callback=POSITIVE, help="Seconds between autoscaling rounds (entries with "
+        "autoscale: in the pool file).")] = 1.0,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray", help="Run the replicas as actors on this Ray cluster (host:port of its "
+        "head); needs itas[ray].")] = None,
 ) -> None:
     """Start and supervise agent processes until SIGINT/SIGTERM: a pool file's, and every
     agent an architecture needs that the pool does not already run (--arch)."""
     import anyio
 
     from itas.agents.pool import Supervisor, load_pool, service_names
+    from itas.agents.ray_placement import RayPool
     from itas.deploy import serving, simulated, simulated_pool
     from itas.spec import load_architecture
     from itas.stack import resolve_config
@@ -262,20 +289,36 @@ def agents(
     if curve_secret or curve_server:
         _client_keys(curve_secret, curve_server)  # validate before starting anything
         extra = ["--curve-secret", str(curve_secret), "--curve-server", str(curve_server)]
-    supervisor = Supervisor(entries, broker, extra)
+    runner: Supervisor | RayPool
+    if ray_address is not None:
+        runner = RayPool(entries, broker, ray_address, extra)
+    else:
+        runner = Supervisor(entries, broker, extra)
+    client_keys = _client_keys(curve_secret, curve_server)
 
     async def main() -> None:
         import signal
 
-        async with anyio.create_task_group() as tg:
-            await tg.start(supervisor.run)
-            print(f"itas agents: {sum(e.replicas for e in supervisor.entries)} agent "
-                  f"processes started against {broker}"
-                  + (" (simulated models)" if sim else ""), flush=True)
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    tg.cancel_scope.cancel()
-                    break
+        from itas.agents.autoscale import Autoscaler
+        from itas.client import AsyncClient
+
+        async with contextlib.AsyncExitStack() as stack:
+            # The autoscaler's client outlives the task group that runs the autoscaler.
+            client = (await stack.enter_async_context(AsyncClient(broker, curve=client_keys))
+                      if any(e.autoscale for e in entries) else None)
+            async with anyio.create_task_group() as tg:
+                await tg.start(runner.run)
+                where = f" as Ray actors on {ray_address}" if ray_address else ""
+                print(f"itas agents: {sum(e.replicas for e in runner.entries)} agent "
+                      f"processes started{where} against {broker}"
+                      + (" (simulated models)" if sim else ""), flush=True)
+                if client is not None:
+                    tg.start_soon(Autoscaler(entries, runner, client.status,
+                                             interval=autoscale_interval).run)
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()
+                        break
 
     anyio.run(main)
 
@@ -505,6 +548,9 @@ def up(
         min=-1, max=65535, help="Port of the OpenAI-compatible gateway on 127.0.0.1 "
                                 "(0: any free one; -1: no gateway).")] = 8800,
     models: ModelsOpt = None,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray", help="Run the agents as actors on this Ray cluster (host:port of its head); "
+        "needs itas[ray] and a --bind the nodes reach.")] = None,
 ) -> None:
     """Start broker, embedded model server, agent pool, orchestrator and the OpenAI-compatible
     gateway; Ctrl-C stops all.
@@ -549,7 +595,8 @@ def up(
             spec = load_architecture(resolve_config("architectures", arch)) if arch else None
             chosen = pool if pool is not None or spec is not None else "local"
             async with run_stack(chosen, arch=spec, sim=sim, bind=bind, insecure=insecure,
-                                 keys=keys, report=line_reporter("itas up")) as stack, anyio.create_task_group() as tg:
+                                 keys=keys, report=line_reporter("itas up"), ray=ray_address
+                                 ) as stack, anyio.create_task_group() as tg:
                 gateway_url = ""
                 if gateway_port >= 0:
                     config = _gateway_config(stack.broker, models, sim, None, "127.0.0.1",

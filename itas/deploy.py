@@ -15,6 +15,7 @@ model's skill comes from its name (``sim_skill``), so a dry run is repeatable.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -68,7 +69,7 @@ def simulated_pool(entries: Sequence[PoolEntry]) -> list[PoolEntry]:
             kept = {k: v for k, v in settings.items() if k in ("credit",)}
             settings = {"provider": "sim", "model": model, "skill": sim_skill(model),
                         "latency": SIM_LATENCY, **kept}
-        out.append(PoolEntry(entry.kind, entry.replicas, settings))
+        out.append(dataclasses.replace(entry, settings=settings))
     return out
 
 

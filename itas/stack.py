@@ -9,6 +9,7 @@ context stops them in reverse order, also on Ctrl-C or cancellation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -23,7 +24,9 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
+from itas.agents.autoscale import Autoscaler
 from itas.agents.pool import PoolEntry, Supervisor, load_pool, service_names
+from itas.agents.ray_placement import RayPool
 from itas.client import AsyncClient
 from itas.deploy import serving, simulated, simulated_pool
 from itas.errors import ConfigError
@@ -107,7 +110,7 @@ def _at_model(entry: PoolEntry, model_url: str) -> PoolEntry:
     """Point a ``local`` agent at the model server this stack started."""
     if entry.settings.get("provider") != "local" or "base_url" in entry.settings:
         return entry
-    return PoolEntry(entry.kind, entry.replicas, {**entry.settings, "base_url": model_url})
+    return dataclasses.replace(entry, settings={**entry.settings, "base_url": model_url})
 
 
 @contextlib.asynccontextmanager
@@ -115,8 +118,8 @@ async def run_stack(pool: str | os.PathLike[str] | None, *,
                     arch: Architecture | None = None, sim: bool = False,
                     bind: str = "tcp://127.0.0.1:5555", model_threads: int = 2,
                     insecure: bool = False, keys: StackKeys | None = None,
-                    report: Callable[[str], None] | None = None
-                    ) -> AsyncIterator[Stack]:
+                    report: Callable[[str], None] | None = None,
+                    ray: str | None = None) -> AsyncIterator[Stack]:
     """Everything is checked before the first process starts: the pool (every entry's
     settings), the bind rule (beyond loopback only with CURVE or ``insecure``), the keys.
 
@@ -131,6 +134,10 @@ async def run_stack(pool: str | os.PathLike[str] | None, *,
     ``report`` is told, one line at a time, what has started as each part becomes ready
     (the broker, the model server, every service as it registers), so a wait of many seconds
     shows life.
+    With ``ray`` (a Ray cluster's address) the agents run as Ray actors
+    (``itas.agents.ray_placement``); the broker and the model server stay on this
+    machine, so ``bind`` must be an address the cluster's nodes reach. Entries with
+    ``autoscale`` are sized by ``itas.agents.autoscale`` either way.
     """
     say = report or (lambda _line: None)
     check_bind(bind, curve=keys is not None, insecure=insecure)
@@ -181,10 +188,16 @@ async def run_stack(pool: str | os.PathLike[str] | None, *,
             model_url = server.base_url
             say(f"model server ready at {model_url} ({server.load_s:.1f} s)")
             entries = [_at_model(e, model_url) for e in entries]
-        supervisor = Supervisor(entries, broker, agent_args)
+        runner: Supervisor | RayPool = (
+            RayPool(entries, broker, ray, agent_args) if ray is not None
+            else Supervisor(entries, broker, agent_args))
         tg = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tg.cancel_scope.cancel)
-        await tg.start(supervisor.run)
+        await tg.start(runner.run)
+        if any(e.autoscale for e in entries):
+            client = await stack.enter_async_context(AsyncClient(broker, curve=client_keys))
+            stack.callback(tg.cancel_scope.cancel)  # the autoscaler stops before its client
+            tg.start_soon(Autoscaler(entries, runner, client.status).run)
         say(f"{sum(e.replicas for e in entries)} agent process(es) started; waiting for "
             f"{len(services)} service(s) to register")
 
