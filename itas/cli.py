@@ -545,8 +545,9 @@ def up(
                       ] = False,
     curve_roles: CurveRolesOpt = None,
     gateway_port: Annotated[int, typer.Option(
-        min=-1, max=65535, help="Port of the OpenAI-compatible gateway on 127.0.0.1 "
-                                "(0: any free one; -1: no gateway).")] = 8800,
+        min=-1, max=65535, envvar="ITAS_GATEWAY_PORT",
+        help="Port of the OpenAI-compatible gateway on 127.0.0.1 (0: any free one; -1: no "
+             "gateway).")] = 8800,
     models: ModelsOpt = None,
     ray_address: Annotated[str | None, typer.Option(
         "--ray", help="Run the agents as actors on this Ray cluster (host:port of its head); "

@@ -27,6 +27,14 @@ def private_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def gateways_on_free_ports() -> Iterator[None]:
+    """Stacks that tests start (``itas up``) put their gateway on a free port, so two
+    stacks, or a user's own on 8800, never collide."""
+    with _env("ITAS_GATEWAY_PORT", "0"):
+        yield
+
+
 @contextlib.contextmanager
 def _env(name: str, value: str) -> Iterator[None]:
     """``name=value`` in this process's environment (and its children's) while the block

@@ -98,17 +98,16 @@ def test_in_flight_and_waiting_show_while_requests_run(procs: Processes) -> None
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(endpoint)
         for i in range(3):
-            sock.send_multipart([P.REQUEST, b"k" * 15 + bytes([i]), P.pack(["sleep", 20_000]),
-                                 P.pack({})])
+            sock.send_multipart([P.REQUEST, P.request_meta(b"k" * 15 + bytes([i]), "sleep",
+                                                           20_000), P.pack({})])
         for _ in range(50):  # the three reach the broker within a few scrapes
             samples = scrape(url)
             if value(samples, "itas_broker_waiting", service="sleep") == 2:
                 break
         assert value(samples, "itas_broker_inflight", service="sleep") == 1
         assert value(samples, "itas_broker_waiting", service="sleep") == 2
-        sock.close()
     finally:
-        context.term()
+        context.destroy(linger=0)  # closes the socket too, even after a failed assertion
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.7"])

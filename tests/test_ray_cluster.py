@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,9 @@ def test_itas_up_runs_its_agents_on_ray(ray_cluster: tuple[Any, list[Any]], proc
     endpoint = line.split()[3].rstrip(";")
     with Client(endpoint) as client:
         assert client.request("echo", {"hello": "ray"}) == {"hello": "ray"}
-        workers = client.status()["workers"]
+        deadline = time.monotonic() + 60  # up is ready once each service has one worker
+        while len(workers := client.status()["workers"]) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
     on_ray = {w["name"].split("/")[1] for w in workers}
     assert on_ray <= {f"ray-node-{n.node_id[:12]}" for n in cluster.list_all_nodes()}, workers
     assert len(workers) == 3  # two echo replicas and the orchestrator
