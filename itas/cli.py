@@ -511,9 +511,10 @@ def ask(
                 raise ConfigError(f"{exc}; start the mesh with `itas up` (or `itas up --arch "
                                   f"{arch}{' --sim' if sim else ''}`), or pass --broker"
                                   ) from exc
+            live = display.live and not (as_json or quiet)
             asking = client.ask(conversation, architecture=architecture, trace=trace,
                                 budget=budget or None, timeout=timeout, fresh=no_cache,
-                                check=False)
+                                check=False, on_progress=display.progress if live else None)
             if as_json or quiet:
                 return await asking
             async with display.shown():

@@ -239,7 +239,9 @@ class AsyncClient:
                   trace: bool = False, budget: dict[str, int] | None = None,
                   sim: dict[str, Any] | None = None, tests: list[str] | None = None,
                   timeout: float | None = None, fresh: bool = False,
-                  check: bool = True) -> Answer:
+                  check: bool = True,
+                  on_progress: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+                  ) -> Answer:
         """Answer a prompt (or a conversation) with an architecture, through the orchestrator.
 
         ``architecture`` is a spec file path, a mapping or an ``Architecture``;
@@ -250,14 +252,27 @@ class AsyncClient:
         orchestrator is registered, instead of after ``timeout``; later queries are not
         checked, so an orchestrator restarting under load delays them rather than failing
         them. An agent service the architecture names and nobody serves is named by the
-        broker after its grace (``--unavailable-grace``).
+        broker after its grace (``--unavailable-grace``). ``on_progress`` is awaited with
+        the orchestrator's event after each layer (``layer``, ``layers``, ``candidates``,
+        ``latency_s``), sent as partial replies while the query runs.
         """
         body = query_body(prompt, architecture, trace=trace, budget=budget, sim=sim, tests=tests,
                           fresh=fresh)
         if check and not self._orchestrator_seen:
             await self.require_services([ORCHESTRATOR_SERVICE])
             self._orchestrator_seen = True
-        return Answer.from_reply(await self.request(ORCHESTRATOR_SERVICE, body, timeout=timeout))
+        if on_progress is None:
+            return Answer.from_reply(await self.request(ORCHESTRATOR_SERVICE, body,
+                                                        timeout=timeout))
+        report = on_progress
+
+        async def progress_only(partial: Any) -> None:  # text deltas are not wanted here
+            if isinstance(partial, dict) and isinstance(partial.get("progress"), dict):
+                await report(partial["progress"])
+
+        reply = await self.call(ORCHESTRATOR_SERVICE, {**body, "stream": True, "progress": True},
+                                timeout=timeout, on_partial=progress_only)
+        return Answer.from_reply(reply.body)
 
     async def require_services(self, services: Sequence[str], *,
                                timeout: float = STATUS_TIMEOUT_S) -> dict[str, Any]:

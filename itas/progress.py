@@ -1,8 +1,8 @@
 """Signs of life while ``itas ask`` waits, on stderr only, so stdout keeps just the answer.
 
-The orchestrator answers a query in one reply, so what the client can honestly show while
-it waits is the time gone by and the plan's bounds (layers, calls), which it computes itself
-from the spec; the per-layer detail (calls, candidates, time) arrives with the trace. The
+While it waits the client shows the time gone by, the plan's bounds (layers, calls), which
+it computes itself from the spec, and the last layer the orchestrator reported finished (its
+per-layer events come as partial replies); the full detail arrives with the trace. The
 display is a rich status line, shown only on a terminal: while it is live, rich puts a proxy
 in ``sys.stderr`` that prints above the line, and the logging handler (``itas.logs``) writes
 to whatever ``sys.stderr`` is, so a log line never lands inside the status line.
@@ -62,6 +62,12 @@ class WaitDisplay:
         self.verb = verb
         self.plan = plan_line(arch)
         self.console = console or Console(stderr=True)
+        self.done = ""  # the last layer the orchestrator reported finished
+
+    async def progress(self, event: dict[str, Any]) -> None:
+        """An orchestrator's per-layer event (``AsyncClient.ask(on_progress=...)``)."""
+        self.done = (f"layer {event.get('layer', '?')} of {event.get('layers', '?')} done, "
+                     f"{event.get('candidates', '?')} candidate(s); ")
 
     @property
     def live(self) -> bool:
@@ -89,7 +95,7 @@ class WaitDisplay:
                     tg.cancel_scope.cancel()
 
     def _text(self, elapsed_s: float) -> str:
-        return f"{self.verb}: waiting {elapsed_s:.0f} s; {self.plan}"
+        return f"{self.verb}: waiting {elapsed_s:.0f} s; {self.done}{self.plan}"
 
 
 def line_reporter(verb: str) -> Callable[[str], None]:

@@ -246,6 +246,22 @@ def test_ask_in_a_terminal_shows_the_wait_before_the_answer(slow_stack: tuple[st
     assert "simulated model: its text is filler" in output
 
 
+def test_ask_in_a_terminal_shows_each_layer_as_it_finishes(slow_stack: tuple[str, Path],
+                                                           tmp_path: Path) -> None:
+    """Two slow layers: the status line names layer 1 as done while layer 2 still runs (the
+    orchestrator's per-layer events arrive as partial replies), before the answer."""
+    endpoint, _ = slow_stack
+    arch = tmp_path / "two.yaml"
+    arch.write_text("name: slow_two\nlayers:\n"
+                    "  - - {technique: generator, provider: sim, model: slow}\n"
+                    "  - - {technique: generator, provider: sim, model: slow}\n")
+    output = plain(_ask_in_terminal("What is 6 x 7?", "--arch", str(arch), "--broker",
+                                    endpoint))
+    layer_done = output.find("layer 1 of 2 done, 1 candidate(s)")
+    answered = output.find("itas ask: answered in")
+    assert 0 <= layer_done < answered, output
+
+
 def test_ask_json_in_a_terminal_is_one_clean_json_document(slow_stack: tuple[str, Path]
                                                            ) -> None:
     endpoint, arch = slow_stack
