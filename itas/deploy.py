@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from itas.agents.pool import PoolEntry, service_names
@@ -35,6 +35,15 @@ def sim_skill(model: str) -> float:
     digest = hashlib.blake2b(model.encode("utf-8"), digest_size=4).digest()
     low, high = SIM_SKILLS
     return round(low + (high - low) * int.from_bytes(digest, "big") / 2**32, 3)
+
+
+def sim_settings(model: str, settings: Mapping[str, Any], *, keep: Sequence[str]
+                 ) -> dict[str, Any]:
+    """The settings of a simulated stand-in for ``model``: skill from its name, the dry
+    run's latency, and of the real ``settings`` only the keys in ``keep`` (endpoints and key
+    names never carry over)."""
+    kept = {k: v for k, v in settings.items() if k in keep}
+    return {"skill": sim_skill(model), "latency": SIM_LATENCY, **kept}
 
 
 def pool_for(arch: Architecture, *, replicas: int = 1) -> list[PoolEntry]:
@@ -66,9 +75,8 @@ def simulated_pool(entries: Sequence[PoolEntry]) -> list[PoolEntry]:
         provider, model = settings.get("provider"), settings.get("model")
         if isinstance(model, str) and provider not in (None, "sim") and \
                 entry.kind in SPEC_TECHNIQUES and SPEC_TECHNIQUES[entry.kind].uses_llm:
-            kept = {k: v for k, v in settings.items() if k in ("credit",)}
-            settings = {"provider": "sim", "model": model, "skill": sim_skill(model),
-                        "latency": SIM_LATENCY, **kept}
+            settings = {"provider": "sim", "model": model,
+                        **sim_settings(model, settings, keep=("credit",))}
         out.append(dataclasses.replace(entry, settings=settings))
     return out
 

@@ -265,7 +265,7 @@ def simulated_config(config: SearchConfig) -> SearchConfig:
     name (skill from the name, as ``itas.deploy.simulated`` does for a spec; endpoints and
     key names dropped), named ``<name>-simulated`` so its outputs never pass for the real
     search's. Free and quick: a dry run of the search's whole pipeline."""
-    from itas.deploy import SIM_LATENCY, sim_skill
+    from itas.deploy import sim_settings
 
     taken = [m.model for m in config.models]
     models = []
@@ -274,10 +274,9 @@ def simulated_config(config: SearchConfig) -> SearchConfig:
             models.append(m)
             continue
         name = m.model if taken.count(m.model) == 1 else f"{m.provider}.{m.model}"
-        kept = {k: v for k, v in m.settings.items() if k in ("cache", "credit")}
         models.append(m.model_copy(update={
             "provider": "sim", "model": name,
-            "settings": {"skill": sim_skill(name), "latency": SIM_LATENCY, **kept}}))
+            "settings": sim_settings(name, m.settings, keep=("cache", "credit"))}))
     return config.model_copy(update={"name": f"{config.name}-simulated",
                                      "models": tuple(models)})
 
