@@ -162,3 +162,25 @@ def test_a_search_over_real_providers_runs_as_a_dry_run(tmp_path: Path) -> None:
     best = yaml.safe_load((out / "best.yaml").read_text())
     providers = {c["provider"] for layer in best["layers"] for c in layer if "provider" in c}
     assert providers == {"sim"}
+
+
+def test_a_named_service_maps_to_the_sim_service_its_dry_run_serves() -> None:
+    """``simulated_service`` (``itas eval --judge ... --sim``) must name exactly the service
+    a sim agent of that model registers, whatever the technique, provider, model or
+    endpoint (a sim judge or generator of the same name)."""
+    import random
+
+    from itas.agents.kinds import build_agent
+    from itas.deploy import simulated_service
+    from itas.techniques.base import service_name
+
+    rng = random.Random(7)
+    for _ in range(50):
+        kind = rng.choice(["judge", "generator", "critic"])
+        provider = rng.choice(["openai", "anthropic", "gemini", "bedrock"])
+        model = rng.choice(["gpt-4o", "Qwen/Qwen2-72B-Instruct", "claude-3-5-sonnet", "a.b-c"])
+        endpoint = ({"base_url": f"http://h{rng.randint(1, 9)}.example/v1"}
+                    if provider == "openai" and rng.random() < 0.5 else {})
+        real = service_name(kind, provider, model, **endpoint)
+        sim = build_agent(kind, {"provider": "sim", "model": model})
+        assert simulated_service(real) == sim.service, real
