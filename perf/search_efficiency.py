@@ -31,6 +31,10 @@ how many it would make without reuse.
    the floor no strategy can beat on these question sets: every point evaluated on the
    trial questions, then named as above (confirmation included); when it is close to
    random's, the trials' question count, not the strategy, is what limits the pick.
+   ``heldout_regret_all_search`` and ``heldout_split_half_regret`` (``noise_floors``)
+   bound what any search could reach on these question sets: naming the best of every
+   point on all 100 search-split questions, and naming the best on half the held-out
+   questions and scoring it on the other half.
 5. Calls: a real BO search (``SearchController`` in process) on the first space, the sim
    response cache on and empty at the start. ``calls_naive`` = LLM calls its evaluations
    (model ranking + trials) reported, i.e. running every trial's questions without any
@@ -223,6 +227,10 @@ async def study_space(path: Path, args: argparse.Namespace, log: Log) -> dict[st
     result["heldout_regret_exhaustive_naive"] = best_heldout - heldout[everything[0]]
     log(f"  floor: every point evaluated, regret {result['heldout_regret_exhaustive']:.4f} "
         f"(naive pick {result['heldout_regret_exhaustive_naive']:.4f})")
+    result.update(noise_floors(config, table))
+    log(f"  floor: every point on all {len(table[best_point].scores['search']) + len(confirm_ids)}"
+        f" search-split questions, regret {result['heldout_regret_all_search']:.4f}; "
+        f"held-out half A's best on half B {result['heldout_split_half_regret']:.4f}")
     for strategy in STRATEGIES:
         started = time.perf_counter()
         runs = await replay(config, ranked, table, strategy, seeds, budget, single,
@@ -247,6 +255,31 @@ async def study_space(path: Path, args: argparse.Namespace, log: Log) -> dict[st
     bo, rnd = (result["strategies"][k]["heldout_regret"]["mean"] for k in ("bo", "random"))
     result["heldout_regret_ratio"] = bo / rnd if rnd else None
     return result
+
+
+def noise_floors(config: SearchConfig, table: Table) -> dict[str, float]:
+    """Two figures that show how much of a held-out regret is noise no strategy can remove.
+
+    ``heldout_regret_all_search``: every point scored on every search-split question
+    (trial and confirm together), the best by that objective named: a strategy that
+    spent the whole space's calls and more. ``heldout_split_half_regret``: the held-out
+    questions cut in two halves (even and odd positions); the best point on half A,
+    against the best on half B, scored on half B. Even a pick made on as many held-out
+    questions as half B holds loses that much on B, to the questions' noise alone.
+    """
+    weight = config.objective.cost_weight / config.budget.calls_per_query
+
+    def pick(scores: Callable[[Scored], Sequence[float]]) -> Point:
+        return min(table, key=lambda p: (-(statistics.fmean(scores(table[p]))
+                                           - weight * table[p].calls_per_query),
+                                         table[p].calls_per_query, p))
+
+    heldout = {p: s.mean("heldout") for p, s in table.items()}
+    named = pick(lambda s: s.scores["search"] + s.scores["confirm"])
+    half_a = pick(lambda s: s.scores["heldout"][0::2])
+    on_b = {p: statistics.fmean(s.scores["heldout"][1::2]) for p, s in table.items()}
+    return {"heldout_regret_all_search": max(heldout.values()) - heldout[named],
+            "heldout_split_half_regret": max(on_b.values()) - on_b[half_a]}
 
 
 async def search_calls(config: SearchConfig, log: Log) -> dict[str, Any]:
@@ -285,8 +318,9 @@ def overall(spaces: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     out["heldout_regret_ratio_ci95"] = list(ratio_interval(bo, rnd))
     out["heldout_regret_ratio_per_space"] = {s["benchmark"]: s["heldout_regret_ratio"]
                                              for s in spaces}
-    out["heldout_regret_exhaustive"] = statistics.fmean(
-        s["heldout_regret_exhaustive"] for s in spaces)
+    for floor in ("heldout_regret_exhaustive", "heldout_regret_all_search",
+                  "heldout_split_half_regret"):
+        out[floor] = statistics.fmean(s[floor] for s in spaces)
     naive_random = out["heldout_regret_random_naive"]
     out["heldout_regret_ratio_naive"] = (out["heldout_regret_bo_naive"] / naive_random
                                          if naive_random else None)
