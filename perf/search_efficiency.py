@@ -32,9 +32,10 @@ how many it would make without reuse.
    trial questions, then named as above (confirmation included); when it is close to
    random's, the trials' question count, not the strategy, is what limits the pick.
    ``heldout_regret_all_search`` and ``heldout_split_half_regret`` (``noise_floors``)
-   bound what any search could reach on these question sets: naming the best of every
-   point on all 100 search-split questions, and naming the best on half the held-out
-   questions and scoring it on the other half.
+   show what a pick by score reaches on these question sets with far more calls than
+   any budget: naming the best of every point on all 100 search-split questions, and
+   naming the best on half the held-out questions and scoring it on the other half (a
+   lucky strategy can beat them on one run, not on average).
 5. Calls: a real BO search (``SearchController`` in process) on the first space, the sim
    response cache on and empty at the start. ``calls_naive`` = LLM calls its evaluations
    (model ranking + trials) reported, i.e. running every trial's questions without any
@@ -258,7 +259,7 @@ async def study_space(path: Path, args: argparse.Namespace, log: Log) -> dict[st
 
 
 def noise_floors(config: SearchConfig, table: Table) -> dict[str, float]:
-    """Two figures that show how much of a held-out regret is noise no strategy can remove.
+    """Two figures that show how much of a held-out regret is the questions' noise.
 
     ``heldout_regret_all_search``: every point scored on every search-split question
     (trial and confirm together), the best by that objective named: a strategy that
