@@ -72,6 +72,7 @@ from itas.search.store import TrialStore
 from itas.search.study import (
     Scored,
     confirmed_pick,
+    objective,
     pool_for,
     question_sets,
     rank_models,
@@ -218,9 +219,8 @@ async def study_space(path: Path, args: argparse.Namespace, log: Log) -> dict[st
         "single_model_heldout": None if single is None else heldout[single],
         "exhaustive": exhaustive, "strategies": {},
     }
-    budget_weight = config.objective.cost_weight / config.budget.calls_per_query
     everything = sorted(table, key=lambda p: (
-        -(table[p].mean("search") - budget_weight * table[p].calls_per_query),
+        -objective(config, table[p].mean("search"), table[p].calls_per_query),
         table[p].calls_per_query))
     exhaustive_pick, _ = confirmed_pick(config, table, everything[:config.search.finalists],
                                         confirm_ids)
@@ -268,12 +268,10 @@ def noise_floors(config: SearchConfig, table: Table) -> dict[str, float]:
     against the best on half B, scored on half B. Even a pick made on as many held-out
     questions as half B holds loses that much on B, to the questions' noise alone.
     """
-    weight = config.objective.cost_weight / config.budget.calls_per_query
-
     def pick(scores: Callable[[Scored], Sequence[float]]) -> Point:
-        return min(table, key=lambda p: (-(statistics.fmean(scores(table[p]))
-                                           - weight * table[p].calls_per_query),
-                                         table[p].calls_per_query, p))
+        return min(table, key=lambda p: (
+            -objective(config, statistics.fmean(scores(table[p])), table[p].calls_per_query),
+            table[p].calls_per_query, p))
 
     heldout = {p: s.mean("heldout") for p, s in table.items()}
     named = pick(lambda s: s.scores["search"] + s.scores["confirm"])
